@@ -1,0 +1,3 @@
+fn main() {
+    println!("ferrite-router: not wired yet");
+}

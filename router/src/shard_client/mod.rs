@@ -1,0 +1,39 @@
+//! Talking to the shards. `ShardClient` is the seam the scheduler drives: the real
+//! implementation (`grpc.rs`) sends every call to every rank over unix-socket gRPC and returns
+//! rank 0's answer; tests use an in-process fake.
+
+use std::future::Future;
+
+use crate::proto;
+
+/// A failed shard call. `Status` is a gRPC status from a live shard (the step failed, the
+/// process is fine); `Transport` means the shard could not be reached.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ShardError {
+    #[error("shard error: {0}")]
+    Status(String),
+    #[error("shard unreachable: {0}")]
+    Transport(String),
+}
+
+pub type ShardResult<T> = Result<T, ShardError>;
+
+/// The router's view of the whole shard group (all ranks behave as one).
+pub trait ShardClient: Send + Sync + 'static {
+    fn info(&self) -> impl Future<Output = ShardResult<proto::InfoResponse>> + Send;
+    fn health(&self) -> impl Future<Output = ShardResult<()>> + Send;
+    fn warmup(
+        &self,
+        request: proto::WarmupRequest,
+    ) -> impl Future<Output = ShardResult<proto::WarmupResponse>> + Send;
+    fn prefill(
+        &self,
+        request: proto::PrefillRequest,
+    ) -> impl Future<Output = ShardResult<proto::StepResponse>> + Send;
+    fn decode(
+        &self,
+        request: proto::DecodeRequest,
+    ) -> impl Future<Output = ShardResult<proto::StepResponse>> + Send;
+    fn filter(&self, keep_request_ids: Vec<u64>) -> impl Future<Output = ShardResult<()>> + Send;
+    fn clear(&self) -> impl Future<Output = ShardResult<()>> + Send;
+}

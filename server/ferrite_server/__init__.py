@@ -1,0 +1,1 @@
+"""ferrite-server: the data plane (model shards). See DESIGN.md "Processes"."""

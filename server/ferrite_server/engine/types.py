@@ -1,0 +1,105 @@
+"""Engine-side request and step types: what the gRPC service maps the proto to and from.
+
+These are plain, immutable descriptions of one step's work and its results. The service
+(`service.py`) converts proto messages into these and back; nothing below the service imports
+the generated proto code, so the engine can be driven directly in tests.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Hugging Face / TGI sampling semantics; neutral values mean "off"."""
+
+    do_sample: bool = False
+    temperature: float = 1.0  # 0 or 1: unchanged logits
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 0 or 1: off
+    typical_p: float = 1.0  # 0 or 1: off
+    min_p: float = 0.0  # 0: off
+    repetition_penalty: float = 1.0  # over prompt + generated tokens; 0 or 1: off
+    frequency_penalty: float = 0.0  # over generated tokens
+    presence_penalty: float = 0.0  # over generated tokens
+    seed: int | None = None  # None: the shard draws one
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token_id, additive bias)
+
+
+@dataclass(frozen=True)
+class StoppingParams:
+    max_new_tokens: int = 20
+    ignore_eos: bool = False
+
+
+@dataclass(frozen=True)
+class RequestParams:
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    stopping: StoppingParams = field(default_factory=StoppingParams)
+    top_n_tokens: int = 0
+    prompt_logprobs: bool = False
+    # Trailing input tokens generated before a preemption (count towards max_new_tokens and
+    # frequency / presence penalties).
+    resumed_generated_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class PrefillChunk:
+    request_id: int
+    input_ids: tuple[int, ...]  # tokens computed now, positions num_cached_tokens ..
+    num_cached_tokens: int
+    block_table: tuple[int, ...]
+    is_last_chunk: bool
+    params: RequestParams | None  # required when the engine does not know request_id yet
+
+
+@dataclass(frozen=True)
+class DecodeEntry:
+    request_id: int
+    block_table: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class StepInput:
+    """One forward: new prompt chunks plus one decode token of each listed running request."""
+
+    chunks: tuple[PrefillChunk, ...] = ()
+    decodes: tuple[DecodeEntry, ...] = ()
+    release_request_ids: tuple[int, ...] = ()
+
+
+class FinishReason(enum.IntEnum):
+    NONE = 0
+    EOS = 1
+    LENGTH = 2
+
+
+@dataclass(frozen=True)
+class GeneratedToken:
+    token_id: int
+    logprob: float  # log-softmax of the raw logits
+    top_tokens: tuple[tuple[int, float], ...] = ()  # (token_id, logprob), most likely first
+
+
+@dataclass(frozen=True)
+class Generation:
+    request_id: int
+    tokens: tuple[GeneratedToken, ...] = ()
+    prompt_logprobs: tuple[float, ...] = ()  # aligned with the chunk's input_ids; NaN for token 0
+    finish_reason: FinishReason = FinishReason.NONE
+    error: str = ""  # non-empty: this request was rejected and forgotten; others ran
+
+
+@dataclass(frozen=True)
+class StepTimings:
+    forward_ns: int = 0
+    sampling_ns: int = 0
+    total_ns: int = 0
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    generations: tuple[Generation, ...]
+    timings: StepTimings
