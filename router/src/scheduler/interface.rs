@@ -67,3 +67,44 @@ pub enum AdmissionError {
 }
 
 pub type EventReceiver = mpsc::UnboundedReceiver<GenerationEvent>;
+
+/// A snapshot of the scheduler's state, for `/metrics` and `/info`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SchedulerStats {
+    pub waiting_requests: usize,
+    pub running_requests: usize,
+    pub kv_blocks_total: usize,
+    pub kv_blocks_free: usize,
+    pub preemptions_total: u64,
+    pub steps_total: u64,
+    /// Requests and tokens in the most recent step.
+    pub last_batch_size: usize,
+    pub last_batch_tokens: usize,
+    /// Sum over steps of the shard-reported forward time and of the step's wall time.
+    pub forward_ns_total: u64,
+    pub step_wall_ns_total: u64,
+}
+
+/// The HTTP layer's handle on the scheduler (a trait so HTTP tests can use a fake).
+pub trait RequestSubmitter: Send + Sync + 'static {
+    /// Queue a request; 429-style refusal when the waiting queue is full.
+    fn submit(&self, request: GenerationRequest) -> Result<EventReceiver, AdmissionError>;
+    fn stats(&self) -> SchedulerStats;
+}
+
+/// Limits the scheduler works within (derived by the router's config from flags + Warmup).
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// Tokens per KV block (from Info).
+    pub block_size: usize,
+    /// KV blocks the shard holds (from Warmup).
+    pub num_blocks: usize,
+    /// Most prompt tokens computed in one step; longer prompts are chunked.
+    pub max_batch_prefill_tokens: usize,
+    /// Most tokens (prompt + generated, over all running requests) resident at once.
+    pub max_batch_total_tokens: usize,
+    /// Most requests in one step.
+    pub max_batch_size: usize,
+    /// Most requests waiting for admission before `submit` answers QueueFull.
+    pub max_waiting_requests: usize,
+}

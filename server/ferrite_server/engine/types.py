@@ -103,3 +103,32 @@ class StepTimings:
 class StepOutput:
     generations: tuple[Generation, ...]
     timings: StepTimings
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """Model facts for the Info RPC (see InfoResponse in the proto for each field)."""
+
+    model_id: str
+    architecture: str
+    dtype: str
+    device: str
+    block_size: int
+    vocab_size: int
+    eos_token_ids: tuple[int, ...]
+    max_position_embeddings: int
+    world_size: int
+    attention_backend: str
+    quantization: str = ""
+    supports_chunked_prefill: bool = True
+    supports_prompt_logprobs: bool = True
+    max_top_n_tokens: int = 20
+
+
+@dataclass(frozen=True)
+class WarmupResult:
+    num_blocks: int
+    max_supported_total_tokens: int
+    model_memory_bytes: int
+    kv_cache_memory_bytes: int
+    peak_activation_memory_bytes: int

@@ -1,0 +1,49 @@
+"""The shard's one typed, immutable configuration, built at the edge (cli.py).
+
+This is the only module that reads environment variables: the standard torch.distributed ones
+(RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, LOCAL_RANK). Everything else arrives as flags.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Mapping
+
+DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
+AttentionBackendName = Literal["auto", "torch", "triton"]
+
+DEFAULT_BLOCK_SIZE_TOKENS = 16
+
+
+@dataclass(frozen=True)
+class DistributedConfig:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> "DistributedConfig":
+        env = os.environ if environ is None else environ
+        return cls(
+            rank=int(env.get("RANK", "0")),
+            world_size=int(env.get("WORLD_SIZE", "1")),
+            local_rank=int(env.get("LOCAL_RANK", env.get("RANK", "0"))),
+            master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
+            master_port=int(env.get("MASTER_PORT", "29500")),
+        )
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    model_id: Path  # a local directory with config.json + safetensors
+    uds_path: Path  # unix socket this shard serves gRPC on
+    dtype: DtypeName = "auto"  # auto: checkpoint dtype on GPU, bfloat16 on CPU
+    attention_backend: AttentionBackendName = "auto"
+    kv_cache_memory_bytes: int | None = None  # CPU: bytes of KV; None -> derived
+    block_size_tokens: int = DEFAULT_BLOCK_SIZE_TOKENS
+    device: str | None = None  # None: cuda:<local_rank> when CUDA is available, else cpu
+    distributed: DistributedConfig = DistributedConfig()

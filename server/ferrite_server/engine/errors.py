@@ -1,0 +1,17 @@
+"""Typed engine errors; service.py maps them to gRPC status codes in one place."""
+
+
+class EngineError(Exception):
+    """Base class of errors the engine raises on purpose."""
+
+
+class InvalidStepError(EngineError):
+    """The step as a whole is malformed (gRPC INVALID_ARGUMENT)."""
+
+
+class NotWarmedUpError(EngineError):
+    """Prefill/Decode before Warmup allocated the KV cache (gRPC FAILED_PRECONDITION)."""
+
+
+class UnsupportedModelError(EngineError):
+    """The checkpoint's architecture or configuration cannot be served."""
