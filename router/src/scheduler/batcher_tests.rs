@@ -1,0 +1,260 @@
+//! Batcher decisions from small hand-built states.
+
+use super::*;
+
+fn limits(max_batch_prefill_tokens: usize) -> BatchLimits {
+    BatchLimits {
+        block_size: 4,
+        max_batch_prefill_tokens,
+        max_batch_total_tokens: 10_000,
+        max_batch_size: 8,
+    }
+}
+
+/// A decoding request with `num_tokens` tokens, all but the last computed, holding exactly
+/// the blocks its computed tokens need.
+fn decoding(request_id: u64, num_tokens: usize) -> RunningView {
+    let num_computed_tokens = num_tokens - 1;
+    RunningView {
+        request_id,
+        num_tokens,
+        num_computed_tokens,
+        num_blocks_held: num_computed_tokens.div_ceil(4),
+        is_decoding: true,
+    }
+}
+
+fn prefilling(request_id: u64, num_tokens: usize, num_computed_tokens: usize) -> RunningView {
+    RunningView {
+        request_id,
+        num_tokens,
+        num_computed_tokens,
+        num_blocks_held: num_computed_tokens.div_ceil(4),
+        is_decoding: false,
+    }
+}
+
+fn waiting(request_id: u64, num_input_tokens: usize) -> WaitingView {
+    WaitingView {
+        request_id,
+        num_input_tokens,
+    }
+}
+
+#[test]
+fn long_prompt_is_chunked_over_steps() {
+    let limits = limits(16);
+    let first = plan_step(&limits, &[], &[waiting(1, 40)], 100);
+    assert_eq!(first.num_admitted, 1);
+    assert_eq!(
+        first.chunks,
+        vec![ChunkPlan {
+            request_id: 1,
+            num_cached_tokens: 0,
+            num_tokens: 16,
+            is_last_chunk: false,
+            num_new_blocks: 4
+        }]
+    );
+    let second = plan_step(&limits, &[prefilling(1, 40, 16)], &[], 96);
+    assert_eq!(second.chunks[0].num_cached_tokens, 16);
+    assert_eq!(second.chunks[0].num_tokens, 16);
+    assert!(!second.chunks[0].is_last_chunk);
+    let third = plan_step(&limits, &[prefilling(1, 40, 32)], &[], 92);
+    assert_eq!(third.chunks[0].num_tokens, 8);
+    assert!(third.chunks[0].is_last_chunk);
+    assert_eq!(third.chunks[0].num_new_blocks, 2);
+    assert!(third.decodes.is_empty());
+}
+
+#[test]
+fn prefill_budget_is_shared_and_respected() {
+    let limits = limits(20);
+    let waiting = [waiting(1, 12), waiting(2, 12), waiting(3, 12)];
+    let plan = plan_step(&limits, &[], &waiting, 100);
+    assert_eq!(plan.num_prefill_tokens(), 20);
+    assert_eq!(plan.num_admitted, 2);
+    assert_eq!(plan.chunks[0].num_tokens, 12);
+    assert!(plan.chunks[0].is_last_chunk);
+    assert_eq!(plan.chunks[1].num_tokens, 8);
+    assert!(!plan.chunks[1].is_last_chunk);
+}
+
+#[test]
+fn decodes_are_always_included_even_with_the_budget_spent() {
+    let limits = limits(8);
+    let running = [decoding(1, 5), prefilling(2, 30, 8), decoding(3, 9)];
+    let plan = plan_step(&limits, &running, &[waiting(4, 8)], 100);
+    let decode_ids: Vec<u64> = plan
+        .decodes
+        .iter()
+        .map(|decode| decode.request_id)
+        .collect();
+    assert_eq!(decode_ids, vec![1, 3]);
+    // The running prefill takes the whole prompt budget; nothing is admitted.
+    assert_eq!(plan.chunks.len(), 1);
+    assert_eq!(plan.chunks[0].request_id, 2);
+    assert_eq!(plan.chunks[0].num_tokens, 8);
+    assert_eq!(plan.num_admitted, 0);
+    assert!(plan.preempted_ids.is_empty());
+}
+
+#[test]
+fn decode_gets_a_block_only_when_crossing_a_boundary() {
+    let limits = limits(8);
+    // 9 tokens, 8 computed in 2 blocks: the 9th needs a third block.
+    let crossing = decoding(1, 9);
+    // 7 tokens, 6 computed in 2 blocks: room left in the second block.
+    let inside = decoding(2, 7);
+    let plan = plan_step(&limits, &[crossing, inside], &[], 1);
+    assert_eq!(
+        plan.decodes,
+        vec![
+            DecodePlan {
+                request_id: 1,
+                num_new_blocks: 1
+            },
+            DecodePlan {
+                request_id: 2,
+                num_new_blocks: 0
+            }
+        ]
+    );
+}
+
+#[test]
+fn out_of_blocks_preempts_the_newest() {
+    let limits = limits(8);
+    // All three cross a block boundary; only one block is free.
+    let running = [decoding(1, 9), decoding(2, 5), decoding(3, 13)];
+    let plan = plan_step(&limits, &running, &[waiting(9, 4)], 1);
+    // 1 takes the free block; 2 needs one: 3 (newest, 3 blocks) is preempted, 2 proceeds.
+    assert_eq!(plan.preempted_ids, vec![3]);
+    let decode_ids: Vec<u64> = plan
+        .decodes
+        .iter()
+        .map(|decode| decode.request_id)
+        .collect();
+    assert_eq!(decode_ids, vec![1, 2]);
+    // No admission in a step that preempted.
+    assert_eq!(plan.num_admitted, 0);
+    assert!(plan.chunks.is_empty());
+}
+
+#[test]
+fn the_newest_preempts_itself_when_nothing_newer_is_left() {
+    let limits = limits(8);
+    let running = [decoding(1, 6), decoding(2, 9)];
+    let plan = plan_step(&limits, &running, &[], 0);
+    assert_eq!(plan.preempted_ids, vec![2]);
+    assert_eq!(
+        plan.decodes,
+        vec![DecodePlan {
+            request_id: 1,
+            num_new_blocks: 0
+        }]
+    );
+}
+
+#[test]
+fn preemption_frees_enough_for_older_requests_in_order() {
+    let limits = limits(8);
+    let running = [
+        decoding(1, 9),
+        decoding(2, 9),
+        decoding(3, 2),
+        decoding(4, 2),
+    ];
+    // Requests 3 and 4 hold one block each; 1 and 2 each need one new block; none is free.
+    let plan = plan_step(&limits, &running, &[], 0);
+    assert_eq!(plan.preempted_ids, vec![4, 3]);
+    let decode_ids: Vec<u64> = plan
+        .decodes
+        .iter()
+        .map(|decode| decode.request_id)
+        .collect();
+    assert_eq!(decode_ids, vec![1, 2]);
+}
+
+#[test]
+fn prefilling_request_shrinks_its_chunk_before_preempting() {
+    let limits = limits(16);
+    let running = [prefilling(1, 40, 8), decoding(2, 3)];
+    // One free block: the prefill takes 4 tokens instead of 16; the decode needs no block.
+    let plan = plan_step(&limits, &running, &[], 1);
+    assert!(plan.preempted_ids.is_empty());
+    assert_eq!(plan.chunks[0].num_tokens, 4);
+    assert_eq!(plan.chunks[0].num_new_blocks, 1);
+    assert_eq!(plan.decodes.len(), 1);
+}
+
+#[test]
+fn stuck_oldest_prefill_preempts_newer_requests() {
+    let limits = limits(16);
+    // Both partially prefilled and no block free: without preemption neither could progress.
+    let running = [prefilling(1, 24, 8), prefilling(2, 24, 8)];
+    let plan = plan_step(&limits, &running, &[], 0);
+    assert_eq!(plan.preempted_ids, vec![2]);
+    assert_eq!(plan.chunks.len(), 1);
+    assert_eq!(plan.chunks[0].request_id, 1);
+    assert_eq!(plan.chunks[0].num_tokens, 8);
+}
+
+#[test]
+fn newest_prefill_waits_instead_of_preempting_itself() {
+    let limits = limits(16);
+    let running = [decoding(1, 3), prefilling(2, 24, 8)];
+    let plan = plan_step(&limits, &running, &[], 0);
+    assert!(plan.preempted_ids.is_empty());
+    assert_eq!(plan.decodes.len(), 1);
+    assert!(plan.chunks.is_empty());
+}
+
+#[test]
+fn admission_is_fifo_and_uses_only_free_blocks() {
+    let limits = limits(64);
+    // Two free blocks: the front request gets a partial chunk of 8 tokens, nobody overtakes.
+    let plan = plan_step(&limits, &[], &[waiting(1, 20), waiting(2, 4)], 2);
+    assert_eq!(plan.num_admitted, 1);
+    assert_eq!(plan.chunks[0].request_id, 1);
+    assert_eq!(plan.chunks[0].num_tokens, 8);
+    let none_free = plan_step(&limits, &[decoding(5, 3)], &[waiting(1, 4)], 0);
+    assert_eq!(none_free.num_admitted, 0);
+    assert!(none_free.chunks.is_empty());
+}
+
+#[test]
+fn batch_size_caps_running_plus_admitted() {
+    let limits = BatchLimits {
+        max_batch_size: 3,
+        ..limits(100)
+    };
+    let running = [decoding(1, 3), decoding(2, 3)];
+    let waiting = [waiting(3, 4), waiting(4, 4)];
+    let plan = plan_step(&limits, &running, &waiting, 100);
+    assert_eq!(plan.num_admitted, 1);
+    assert_eq!(plan.decodes.len() + plan.chunks.len(), 3);
+}
+
+#[test]
+fn total_token_cap_preempts_like_blocks() {
+    let limits = BatchLimits {
+        max_batch_total_tokens: 10,
+        ..limits(16)
+    };
+    // Resident: 5 + 4 = 9 tokens; both decodes add one token -> 11 > 10.
+    let running = [decoding(1, 6), decoding(2, 5)];
+    let plan = plan_step(&limits, &running, &[waiting(3, 1)], 100);
+    assert_eq!(plan.preempted_ids, vec![2]);
+    assert_eq!(plan.decodes.len(), 1);
+    // An admission is capped by the resident tokens too.
+    let fresh = plan_step(&limits, &[], &[waiting(3, 30)], 100);
+    assert_eq!(fresh.chunks[0].num_tokens, 10);
+}
+
+#[test]
+fn empty_state_plans_nothing() {
+    let plan = plan_step(&limits(16), &[], &[], 10);
+    assert!(plan.is_empty());
+    assert_eq!(plan, StepPlan::default());
+}

@@ -1,0 +1,260 @@
+//! An in-process `ShardClient` for tests: deterministic tokens and strict checks of what the
+//! router sends.
+//!
+//! Tokens: the next token is (last token of the sequence + 1) % vocab_size, so a request's
+//! whole output is known from its prompt alone, whatever batching, chunking or preemption
+//! happened (`expected_tokens`). EOS ids end a request unless `ignore_eos`; `max_new_tokens`
+//! counts tokens generated before a preemption (`resumed_generated_tokens`).
+//!
+//! Checks, recorded as `violations()` (and answered as a per-request error): chunks continue
+//! exactly where the cache ends, parameters come with a first chunk, decodes only for
+//! requests whose prompt is done, block tables cover the tokens computed and only grow, and
+//! no KV block belongs to two live requests at once.
+
+mod model;
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::proto;
+use crate::shard_client::{ShardClient, ShardError, ShardResult};
+use model::FakeState;
+
+#[derive(Debug, Clone)]
+pub struct FakeShardConfig {
+    pub vocab_size: u32,
+    pub eos_token_ids: Vec<u32>,
+    pub block_size: usize,
+    pub num_blocks: usize,
+    /// A request whose first prompt token is this id is rejected (Generation.error).
+    pub poison_token_id: Option<u32>,
+    /// Sleep this long in every step (lets tests act between steps).
+    pub step_delay: Duration,
+}
+
+impl Default for FakeShardConfig {
+    fn default() -> Self {
+        Self {
+            vocab_size: 1000,
+            eos_token_ids: Vec::new(),
+            block_size: 4,
+            num_blocks: 1024,
+            poison_token_id: None,
+            step_delay: Duration::ZERO,
+        }
+    }
+}
+
+/// What the router sent in one step (for budget assertions).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StepSummary {
+    pub num_chunks: usize,
+    pub num_prefill_tokens: usize,
+    pub num_decodes: usize,
+    /// Tokens in the cache over all live requests after the step.
+    pub num_resident_tokens: usize,
+    pub num_blocks_in_use: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct FakeShard {
+    config: FakeShardConfig,
+    state: Mutex<FakeState>,
+}
+
+/// The tokens the fake produces for `prompt` with `max_new_tokens` and `eos_token_ids`.
+pub fn expected_tokens(
+    prompt: &[u32],
+    max_new_tokens: usize,
+    vocab_size: u32,
+    eos_token_ids: &[u32],
+) -> Vec<u32> {
+    let mut tokens = Vec::with_capacity(max_new_tokens);
+    let mut last = prompt.last().copied().unwrap_or(0);
+    while tokens.len() < max_new_tokens.max(1) {
+        last = (last + 1) % vocab_size;
+        tokens.push(last);
+        if eos_token_ids.contains(&last) {
+            break;
+        }
+    }
+    tokens
+}
+
+/// The prompt logprob the fake reports for `token_id` (NaN for a sequence's first token).
+pub fn fake_prompt_logprob(position: usize, token_id: u32) -> f32 {
+    if position == 0 {
+        f32::NAN
+    } else {
+        -((token_id % 7) as f32) - 0.5
+    }
+}
+
+impl FakeShard {
+    pub fn new(config: FakeShardConfig) -> Self {
+        Self {
+            config,
+            state: Mutex::default(),
+        }
+    }
+
+    pub fn config(&self) -> &FakeShardConfig {
+        &self.config
+    }
+
+    fn lock(&self) -> MutexGuard<'_, FakeState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The next `num_steps` Prefill/Decode calls fail with a gRPC-style status.
+    pub fn fail_next_steps(&self, num_steps: usize) {
+        self.lock().num_failures_to_inject = num_steps;
+    }
+
+    pub fn violations(&self) -> Vec<String> {
+        self.lock().violations.clone()
+    }
+
+    pub fn released_ids(&self) -> Vec<u64> {
+        self.lock().released_ids.clone()
+    }
+
+    pub fn num_live_requests(&self) -> usize {
+        self.lock().requests.len()
+    }
+
+    pub fn num_clears(&self) -> usize {
+        self.lock().num_clears
+    }
+
+    pub fn steps(&self) -> Vec<StepSummary> {
+        self.lock().steps.clone()
+    }
+
+    async fn step(
+        &self,
+        chunks: Vec<proto::PrefillChunk>,
+        decodes: Vec<proto::DecodeEntry>,
+        release_ids: Vec<u64>,
+    ) -> ShardResult<proto::StepResponse> {
+        if !self.config.step_delay.is_zero() {
+            tokio::time::sleep(self.config.step_delay).await;
+        }
+        let mut state = self.lock();
+        if state.num_failures_to_inject > 0 {
+            state.num_failures_to_inject -= 1;
+            return Err(ShardError::Status("injected step failure".to_string()));
+        }
+        for request_id in release_ids {
+            if state.requests.remove(&request_id).is_none() {
+                state
+                    .violations
+                    .push(format!("release of unknown request {request_id}"));
+            }
+            state.released_ids.push(request_id);
+        }
+        let mut summary = StepSummary {
+            num_chunks: chunks.len(),
+            num_decodes: decodes.len(),
+            ..StepSummary::default()
+        };
+        let mut generations = Vec::with_capacity(chunks.len() + decodes.len());
+        for chunk in chunks {
+            summary.num_prefill_tokens += chunk.input_ids.len();
+            generations.push(model::run_chunk(&mut state, &self.config, chunk));
+        }
+        for decode in decodes {
+            generations.push(model::run_decode(&mut state, &self.config, decode));
+        }
+        model::check_block_ownership(&mut state);
+        summary.num_resident_tokens = state
+            .requests
+            .values()
+            .map(|request| request.num_computed_tokens)
+            .sum();
+        summary.num_blocks_in_use = state
+            .requests
+            .values()
+            .map(|request| request.block_table.len())
+            .sum();
+        state.steps.push(summary);
+        Ok(proto::StepResponse {
+            generations,
+            timings: Some(proto::StepTimings {
+                forward_ns: 1_000,
+                sampling_ns: 100,
+                total_ns: 1_200,
+            }),
+        })
+    }
+}
+
+impl ShardClient for FakeShard {
+    async fn info(&self) -> ShardResult<proto::InfoResponse> {
+        Ok(proto::InfoResponse {
+            model_id: "fake".to_string(),
+            architecture: "FakeForCausalLM".to_string(),
+            dtype: "float32".to_string(),
+            device: "cpu".to_string(),
+            block_size: self.config.block_size as u32,
+            vocab_size: self.config.vocab_size,
+            eos_token_ids: self.config.eos_token_ids.clone(),
+            max_position_embeddings: (self.config.num_blocks * self.config.block_size) as u32,
+            world_size: 1,
+            attention_backend: "fake".to_string(),
+            quantization: String::new(),
+            supports_chunked_prefill: true,
+            supports_prompt_logprobs: true,
+            max_top_n_tokens: 10,
+        })
+    }
+
+    async fn health(&self) -> ShardResult<()> {
+        Ok(())
+    }
+
+    async fn warmup(&self, _request: proto::WarmupRequest) -> ShardResult<proto::WarmupResponse> {
+        Ok(proto::WarmupResponse {
+            num_blocks: self.config.num_blocks as u32,
+            max_supported_total_tokens: (self.config.num_blocks * self.config.block_size) as u64,
+            ..Default::default()
+        })
+    }
+
+    async fn prefill(&self, request: proto::PrefillRequest) -> ShardResult<proto::StepResponse> {
+        self.step(request.chunks, request.decodes, request.release_request_ids)
+            .await
+    }
+
+    async fn decode(&self, request: proto::DecodeRequest) -> ShardResult<proto::StepResponse> {
+        self.step(Vec::new(), request.decodes, request.release_request_ids)
+            .await
+    }
+
+    async fn filter(&self, keep_request_ids: Vec<u64>) -> ShardResult<()> {
+        let mut state = self.lock();
+        let gone: Vec<u64> = state
+            .requests
+            .keys()
+            .filter(|request_id| !keep_request_ids.contains(request_id))
+            .copied()
+            .collect();
+        for request_id in gone {
+            state.requests.remove(&request_id);
+            state.released_ids.push(request_id);
+        }
+        Ok(())
+    }
+
+    async fn clear(&self) -> ShardResult<()> {
+        let mut state = self.lock();
+        state.requests.clear();
+        state.num_clears += 1;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,300 @@
+//! One request's scheduling state: its tokens, how many are computed, its KV block table and
+//! the channel its events go to.
+//!
+//! Lifecycle: waiting -> (prompt chunks) -> decoding -> finished. Preemption resets a request
+//! to "waiting with nothing computed"; its input then becomes prompt + tokens generated so far,
+//! recomputed from scratch, and tokens already streamed are never sent again.
+
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use super::batcher::{ChunkPlan, RunningView, WaitingView};
+use super::interface::{GenerationError, GenerationEvent, GenerationRequest, ShardFinish, Token};
+use crate::proto;
+
+pub type EventSender = mpsc::UnboundedSender<GenerationEvent>;
+
+/// What became of a request after its part of a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SequenceOutcome {
+    /// Still running.
+    Running,
+    /// Finished, failed or cancelled: it leaves the batch. `needs_release` when the shard may
+    /// still hold its state (cancelled) and must be told to forget it; a request the shard
+    /// finished or rejected is already forgotten there.
+    Left { needs_release: bool },
+}
+
+const FORGOTTEN: SequenceOutcome = SequenceOutcome::Left {
+    needs_release: false,
+};
+const HELD_BY_SHARD: SequenceOutcome = SequenceOutcome::Left {
+    needs_release: true,
+};
+
+#[derive(Debug)]
+pub struct Sequence {
+    pub request_id: u64,
+    /// Prompt followed by every generated token.
+    token_ids: Vec<u32>,
+    num_prompt_tokens: usize,
+    /// Tokens the current prefill must compute (prompt, plus generated tokens after a
+    /// preemption); fixed while prefilling.
+    num_input_tokens: usize,
+    num_computed_tokens: usize,
+    is_decoding: bool,
+    pub block_table: Vec<u32>,
+    parameters: proto::RequestParameters,
+    events: EventSender,
+    received_at: Instant,
+    first_scheduled_at: Option<Instant>,
+    /// Prompt logprobs gathered over chunks until PrefillDone is sent.
+    prompt_logprobs: Vec<f32>,
+    is_prefill_done_sent: bool,
+}
+
+impl Sequence {
+    pub fn new(request_id: u64, request: GenerationRequest, events: EventSender) -> Self {
+        let num_prompt_tokens = request.input_ids.len();
+        Self {
+            request_id,
+            token_ids: request.input_ids,
+            num_prompt_tokens,
+            num_input_tokens: num_prompt_tokens,
+            num_computed_tokens: 0,
+            is_decoding: false,
+            block_table: Vec::new(),
+            parameters: request.parameters,
+            events,
+            received_at: request.received_at,
+            first_scheduled_at: None,
+            prompt_logprobs: Vec::new(),
+            is_prefill_done_sent: false,
+        }
+    }
+
+    pub fn num_generated_tokens(&self) -> usize {
+        self.token_ids.len() - self.num_prompt_tokens
+    }
+
+    #[cfg(test)]
+    pub fn generated_token_ids(&self) -> &[u32] {
+        &self.token_ids[self.num_prompt_tokens..]
+    }
+
+    #[cfg(test)]
+    pub fn num_computed_tokens(&self) -> usize {
+        self.num_computed_tokens
+    }
+
+    /// The receiver was dropped (client gone, or a stop sequence matched upstream).
+    pub fn is_cancelled(&self) -> bool {
+        self.events.is_closed()
+    }
+
+    pub fn running_view(&self) -> RunningView {
+        RunningView {
+            request_id: self.request_id,
+            num_tokens: if self.is_decoding {
+                self.token_ids.len()
+            } else {
+                self.num_input_tokens
+            },
+            num_computed_tokens: self.num_computed_tokens,
+            num_blocks_held: self.block_table.len(),
+            is_decoding: self.is_decoding,
+        }
+    }
+
+    pub fn waiting_view(&self) -> WaitingView {
+        WaitingView {
+            request_id: self.request_id,
+            num_input_tokens: self.num_input_tokens,
+        }
+    }
+
+    /// The chunk message for `chunk`, which must be this request's. The first chunk carries
+    /// the request's parameters, counting tokens generated before a preemption.
+    pub fn prefill_chunk(&mut self, chunk: &ChunkPlan, now: Instant) -> proto::PrefillChunk {
+        self.first_scheduled_at.get_or_insert(now);
+        let start = chunk.num_cached_tokens;
+        let parameters = (start == 0).then(|| {
+            let mut parameters = self.parameters.clone();
+            parameters.resumed_generated_tokens = self.num_generated_tokens() as u32;
+            // Prompt logprobs were already delivered before the preemption.
+            parameters.prompt_logprobs &= !self.is_prefill_done_sent;
+            parameters
+        });
+        proto::PrefillChunk {
+            request_id: self.request_id,
+            // The plan was made from this sequence's own counts, so the range is in bounds;
+            // an empty chunk (never expected) would fail this request in the shard, not the loop.
+            input_ids: self
+                .token_ids
+                .get(start..start + chunk.num_tokens)
+                .unwrap_or(&[])
+                .to_vec(),
+            num_cached_tokens: start as u32,
+            block_table: self.block_table.clone(),
+            is_last_chunk: chunk.is_last_chunk,
+            parameters,
+        }
+    }
+
+    pub fn decode_entry(&self) -> proto::DecodeEntry {
+        proto::DecodeEntry {
+            request_id: self.request_id,
+            block_table: self.block_table.clone(),
+        }
+    }
+
+    /// Back to "waiting, nothing computed". The caller frees `block_table` first.
+    pub fn reset_for_preemption(&mut self) {
+        debug_assert!(
+            self.block_table.is_empty(),
+            "blocks must be freed before the reset"
+        );
+        self.num_input_tokens = self.token_ids.len();
+        self.num_computed_tokens = 0;
+        self.is_decoding = false;
+        if !self.is_prefill_done_sent {
+            self.prompt_logprobs.clear(); // recomputed from the first token
+        }
+    }
+
+    /// Applies the shard's result for this request's chunk (`chunk` is Some) or decode.
+    pub fn apply_generation(
+        &mut self,
+        chunk: Option<&ChunkPlan>,
+        generation: Option<proto::Generation>,
+    ) -> SequenceOutcome {
+        let is_last_chunk = match chunk {
+            Some(chunk) => chunk.is_last_chunk,
+            None => true,
+        };
+        let generation = match generation {
+            Some(generation) if !generation.error.is_empty() => {
+                self.fail(GenerationError::Shard(generation.error));
+                return FORGOTTEN;
+            }
+            Some(generation) => generation,
+            // A chunk that is not the last produces no token; the shard may omit it.
+            None if !is_last_chunk => proto::Generation::default(),
+            None => {
+                self.fail(GenerationError::Shard(format!(
+                    "the shard returned no result for request {}",
+                    self.request_id
+                )));
+                return HELD_BY_SHARD;
+            }
+        };
+        let finish = shard_finish(&generation);
+        match chunk {
+            Some(chunk) => {
+                self.num_computed_tokens += chunk.num_tokens;
+                if !self.is_prefill_done_sent && self.parameters.prompt_logprobs {
+                    self.prompt_logprobs
+                        .extend_from_slice(&generation.prompt_logprobs);
+                }
+            }
+            None => self.num_computed_tokens = self.token_ids.len(),
+        }
+        if !is_last_chunk {
+            return self.outcome_of_send(true);
+        }
+        self.is_decoding = true;
+        if !self.send_prefill_done() {
+            return if finish.is_some() {
+                FORGOTTEN
+            } else {
+                HELD_BY_SHARD
+            };
+        }
+        self.push_tokens(generation.tokens, finish)
+    }
+
+    fn send_prefill_done(&mut self) -> bool {
+        if self.is_prefill_done_sent {
+            return true;
+        }
+        self.is_prefill_done_sent = true;
+        let scheduled_at = self.first_scheduled_at.unwrap_or(self.received_at);
+        let event = GenerationEvent::PrefillDone {
+            prompt_logprobs: std::mem::take(&mut self.prompt_logprobs),
+            queue_time: scheduled_at.saturating_duration_since(self.received_at),
+        };
+        self.events.send(event).is_ok()
+    }
+
+    fn push_tokens(
+        &mut self,
+        tokens: Vec<proto::GeneratedToken>,
+        finish: Option<ShardFinish>,
+    ) -> SequenceOutcome {
+        if tokens.is_empty() {
+            self.fail(GenerationError::Shard(format!(
+                "the shard produced no token for request {}",
+                self.request_id
+            )));
+            // Without a finish reason the shard still holds the request.
+            return if finish.is_some() {
+                FORGOTTEN
+            } else {
+                HELD_BY_SHARD
+            };
+        }
+        let num_tokens = tokens.len();
+        let mut is_delivered = true;
+        for (index, generated) in tokens.into_iter().enumerate() {
+            self.token_ids.push(generated.token_id);
+            let token = Token {
+                id: generated.token_id,
+                logprob: generated.logprob,
+                top_tokens: generated
+                    .top_tokens
+                    .iter()
+                    .map(|top| (top.token_id, top.logprob))
+                    .collect(),
+            };
+            let finish = if index + 1 == num_tokens {
+                finish
+            } else {
+                None
+            };
+            is_delivered &= self
+                .events
+                .send(GenerationEvent::Token { token, finish })
+                .is_ok();
+        }
+        match finish {
+            Some(_) => FORGOTTEN,
+            None => self.outcome_of_send(is_delivered),
+        }
+    }
+
+    fn outcome_of_send(&self, is_delivered: bool) -> SequenceOutcome {
+        if is_delivered && !self.is_cancelled() {
+            SequenceOutcome::Running
+        } else {
+            HELD_BY_SHARD
+        }
+    }
+
+    /// Sends the request's final error event (ignored when the receiver is gone).
+    pub fn fail(&self, error: GenerationError) {
+        let _ = self.events.send(GenerationEvent::Error(error));
+    }
+}
+
+fn shard_finish(generation: &proto::Generation) -> Option<ShardFinish> {
+    match proto::FinishReason::try_from(generation.finish_reason) {
+        Ok(proto::FinishReason::Eos) => Some(ShardFinish::Eos),
+        Ok(proto::FinishReason::Length) => Some(ShardFinish::Length),
+        Ok(proto::FinishReason::Unspecified) | Err(_) => None,
+    }
+}
+
+#[cfg(test)]
+#[path = "sequence_tests.rs"]
+mod tests;

@@ -1,0 +1,110 @@
+//! The scheduler's published statistics: written by the scheduler task once per step, read by
+//! `/metrics` and `/info` through the handle.
+
+use std::sync::{Mutex, MutexGuard};
+
+use super::interface::SchedulerStats;
+use super::queue::WaitingGate;
+
+/// What one step adds to the running totals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StepRecord {
+    pub batch_size: usize,
+    pub num_tokens: usize,
+    pub num_preempted: usize,
+    pub forward_ns: u64,
+    pub step_wall_ns: u64,
+}
+
+/// Gauges read from the scheduler state after a step (or after an idle turn).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateGauges {
+    pub running_requests: usize,
+    pub kv_blocks_total: usize,
+    pub kv_blocks_free: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct StatsCell {
+    stats: Mutex<SchedulerStats>,
+}
+
+impl StatsCell {
+    fn lock(&self) -> MutexGuard<'_, SchedulerStats> {
+        // A poisoned lock only means a panic elsewhere mid-update; the numbers stay usable.
+        self.stats
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn record_step(&self, record: &StepRecord) {
+        let mut stats = self.lock();
+        stats.steps_total += 1;
+        stats.last_batch_size = record.batch_size;
+        stats.last_batch_tokens = record.num_tokens;
+        stats.preemptions_total += record.num_preempted as u64;
+        stats.forward_ns_total += record.forward_ns;
+        stats.step_wall_ns_total += record.step_wall_ns;
+    }
+
+    pub fn set_gauges(&self, gauges: &StateGauges) {
+        let mut stats = self.lock();
+        stats.running_requests = gauges.running_requests;
+        stats.kv_blocks_total = gauges.kv_blocks_total;
+        stats.kv_blocks_free = gauges.kv_blocks_free;
+    }
+
+    /// A snapshot; the waiting count is read live from the gate.
+    pub fn snapshot(&self, gate: &WaitingGate) -> SchedulerStats {
+        let mut stats = self.lock().clone();
+        stats.waiting_requests = gate.num_waiting();
+        stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_accumulate_and_gauges_overwrite() {
+        let cell = StatsCell::default();
+        let gate = WaitingGate::new(4);
+        gate.try_reserve().expect("room");
+        cell.set_gauges(&StateGauges {
+            running_requests: 2,
+            kv_blocks_total: 10,
+            kv_blocks_free: 7,
+        });
+        let step = StepRecord {
+            batch_size: 2,
+            num_tokens: 9,
+            num_preempted: 1,
+            forward_ns: 100,
+            step_wall_ns: 150,
+        };
+        cell.record_step(&step);
+        cell.record_step(&StepRecord {
+            batch_size: 1,
+            num_tokens: 1,
+            ..step
+        });
+        let stats = cell.snapshot(&gate);
+        assert_eq!(stats.steps_total, 2);
+        assert_eq!((stats.last_batch_size, stats.last_batch_tokens), (1, 1));
+        assert_eq!(stats.preemptions_total, 2);
+        assert_eq!(
+            (stats.forward_ns_total, stats.step_wall_ns_total),
+            (200, 300)
+        );
+        assert_eq!(
+            (
+                stats.running_requests,
+                stats.kv_blocks_free,
+                stats.kv_blocks_total
+            ),
+            (2, 7, 10)
+        );
+        assert_eq!(stats.waiting_requests, 1);
+    }
+}

@@ -1,0 +1,139 @@
+//! The scheduler task: take in submitted requests, plan a step, call the shard, dispatch the
+//! results; repeat while there is work, and sleep on the command channel when there is none.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use super::sequence::Sequence;
+use super::state::{PreparedStep, SchedulerState, StepRequest};
+use super::stats::{StateGauges, StatsCell, StepRecord};
+use crate::proto;
+use crate::shard_client::{ShardClient, ShardResult};
+
+pub struct StepLoop<C: ShardClient> {
+    client: Arc<C>,
+    state: SchedulerState,
+    commands: mpsc::UnboundedReceiver<Sequence>,
+    stats: Arc<StatsCell>,
+}
+
+impl<C: ShardClient> StepLoop<C> {
+    pub fn new(
+        client: Arc<C>,
+        state: SchedulerState,
+        commands: mpsc::UnboundedReceiver<Sequence>,
+        stats: Arc<StatsCell>,
+    ) -> Self {
+        Self {
+            client,
+            state,
+            commands,
+            stats,
+        }
+    }
+
+    /// Runs until every handle is dropped and the last accepted request is done.
+    pub async fn run(mut self) {
+        self.publish_gauges();
+        let mut is_stalled = false;
+        loop {
+            // Block on the channel only when there is nothing to step (no busy spinning).
+            if self.state.is_idle() || is_stalled {
+                match self.commands.recv().await {
+                    Some(sequence) => self.state.accept(sequence),
+                    None => break,
+                }
+            }
+            while let Ok(sequence) = self.commands.try_recv() {
+                self.state.accept(sequence);
+            }
+            self.state.drop_cancelled();
+            let plan = self.state.plan();
+            if plan.is_empty() {
+                // Nothing can run: normally because everything left was cancelled. A
+                // non-idle state here would be a planning bug; waiting for the next command
+                // (rather than spinning) keeps the process healthy.
+                is_stalled = !self.state.is_idle();
+                if is_stalled {
+                    tracing::error!(num_running = self.state.num_running(), "no step possible");
+                }
+                self.flush_releases().await;
+                self.publish_gauges();
+                continue;
+            }
+            is_stalled = false;
+            let step = self.state.prepare(&plan, Instant::now());
+            self.run_step(step).await;
+            self.publish_gauges();
+            // Let HTTP tasks on this runtime run between steps even if the shard answered
+            // without ever yielding (in-process fakes do).
+            tokio::task::yield_now().await;
+        }
+        tracing::info!("scheduler stopped: every handle was dropped");
+    }
+
+    async fn run_step(&mut self, step: PreparedStep) {
+        let started_at = Instant::now();
+        let PreparedStep {
+            request,
+            members,
+            num_tokens,
+            num_preempted,
+        } = step;
+        let batch_size = members.len();
+        let result = self.send(request).await;
+        let mut forward_ns = 0;
+        match result {
+            Ok(response) => {
+                forward_ns = response
+                    .timings
+                    .as_ref()
+                    .map_or(0, |timings| timings.forward_ns);
+                self.state.complete(&members, response);
+            }
+            Err(error) => {
+                tracing::error!(%error, batch_size, "shard step failed; failing its requests");
+                self.state.fail_step(&members, &error);
+                if let Err(error) = self.client.clear().await {
+                    tracing::error!(%error, "clearing the shard after a failed step failed");
+                }
+            }
+        }
+        self.stats.record_step(&StepRecord {
+            batch_size,
+            num_tokens,
+            num_preempted,
+            forward_ns,
+            step_wall_ns: started_at.elapsed().as_nanos() as u64,
+        });
+    }
+
+    async fn send(&self, request: StepRequest) -> ShardResult<proto::StepResponse> {
+        match request {
+            StepRequest::Prefill(request) => self.client.prefill(request).await,
+            StepRequest::Decode(request) => self.client.decode(request).await,
+        }
+    }
+
+    /// Tells the shard to forget released requests when no step will carry them soon.
+    async fn flush_releases(&mut self) {
+        let release_ids = self.state.take_pending_release_ids();
+        if release_ids.is_empty() {
+            return;
+        }
+        if let Err(error) = self.client.filter(self.state.running_ids()).await {
+            tracing::warn!(%error, "filter failed; releases ride on the next step");
+            self.state.restore_pending_release_ids(release_ids);
+        }
+    }
+
+    fn publish_gauges(&self) {
+        self.stats.set_gauges(&StateGauges {
+            running_requests: self.state.num_running(),
+            kv_blocks_total: self.state.num_total_blocks(),
+            kv_blocks_free: self.state.num_free_blocks(),
+        });
+    }
+}
