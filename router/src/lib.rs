@@ -6,5 +6,19 @@ pub mod proto {
     tonic::include_proto!("ferrite.shard.v1");
 }
 
+pub mod api;
+pub mod config;
+pub mod detokenize;
+pub mod error;
+pub mod generation;
+pub mod http;
+pub mod metrics;
 pub mod scheduler;
+pub mod server;
 pub mod shard_client;
+pub mod stop;
+pub mod tokenizer;
+pub mod validation;
+
+#[cfg(test)]
+pub(crate) mod testing;

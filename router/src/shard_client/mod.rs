@@ -2,6 +2,8 @@
 //! implementation (`grpc.rs`) sends every call to every rank over unix-socket gRPC and returns
 //! rank 0's answer; tests use an in-process fake.
 
+pub mod grpc;
+
 use std::future::Future;
 
 use crate::proto;

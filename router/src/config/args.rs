@@ -1,0 +1,98 @@
+//! Command-line flags of `ferrite-router` (normally passed by `ferrite-launcher`). Limits left
+//! unset are derived from the model and the KV capacity the shard measured (see `resolve.rs`).
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "ferrite-router",
+    version,
+    about = "ferrite's HTTP router and scheduler"
+)]
+pub struct RouterArgs {
+    /// Unix socket of one shard rank; repeat the flag once per rank, rank 0 first. Every call
+    /// goes to every rank; rank 0's answer is used.
+    #[arg(long = "shard-uds-path", required = true, value_name = "PATH")]
+    pub shard_uds_paths: Vec<PathBuf>,
+
+    /// How long to keep retrying the shard sockets at start-up.
+    #[arg(long, default_value_t = 120)]
+    pub shard_connect_timeout_s: u64,
+
+    /// Directory holding tokenizer.json (and tokenizer_config.json, generation_config.json).
+    #[arg(long)]
+    pub tokenizer_dir: PathBuf,
+
+    /// Model name reported in /info; defaults to what the shard loaded.
+    #[arg(long)]
+    pub model_id: Option<String>,
+
+    #[arg(long, default_value = "0.0.0.0")]
+    pub hostname: String,
+
+    #[arg(long, default_value_t = 3000)]
+    pub port: u16,
+
+    /// Longest prompt in tokens; default max_total_tokens - 1.
+    #[arg(long)]
+    pub max_input_tokens: Option<usize>,
+
+    /// Longest prompt + generation in tokens; default: the model's max_position_embeddings,
+    /// capped by the KV cache capacity.
+    #[arg(long)]
+    pub max_total_tokens: Option<usize>,
+
+    /// Most prompt tokens computed in one step (longer prompts are chunked when the shard
+    /// supports it); default min(max_input_tokens, 4096).
+    #[arg(long)]
+    pub max_batch_prefill_tokens: Option<usize>,
+
+    /// Most tokens resident in the KV cache over all running requests; default: what the
+    /// shard's Warmup measured.
+    #[arg(long)]
+    pub max_batch_total_tokens: Option<usize>,
+
+    /// Most requests in one step.
+    #[arg(long, default_value_t = 256)]
+    pub max_batch_size: usize,
+
+    /// Most requests waiting for admission; beyond it requests get 429 at once.
+    #[arg(long, default_value_t = 128)]
+    pub max_concurrent_requests: usize,
+
+    #[arg(long, default_value_t = 2)]
+    pub max_best_of: usize,
+
+    #[arg(long, default_value_t = 4)]
+    pub max_stop_sequences: usize,
+
+    /// Largest `top_n_tokens`; default min(5, what the shard supports).
+    #[arg(long)]
+    pub max_top_n_tokens: Option<u32>,
+
+    /// Largest request body in bytes (413 beyond).
+    #[arg(long, default_value_t = 2_000_000)]
+    pub payload_limit: usize,
+
+    /// Require `Authorization: Bearer <key>` on the generation routes.
+    #[arg(long, env = "FERRITE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Origins allowed by CORS (repeatable); none means no CORS headers.
+    #[arg(long)]
+    pub cors_allow_origin: Vec<String>,
+
+    /// Log as JSON lines.
+    #[arg(long)]
+    pub json_output: bool,
+
+    /// Log filter (tracing-subscriber's EnvFilter syntax).
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    pub log_filter: String,
+
+    /// OpenTelemetry collector; accepted for the launcher's sake, not used yet.
+    #[arg(long)]
+    pub otlp_endpoint: Option<String>,
+}

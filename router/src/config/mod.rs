@@ -1,0 +1,83 @@
+//! The router's one typed, immutable configuration, built at start-up from the flags, the
+//! shard's Info and the KV capacity its Warmup measured. Nothing else reads the environment.
+
+mod args;
+mod resolve;
+
+pub use args::RouterArgs;
+pub use resolve::{plan_warmup, resolve, ConfigError, WarmupPlan};
+
+use crate::scheduler::interface::SchedulerConfig;
+
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    pub server: ServerConfig,
+    pub model: ModelFacts,
+    pub limits: RequestLimits,
+    pub batching: BatchLimits,
+}
+
+/// How the HTTP server listens and whom it lets in.
+#[derive(Debug, Clone, Default)]
+pub struct ServerConfig {
+    pub hostname: String,
+    pub port: u16,
+    pub api_key: Option<String>,
+    pub cors_allow_origins: Vec<String>,
+    pub payload_limit_bytes: usize,
+    pub json_output: bool,
+    pub log_filter: String,
+    pub otlp_endpoint: Option<String>,
+}
+
+/// What the shard reported about the model (Info), for /info and the limits.
+#[derive(Debug, Clone, Default)]
+pub struct ModelFacts {
+    pub model_id: String,
+    pub architecture: String,
+    pub dtype: String,
+    /// `cpu` or `cuda` (the shard's device without its index).
+    pub device_type: String,
+    pub attention_backend: String,
+    pub quantization: Option<String>,
+    pub num_shards: usize,
+    pub block_size: usize,
+    pub max_position_embeddings: usize,
+}
+
+/// What a single request may ask for (validation's limits).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestLimits {
+    pub max_input_tokens: usize,
+    pub max_total_tokens: usize,
+    pub max_best_of: usize,
+    pub max_stop_sequences: usize,
+    pub max_top_n_tokens: u32,
+    /// Whether the shard can return prompt logprobs (`decoder_input_details`).
+    pub supports_prompt_logprobs: bool,
+}
+
+/// What the scheduler works within.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchLimits {
+    pub max_batch_prefill_tokens: usize,
+    pub max_batch_total_tokens: usize,
+    pub max_batch_size: usize,
+    /// Waiting-queue bound: beyond it, 429.
+    pub max_concurrent_requests: usize,
+    /// KV blocks the shard allocated (Warmup).
+    pub num_blocks: usize,
+}
+
+impl RouterConfig {
+    pub fn scheduler_config(&self) -> SchedulerConfig {
+        SchedulerConfig {
+            block_size: self.model.block_size,
+            num_blocks: self.batching.num_blocks,
+            max_batch_prefill_tokens: self.batching.max_batch_prefill_tokens,
+            max_batch_total_tokens: self.batching.max_batch_total_tokens,
+            max_batch_size: self.batching.max_batch_size,
+            max_waiting_requests: self.batching.max_concurrent_requests,
+        }
+    }
+}

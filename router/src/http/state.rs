@@ -1,0 +1,110 @@
+//! What every handler shares: the scheduler handle, the validator, the generation context,
+//! metrics, health and the immutable answers (/info).
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use crate::api::info::Info;
+use crate::config::{RouterConfig, ServerConfig};
+use crate::error::ApiError;
+use crate::generation::GenerationContext;
+use crate::metrics::Metrics;
+use crate::scheduler::interface::RequestSubmitter;
+use crate::tokenizer::TextTokenizer;
+use crate::validation::Validator;
+
+use super::health::HealthState;
+
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<AppInner>,
+}
+
+pub struct AppInner {
+    pub submitter: Arc<dyn RequestSubmitter>,
+    pub validator: Validator,
+    pub generation: GenerationContext,
+    pub health: HealthState,
+    pub info: Info,
+    pub server: ServerConfig,
+    /// `x-compute-type` header value: the shard's device type.
+    pub compute_type: String,
+}
+
+impl Deref for AppState {
+    type Target = AppInner;
+
+    fn deref(&self) -> &AppInner {
+        &self.inner
+    }
+}
+
+impl AppState {
+    pub fn new(
+        config: &RouterConfig,
+        tokenizer: Arc<TextTokenizer>,
+        submitter: Arc<dyn RequestSubmitter>,
+    ) -> Self {
+        let metrics = Arc::new(Metrics::default());
+        let inner = AppInner {
+            submitter,
+            validator: Validator::new(Arc::clone(&tokenizer), config.limits.clone()),
+            health: HealthState::new(&tokenizer),
+            generation: GenerationContext { tokenizer, metrics },
+            info: info(config),
+            server: config.server.clone(),
+            compute_type: config.model.device_type.clone(),
+        };
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.generation.metrics
+    }
+
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.generation.tokenizer
+    }
+
+    /// Records a failed request (metric by error type; a generation failure also makes the
+    /// next /health run a real generation) and hands the error back for the response.
+    pub fn request_failed(&self, error: ApiError) -> ApiError {
+        self.metrics().request_failed(error.error_type());
+        if matches!(error, ApiError::Generation(_)) {
+            self.health.mark_failed();
+        }
+        error
+    }
+}
+
+fn info(config: &RouterConfig) -> Info {
+    Info {
+        model_id: config.model.model_id.clone(),
+        model_sha: None,
+        model_dtype: config.model.dtype.clone(),
+        model_device_type: config.model.device_type.clone(),
+        model_pipeline_tag: Some("text-generation".into()),
+        max_concurrent_requests: config.batching.max_concurrent_requests,
+        max_best_of: config.limits.max_best_of,
+        max_stop_sequences: config.limits.max_stop_sequences,
+        max_input_tokens: config.limits.max_input_tokens,
+        max_total_tokens: config.limits.max_total_tokens,
+        max_top_n_tokens: config.limits.max_top_n_tokens,
+        max_batch_prefill_tokens: config.batching.max_batch_prefill_tokens,
+        max_batch_total_tokens: config.batching.max_batch_total_tokens,
+        max_batch_size: config.batching.max_batch_size,
+        max_client_batch_size: 1,
+        router: env!("CARGO_PKG_NAME").into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        sha: None,
+        docker_label: None,
+        model_architecture: config.model.architecture.clone(),
+        kv_block_size: config.model.block_size,
+        kv_num_blocks: config.batching.num_blocks,
+        attention_backend: config.model.attention_backend.clone(),
+        quantization: config.model.quantization.clone(),
+        num_shards: config.model.num_shards,
+    }
+}

@@ -1,0 +1,168 @@
+//! `POST /generate_stream` (and the streamed half of `POST /`): one SSE event per token; the
+//! last event also carries `generated_text` and `details`.
+//!
+//! Failures known before the first token (validation, a full queue, a request the shard
+//! refuses at once) are answered with their real status code: the response is only started
+//! once the first token is there (DESIGN.md pain point 3). A failure after that arrives as a
+//! final `{"error", "error_type"}` event. A client that goes away drops the body, hence the
+//! event receiver, which cancels the request in the scheduler.
+
+use std::time::Instant;
+
+use async_stream::stream;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::Response;
+use futures::Stream;
+
+use crate::api::error::ErrorResponse;
+use crate::api::generate::GenerateRequest;
+use crate::api::response::{StreamDetails, StreamResponse, Token};
+use crate::error::ApiError;
+use crate::generation::{TokenProcessor, TokenStep};
+use crate::scheduler::interface::EventReceiver;
+use crate::validation::{Delivery, ValidRequest};
+
+use super::generate::{full_text, request_record};
+use super::headers::{stream_headers, GenerationTimings};
+use super::json::ApiJson;
+use super::sse;
+use super::state::AppState;
+
+/// Generate a stream of tokens (server-sent events).
+#[utoipa::path(
+    post,
+    path = "/generate_stream",
+    tag = "Text Generation Inference",
+    request_body = GenerateRequest,
+    responses(
+        (status = 200, description = "Generated tokens, one `data:` event each", body = StreamResponse,
+         content_type = "text/event-stream"),
+        (status = 422, description = "Input validation error", body = ErrorResponse),
+        (status = 424, description = "Generation error", body = ErrorResponse),
+        (status = 429, description = "Model is overloaded", body = ErrorResponse),
+    )
+)]
+pub async fn generate_stream(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<GenerateRequest>,
+) -> Result<Response, ApiError> {
+    start_stream(state, request, Instant::now()).await
+}
+
+/// Everything up to the first token; an error here is an HTTP status.
+pub(crate) async fn start_stream(
+    state: AppState,
+    request: GenerateRequest,
+    received_at: Instant,
+) -> Result<Response, ApiError> {
+    state.metrics().request_received();
+    let started = async {
+        let valid = state
+            .validator
+            .validate(request, Delivery::Stream, received_at)
+            .await?;
+        let mut events = state.submitter.submit(valid.generation_request(0))?;
+        let mut processor = TokenProcessor::new(
+            &state.generation,
+            &valid.input_ids,
+            valid.stop_sequences.clone(),
+            received_at,
+        );
+        let first = next_step(&mut events, &mut processor).await?;
+        Ok::<_, ApiError>((valid, events, processor, first))
+    }
+    .await;
+    let (valid, events, processor, first) = started.map_err(|error| state.request_failed(error))?;
+    let headers = stream_headers(&state.compute_type, valid.input_ids.len());
+    let run = StreamRun {
+        state,
+        valid,
+        events,
+        processor,
+    };
+    Ok(sse::response(run.into_events(first), headers))
+}
+
+/// The next token, skipping events that produce none.
+async fn next_step(
+    events: &mut EventReceiver,
+    processor: &mut TokenProcessor,
+) -> Result<TokenStep, ApiError> {
+    while let Some(event) = events.recv().await {
+        if let Some(step) = processor.process(event)? {
+            return Ok(step);
+        }
+    }
+    Err(ApiError::IncompleteGeneration)
+}
+
+/// A started stream: owns the event receiver (dropping it cancels the request).
+struct StreamRun {
+    state: AppState,
+    valid: ValidRequest,
+    events: EventReceiver,
+    processor: TokenProcessor,
+}
+
+impl StreamRun {
+    fn into_events(mut self, first: TokenStep) -> impl Stream<Item = Bytes> + Send + 'static {
+        stream! {
+            let mut step = first;
+            loop {
+                let last = step.finish.is_some();
+                yield sse::json_event(&self.stream_response(step));
+                if last {
+                    self.record_success();
+                    break;
+                }
+                match next_step(&mut self.events, &mut self.processor).await {
+                    Ok(next) => step = next,
+                    Err(error) => {
+                        let error = self.state.request_failed(error);
+                        tracing::warn!(%error, "stream failed after it started");
+                        yield sse::json_event(&error.body());
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn stream_response(&self, step: TokenStep) -> StreamResponse {
+        let (generated_text, details) = match step.finish {
+            None => (None, None),
+            Some(finish_reason) => {
+                let details = StreamDetails {
+                    finish_reason: finish_reason.into(),
+                    generated_tokens: self.processor.generated_tokens(),
+                    seed: self.valid.seed,
+                    input_length: self.valid.input_ids.len() as u32,
+                };
+                (
+                    Some(full_text(&self.valid, self.processor.generated_text())),
+                    Some(details),
+                )
+            }
+        };
+        StreamResponse {
+            index: step.index,
+            token: Token::from(step.token),
+            top_tokens: step.top_tokens.into_iter().map(Token::from).collect(),
+            generated_text,
+            details,
+        }
+    }
+
+    fn record_success(&self) {
+        let mut timings = GenerationTimings::new(
+            self.valid.received_at.elapsed(),
+            self.valid.validation_time,
+            self.processor.queue_time(),
+        );
+        timings.generated_tokens = self.processor.generated_tokens();
+        self.state
+            .metrics()
+            .request_succeeded(&request_record(&self.valid, &timings));
+    }
+}

@@ -1,0 +1,92 @@
+//! Start-up and serving: connect to the shards, handshake (Info, Clear, Warmup), derive the
+//! configuration, start the scheduler, serve HTTP until SIGINT / SIGTERM.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::config::{self, RouterArgs, RouterConfig};
+use crate::http::{app, AppState};
+use crate::scheduler::interface::{RequestSubmitter, SchedulerConfig};
+use crate::shard_client::grpc::GrpcShardClient;
+use crate::shard_client::ShardClient;
+use crate::tokenizer::TextTokenizer;
+
+pub fn init_tracing(json_output: bool, log_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(log_filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json_output {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Runs the router. `start_scheduler` creates the scheduler over the connected shards (a
+/// parameter so this function does not depend on the scheduler's construction).
+pub async fn run<S, F>(args: RouterArgs, start_scheduler: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Arc<GrpcShardClient>, SchedulerConfig) -> S,
+    S: RequestSubmitter,
+{
+    let tokenizer = Arc::new(TextTokenizer::from_dir(&args.tokenizer_dir)?);
+    let connect_timeout = Duration::from_secs(args.shard_connect_timeout_s);
+    let shard = GrpcShardClient::connect(&args.shard_uds_paths, connect_timeout).await?;
+    let config = handshake(&args, &shard).await?;
+    let submitter = start_scheduler(Arc::new(shard), config.scheduler_config());
+    let state = AppState::new(&config, tokenizer, Arc::new(submitter));
+
+    let address = (config.server.hostname.as_str(), config.server.port);
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", address.0, address.1))?;
+    tracing::info!(address = %listener.local_addr()?, "ferrite-router serving");
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    Ok(())
+}
+
+/// Info, Clear (forget requests of a previous router), Warmup, then the final limits.
+async fn handshake(args: &RouterArgs, shard: &GrpcShardClient) -> anyhow::Result<RouterConfig> {
+    let info = shard.info().await.context("shard Info failed")?;
+    tracing::info!(model = %info.model_id, dtype = %info.dtype, device = %info.device, "shard ready");
+    let plan = config::plan_warmup(args, &info)?;
+    shard.clear().await.context("shard Clear failed")?;
+    let warmup = shard
+        .warmup(plan.request())
+        .await
+        .context("shard Warmup failed")?;
+    let config = config::resolve(args, &info, &plan, &warmup)?;
+    tracing::info!(
+        num_blocks = config.batching.num_blocks,
+        block_size = config.model.block_size,
+        max_input_tokens = config.limits.max_input_tokens,
+        max_total_tokens = config.limits.max_total_tokens,
+        max_batch_total_tokens = config.batching.max_batch_total_tokens,
+        max_batch_prefill_tokens = config.batching.max_batch_prefill_tokens,
+        "limits"
+    );
+    Ok(config)
+}
+
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = interrupt => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}
