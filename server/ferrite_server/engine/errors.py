@@ -15,3 +15,7 @@ class NotWarmedUpError(EngineError):
 
 class UnsupportedModelError(EngineError):
     """The checkpoint's architecture or configuration cannot be served."""
+
+
+class InsufficientMemoryError(EngineError):
+    """Warmup found too little memory for the KV cache the limits need (RESOURCE_EXHAUSTED)."""

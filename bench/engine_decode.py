@@ -1,0 +1,130 @@
+"""Batch-1 decode speed of ferrite's Engine against transformers `generate`, same weights.
+
+    PYTHONPATH=server python bench/engine_decode.py [--model-dir DIR] [--dtype bfloat16]
+        [--new-tokens 100] [--rounds 3] [--threads N]
+
+Both run in this process, alternating round by round so machine load hits both alike. Engine:
+one prefill step, then `--new-tokens` decode steps driven through Engine.step (no gRPC);
+decode tokens/s = decode steps / their wall time. transformers: greedy generate of 1 and of
+N+1 tokens (EOS suppressed); decode tokens/s = N / (time(N+1) - time(1)). Reports the best
+round of each (the least disturbed by other processes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from ferrite_server.config import ShardConfig
+from ferrite_server.engine.engine import Engine
+from ferrite_server.engine.types import (
+    DecodeEntry,
+    PrefillChunk,
+    RequestParams,
+    StepInput,
+    StoppingParams,
+)
+from ferrite_server.model_prep import ensure_default_model
+
+PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
+BLOCK_SIZE = 16
+
+
+def engine_round(engine: Engine, prompt_ids: list[int], new_tokens: int) -> dict[str, float]:
+    num_blocks = -(-(len(prompt_ids) + new_tokens + 1) // BLOCK_SIZE)
+    table = tuple(range(num_blocks))
+    params = RequestParams(stopping=StoppingParams(max_new_tokens=new_tokens + 1, ignore_eos=True))
+    chunk = PrefillChunk(1, tuple(prompt_ids), 0, table, True, params)
+    engine.step(StepInput(chunks=(chunk,)))
+    step_s, forward_s, sampling_s, bookkeeping_s = [], [], [], []
+    start = time.perf_counter()
+    for _ in range(new_tokens):
+        step_start = time.perf_counter()
+        output = engine.step(StepInput(decodes=(DecodeEntry(1, table),)))
+        step_s.append(time.perf_counter() - step_start)
+        timings = output.timings
+        forward_s.append(timings.forward_ns / 1e9)
+        sampling_s.append(timings.sampling_ns / 1e9)
+        bookkeeping_s.append((timings.total_ns - timings.forward_ns - timings.sampling_ns) / 1e9)
+    elapsed = time.perf_counter() - start
+    engine.clear()
+    return {
+        "tokens_per_s": new_tokens / elapsed,
+        "step_ms": statistics.median(step_s) * 1e3,
+        "forward_ms": statistics.median(forward_s) * 1e3,
+        "logits_sampling_ms": statistics.median(sampling_s) * 1e3,
+        "bookkeeping_ms": statistics.median(bookkeeping_s) * 1e3,
+    }
+
+
+def transformers_round(model: torch.nn.Module, prompt_ids: list[int], new_tokens: int) -> float:
+    input_ids = torch.tensor([prompt_ids])
+
+    def timed_generate(num_tokens: int) -> float:
+        start = time.perf_counter()
+        model.generate(  # type: ignore[operator]
+            input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=num_tokens,
+            min_new_tokens=num_tokens,
+            do_sample=False,
+        )
+        return time.perf_counter() - start
+
+    with torch.inference_mode():
+        prefill_s = timed_generate(1)
+        total_s = timed_generate(new_tokens + 1)
+    return new_tokens / (total_s - prefill_s)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", type=Path, default=None)
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument("--new-tokens", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model_dir = args.model_dir or ensure_default_model(Path("~/.cache/ferrite/models").expanduser())
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    prompt_ids = tokenizer(PROMPT)["input_ids"]
+    config = ShardConfig(
+        model_id=model_dir,
+        uds_path=Path("/tmp/unused.sock"),
+        dtype=args.dtype,
+        kv_cache_memory_bytes=256 << 20,
+        block_size_tokens=BLOCK_SIZE,
+    )
+    engine = Engine.load(config)
+    engine.warmup(max_batch_prefill_tokens=256, max_batch_size=8, max_total_tokens=1024)
+    dtype = getattr(torch, args.dtype)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
+    engine_rounds, hf_rounds = [], []
+    for _ in range(args.rounds):
+        engine_rounds.append(engine_round(engine, prompt_ids, args.new_tokens))
+        hf_rounds.append(transformers_round(model, prompt_ids, args.new_tokens))
+    best = max(engine_rounds, key=lambda r: r["tokens_per_s"])
+    print(
+        f"model {model_dir.name}, {args.dtype}, prompt {len(prompt_ids)} tokens, "
+        f"{args.new_tokens} decode steps, torch threads {torch.get_num_threads()}"
+    )
+    engine_speeds = ", ".join(f"{r['tokens_per_s']:.1f}" for r in engine_rounds)
+    print(f"engine       decode tokens/s: {best['tokens_per_s']:.1f} (rounds: {engine_speeds})")
+    print(
+        f"  median step {best['step_ms']:.2f} ms: forward {best['forward_ms']:.2f} ms, "
+        f"LM head + sampling {best['logits_sampling_ms']:.2f} ms, "
+        f"inputs / bookkeeping {best['bookkeeping_ms']:.2f} ms"
+    )
+    hf_speeds = ", ".join(f"{r:.1f}" for r in hf_rounds)
+    print(f"transformers decode tokens/s: {max(hf_rounds):.1f} (rounds: {hf_speeds})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,278 @@
+"""The Engine: what the gRPC service drives. One step = one forward over a mixed batch.
+
+step(StepInput):
+    forget released requests
+    plan: validate chunks and decodes, reject bad requests alone  (step_plan.py)
+    build concatenated inputs + attention metadata                (forward_inputs.py)
+    forward -> hidden [T, H]                                       (model_runner.py)
+    logits of the sampling rows -> sample()                        (sampling/)
+    prompt logprobs when asked                                     (prompt_logprobs.py)
+    commit progress, stop finished requests                        (stopping.py)
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterable, Sequence
+
+import torch
+
+from ferrite_server.config import ShardConfig
+from ferrite_server.engine.batch_state import BatchState
+from ferrite_server.engine.errors import (
+    InsufficientMemoryError,
+    InvalidStepError,
+    NotWarmedUpError,
+)
+from ferrite_server.engine.forward_inputs import ForwardInputs, build_forward_inputs
+from ferrite_server.engine.kv_cache import allocate_kv_cache, kv_cache_bytes
+from ferrite_server.engine.memory import cpu_kv_cache_bytes, cuda_kv_cache_bytes
+from ferrite_server.engine.model_runner import ModelRunner
+from ferrite_server.engine.prompt_logprobs import prompt_logprobs_for_chunk
+from ferrite_server.engine.sampling import SampleResult, SequenceSamplingState, sample
+from ferrite_server.engine.step_plan import ScheduledSequence, StepLimits, plan_step
+from ferrite_server.engine.stopping import StopCriteria
+from ferrite_server.engine.types import (
+    EngineInfo,
+    FinishReason,
+    GeneratedToken,
+    Generation,
+    StepInput,
+    StepOutput,
+    StepTimings,
+    WarmupResult,
+)
+from ferrite_server.engine.warmup import WarmupShape, run_warmup_step
+from ferrite_server.models.interface import KVCache
+
+MAX_TOP_N_TOKENS = 20
+_SEED_BITS = 63
+
+
+class Engine:
+    def __init__(self, runner: ModelRunner, config: ShardConfig) -> None:
+        self._runner = runner
+        self._config = config
+        self._block_size = config.block_size_tokens
+        self._batch = BatchState()
+        self._kv_caches: list[KVCache] | None = None
+        self._limits: StepLimits | None = None
+        self._seed_source = random.Random()  # seeds requests that bring none
+        facts = runner.facts
+        self._stop = StopCriteria(
+            eos_token_ids=frozenset(facts.eos_token_ids),
+            max_position_embeddings=facts.config.max_position_embeddings,
+        )
+
+    @classmethod
+    def load(cls, config: ShardConfig) -> Engine:
+        return cls(ModelRunner.load(config), config)
+
+    def info(self) -> EngineInfo:
+        facts = self._runner.facts
+        return EngineInfo(
+            model_id=facts.model_id,
+            architecture=facts.architecture,
+            dtype=facts.dtype_name,
+            device=str(facts.device),
+            block_size=self._block_size,
+            vocab_size=facts.config.vocab_size,
+            eos_token_ids=facts.eos_token_ids,
+            max_position_embeddings=facts.config.max_position_embeddings,
+            world_size=self._config.distributed.world_size,
+            attention_backend=facts.attention_backend,
+            max_top_n_tokens=MAX_TOP_N_TOKENS,
+        )
+
+    def warmup(
+        self, max_batch_prefill_tokens: int, max_batch_size: int, max_total_tokens: int
+    ) -> WarmupResult:
+        """Measure the largest step, then allocate as many KV blocks as memory allows."""
+        facts = self._runner.facts
+        max_positions = facts.config.max_position_embeddings
+        if min(max_batch_prefill_tokens, max_batch_size, max_total_tokens) <= 0:
+            raise InvalidStepError("warmup limits must be positive")
+        if max_total_tokens > max_positions:
+            raise InvalidStepError(
+                f"max_total_tokens {max_total_tokens} exceeds the model's {max_positions} positions"
+            )
+        self.clear()
+        self._kv_caches = None  # free the old cache before measuring
+        shape = WarmupShape(
+            max_batch_prefill_tokens, max_batch_size, max_total_tokens, MAX_TOP_N_TOKENS
+        )
+        peak_bytes = run_warmup_step(self._runner, shape, self._block_size)
+        configured_bytes = self._config.kv_cache_memory_bytes
+        if facts.device.type == "cuda":
+            budget_bytes = cuda_kv_cache_bytes(facts.device, peak_bytes)
+            if configured_bytes is not None:  # an explicit size caps what memory allows
+                budget_bytes = min(budget_bytes, configured_bytes)
+        else:
+            budget_bytes = cpu_kv_cache_bytes(configured_bytes)
+        spec = self._runner.kv_cache_spec(self._block_size)
+        num_blocks = max(budget_bytes, 0) // spec.bytes_per_block
+        needed_blocks = spec.num_blocks_for_tokens(max_total_tokens)
+        if num_blocks < needed_blocks:
+            raise InsufficientMemoryError(
+                f"{budget_bytes} bytes for the KV cache hold {num_blocks} blocks of "
+                f"{self._block_size} tokens, but one sequence of max_total_tokens="
+                f"{max_total_tokens} needs {needed_blocks}; lower max_total_tokens / "
+                "max_batch_prefill_tokens or give the KV cache more memory"
+            )
+        self._kv_caches = allocate_kv_cache(spec, num_blocks, facts.device)
+        self._limits = StepLimits(
+            num_blocks=num_blocks,
+            block_size=self._block_size,
+            max_position_embeddings=max_positions,
+            vocab_size=facts.config.vocab_size,
+        )
+        return WarmupResult(
+            num_blocks=num_blocks,
+            max_supported_total_tokens=num_blocks * self._block_size,
+            model_memory_bytes=facts.model_memory_bytes,
+            kv_cache_memory_bytes=kv_cache_bytes(self._kv_caches),
+            peak_activation_memory_bytes=peak_bytes,
+        )
+
+    def step(self, step: StepInput) -> StepOutput:
+        start_ns = time.perf_counter_ns()
+        if self._kv_caches is None or self._limits is None:
+            raise NotWarmedUpError("Warmup must allocate the KV cache before Prefill/Decode")
+        for request_id in step.release_request_ids:
+            self._batch.forget(request_id)
+        plan = plan_step(step, self._batch, self._limits, self._draw_seed)
+        generations = list(plan.rejected)
+        forward_ns = sampling_ns = 0
+        if plan.sequences:
+            try:
+                ran, forward_ns, sampling_ns = self._run(plan.sequences, self._kv_caches)
+            except Exception:
+                # Their state may be half-updated: the step fails as a whole and the shard
+                # forgets its requests, so the router and the shard agree on what exists.
+                for sequence in plan.sequences:
+                    self._batch.forget(sequence.state.request_id)
+                raise
+            generations.extend(ran)
+        timings = StepTimings(
+            forward_ns=forward_ns,
+            sampling_ns=sampling_ns,
+            total_ns=time.perf_counter_ns() - start_ns,
+        )
+        return StepOutput(generations=tuple(generations), timings=timings)
+
+    def filter(self, keep_request_ids: Iterable[int]) -> None:
+        self._batch.keep_only(keep_request_ids)
+
+    def clear(self) -> None:
+        self._batch.clear()
+
+    def _draw_seed(self) -> int:
+        return self._seed_source.getrandbits(_SEED_BITS)
+
+    @torch.inference_mode()
+    def _run(
+        self, sequences: list[ScheduledSequence], kv_caches: list[KVCache]
+    ) -> tuple[list[Generation], int, int]:
+        device = self._runner.facts.device
+        inputs = build_forward_inputs(sequences, self._block_size, device)
+        forward_start_ns = time.perf_counter_ns()
+        hidden = self._runner.forward(inputs, kv_caches)  # [T, H]
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        sampling_start_ns = time.perf_counter_ns()
+        histories = [sequence.history_after_step() for sequence in sequences]
+        sampled = self._sample(sequences, histories, inputs, hidden)
+        prompt_logprobs = self._prompt_logprobs(sequences, inputs, hidden)
+        end_ns = time.perf_counter_ns()
+        generations = [
+            self._commit(sequence, history, sampled.get(index), prompt_logprobs.get(index))
+            for index, (sequence, history) in enumerate(zip(sequences, histories, strict=True))
+        ]
+        for index, sequence in enumerate(sequences):
+            if sequence.wants_prompt_logprobs and not sequence.samples:
+                row = inputs.last_row(index)
+                sequence.state.pending_hidden = hidden[row].clone()
+        return generations, sampling_start_ns - forward_start_ns, end_ns - sampling_start_ns
+
+    def _sample(
+        self,
+        sequences: Sequence[ScheduledSequence],
+        histories: Sequence[tuple[list[int], list[int]]],
+        inputs: ForwardInputs,
+        hidden: torch.Tensor,  # [T, H]
+    ) -> dict[int, GeneratedToken]:
+        """Sample the next token of every sequence that samples; keyed by sequence index."""
+        indices = [index for index, sequence in enumerate(sequences) if sequence.samples]
+        if not indices:
+            return {}
+        rows = torch.tensor([inputs.last_row(index) for index in indices], device=hidden.device)
+        logits = self._runner.compute_logits(hidden.index_select(0, rows))  # [N, V] float32
+        states = [
+            SequenceSamplingState(
+                params=sequences[index].state.params.sampling,
+                prompt_ids=histories[index][0],
+                generated_ids=histories[index][1],
+                seed=sequences[index].state.seed,
+            )
+            for index in indices
+        ]
+        top_ns = [self._top_n(sequences[index]) for index in indices]
+        result: SampleResult = sample(logits, states, max(top_ns))
+        return {
+            index: GeneratedToken(
+                token_id=result.token_ids[i],
+                logprob=result.logprobs[i],
+                top_tokens=tuple(result.top_tokens[i][: top_ns[i]]),
+            )
+            for i, index in enumerate(indices)
+        }
+
+    @staticmethod
+    def _top_n(sequence: ScheduledSequence) -> int:
+        return min(sequence.state.params.top_n_tokens, MAX_TOP_N_TOKENS)
+
+    def _prompt_logprobs(
+        self, sequences: Sequence[ScheduledSequence], inputs: ForwardInputs, hidden: torch.Tensor
+    ) -> dict[int, tuple[float, ...]]:
+        result: dict[int, tuple[float, ...]] = {}
+        for index, sequence in enumerate(sequences):
+            if not sequence.wants_prompt_logprobs:
+                continue
+            start, end = inputs.row_starts[index], inputs.row_starts[index + 1]
+            result[index] = prompt_logprobs_for_chunk(
+                self._runner.model,
+                hidden[start:end],
+                inputs.input_ids[start:end],
+                sequence.state.pending_hidden,
+            )
+        return result
+
+    def _commit(
+        self,
+        sequence: ScheduledSequence,
+        history: tuple[list[int], list[int]],
+        token: GeneratedToken | None,
+        prompt_logprobs: tuple[float, ...] | None,
+    ) -> Generation:
+        """Record the step's progress in the request's state; stop it if it finished."""
+        state = sequence.state
+        state.prompt_ids, state.generated_ids = history
+        state.num_computed_tokens = sequence.end_position
+        state.pending_hidden = None
+        if sequence.is_prompt_chunk and sequence.samples:
+            state.prompt_complete = True
+        if sequence.is_new:
+            self._batch.add(state)
+        finish_reason = FinishReason.NONE
+        if token is not None:
+            state.generated_ids.append(token.token_id)
+            finish_reason = self._stop.finish_reason(state)
+            if finish_reason != FinishReason.NONE:
+                self._batch.forget(state.request_id)
+        return Generation(
+            request_id=state.request_id,
+            tokens=(token,) if token is not None else (),
+            prompt_logprobs=prompt_logprobs or (),
+            finish_reason=finish_reason,
+        )

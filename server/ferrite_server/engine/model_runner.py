@@ -1,0 +1,127 @@
+"""Loading a checkpoint onto the device, and running forwards / logits on it.
+
+Device: `config.device`, else cuda:<local_rank> when CUDA is available, else cpu.
+Dtype "auto": bfloat16 on CPU; on GPU the checkpoint's dtype, except that a float32 checkpoint
+runs in bfloat16 (float16 where bfloat16 is unsupported) — GPU serving is half precision, and
+--dtype float32 still asks for full precision explicitly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ferrite_server.config import ShardConfig
+from ferrite_server.engine.errors import UnsupportedModelError
+from ferrite_server.engine.forward_inputs import ForwardInputs
+from ferrite_server.engine.kv_cache import KVCacheSpec
+from ferrite_server.engine.memory import model_memory_bytes
+from ferrite_server.layers.attention.selector import create_attention_backend
+from ferrite_server.layers.placement import LayerPlacement
+from ferrite_server.models import model_family
+from ferrite_server.models.config import (
+    DecoderConfig,
+    HfConfig,
+    architecture_of,
+    checkpoint_dtype_name,
+    read_eos_token_ids,
+    read_hf_config,
+)
+from ferrite_server.models.interface import CausalLM, KVCache
+from ferrite_server.weights import TensorParallelRank, load_checkpoint
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the engine reports about the loaded model (Info) and sizes the KV cache from."""
+
+    model_id: str
+    architecture: str
+    config: DecoderConfig
+    eos_token_ids: tuple[int, ...]
+    dtype: torch.dtype
+    device: torch.device
+    attention_backend: str
+    model_memory_bytes: int
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
+
+def resolve_device(config: ShardConfig) -> torch.device:
+    if config.device is not None:
+        return torch.device(config.device)
+    if torch.cuda.is_available():
+        return torch.device(f"cuda:{config.distributed.local_rank}")
+    return torch.device("cpu")
+
+
+def resolve_dtype(requested: str, device: torch.device, hf: HfConfig) -> torch.dtype:
+    if requested != "auto":
+        return _DTYPES[requested]
+    if device.type != "cuda":
+        return torch.bfloat16
+    checkpoint_dtype = _DTYPES.get(checkpoint_dtype_name(hf) or "", torch.float32)
+    if checkpoint_dtype != torch.float32:
+        return checkpoint_dtype
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+class ModelRunner:
+    def __init__(self, model: CausalLM, facts: ModelFacts) -> None:
+        self.model = model
+        self.facts = facts
+
+    @classmethod
+    def load(cls, config: ShardConfig) -> ModelRunner:
+        if config.distributed.world_size != 1:
+            raise UnsupportedModelError("tensor parallelism (world size > 1) is not implemented")
+        model_dir = Path(config.model_id)
+        hf = read_hf_config(model_dir)
+        architecture = architecture_of(hf)
+        family = model_family(architecture)
+        model_config = family.config_from_hf(hf)
+        device = resolve_device(config)
+        dtype = resolve_dtype(config.dtype, device, hf)
+        backend = create_attention_backend(config.attention_backend, device)
+        placement = LayerPlacement(dtype=dtype, device=device, tp=TensorParallelRank())
+        model = family(model_config, backend, placement)
+        layout = model.checkpoint_layout()
+        load_checkpoint(model, model_dir, device, layout)  # type: ignore[arg-type]
+        facts = ModelFacts(
+            model_id=str(config.model_id),
+            architecture=architecture,
+            config=model_config,
+            eos_token_ids=read_eos_token_ids(model_dir, hf),
+            dtype=dtype,
+            device=device,
+            attention_backend=backend.name,
+            model_memory_bytes=model_memory_bytes(model),  # type: ignore[arg-type]
+        )
+        return cls(model, facts)
+
+    def kv_cache_spec(self, block_size: int) -> KVCacheSpec:
+        config = self.facts.config
+        return KVCacheSpec(
+            num_layers=config.num_layers,
+            block_size=block_size,
+            num_kv_heads=config.num_kv_heads,
+            head_dim=config.head_dim,
+            dtype=self.facts.dtype,
+        )
+
+    @torch.inference_mode()
+    def forward(self, inputs: ForwardInputs, kv_caches: list[KVCache]) -> torch.Tensor:
+        """Hidden states [T, hidden] of every input token."""
+        return self.model.forward(
+            inputs.input_ids, inputs.positions, kv_caches, inputs.attn_metadata
+        )
+
+    @torch.inference_mode()
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:  # [N, H] -> [N, V] float32
+        return self.model.compute_logits(hidden)

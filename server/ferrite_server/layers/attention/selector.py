@@ -1,0 +1,51 @@
+"""Choosing the attention backend at start-up.
+
+Registration point: a backend is a factory in `_factories()` keyed by its `--attention-backend`
+name; "auto" resolves through `_resolve_auto`. The Triton backend (layers/attention/
+triton_backend.py) registers itself here by adding its factory and, once it is the better
+choice on CUDA, its rule in `_resolve_auto`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ferrite_server.engine.errors import UnsupportedModelError
+from ferrite_server.layers.attention.backend import AttentionBackend
+
+BackendFactory = Callable[[torch.device], AttentionBackend]
+
+
+def _torch_backend(device: torch.device) -> AttentionBackend:
+    from ferrite_server.layers.attention.torch_backend import TorchAttentionBackend
+
+    return TorchAttentionBackend()
+
+
+def _factories() -> dict[str, BackendFactory]:
+    return {
+        "torch": _torch_backend,
+        # "triton": <factory in layers/attention/triton_backend.py>,
+    }
+
+
+def _resolve_auto(device: torch.device) -> str:
+    return "torch"
+
+
+def available_attention_backends() -> tuple[str, ...]:
+    return ("auto", *_factories())
+
+
+def create_attention_backend(name: str, device: torch.device) -> AttentionBackend:
+    """The backend called `name` ("auto": the best one available for `device`)."""
+    resolved = _resolve_auto(device) if name == "auto" else name
+    factory = _factories().get(resolved)
+    if factory is None:
+        raise UnsupportedModelError(
+            f"attention backend {name!r} is not available; choose one of "
+            f"{', '.join(available_attention_backends())}"
+        )
+    return factory(device)

@@ -1,0 +1,83 @@
+"""The PyTorch reference attention backend: gather each sequence's KV blocks, then SDPA.
+
+Correct on any device and simple enough to be the reference every kernel is tested against;
+it loops over sequences in Python, so it is not meant to be fast on a GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ferrite_server.layers.attention.backend import AttentionMetadata
+
+
+class TorchAttentionBackend:
+    name = "torch"
+
+    def write_kv(
+        self,
+        key: torch.Tensor,  # [T, num_kv_heads, head_dim]
+        value: torch.Tensor,  # [T, num_kv_heads, head_dim]
+        key_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+        value_cache: torch.Tensor,
+        slot_mapping: torch.Tensor,  # [T] int64
+    ) -> None:
+        num_kv_heads, head_dim = key_cache.shape[2], key_cache.shape[3]
+        # The cache is contiguous, so [num_blocks * block_size, ...] is a view of it and slot
+        # s = block * block_size + offset indexes it directly.
+        key_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, key)
+        value_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, value)
+
+    def forward(
+        self,
+        query: torch.Tensor,  # [T, num_heads, head_dim]
+        key_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+        value_cache: torch.Tensor,
+        metadata: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:  # [T, num_heads, head_dim]
+        output = torch.empty_like(query)
+        block_size = key_cache.shape[1]
+        for seq_index in range(metadata.num_seqs):
+            query_start = metadata.query_start_loc_cpu[seq_index]
+            query_end = metadata.query_start_loc_cpu[seq_index + 1]
+            seq_len = metadata.seq_lens_cpu[seq_index]
+            num_blocks = -(-seq_len // block_size)
+            blocks = metadata.block_tables[seq_index, :num_blocks]
+            keys = _gather_context(key_cache, blocks, seq_len)  # [seq_len, kv_heads, D]
+            values = _gather_context(value_cache, blocks, seq_len)
+            output[query_start:query_end] = _causal_attention(
+                query[query_start:query_end], keys, values, scale
+            )
+        return output
+
+
+def _gather_context(
+    cache: torch.Tensor, blocks: torch.Tensor, seq_len: int
+) -> torch.Tensor:  # cache [num_blocks, B, kv_heads, D], blocks [n] -> [seq_len, kv_heads, D]
+    return cache[blocks].flatten(0, 1)[:seq_len]
+
+
+def _causal_attention(
+    query: torch.Tensor,  # [q_len, num_heads, D]: the last q_len tokens of the context
+    keys: torch.Tensor,  # [seq_len, num_kv_heads, D]
+    values: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:  # [q_len, num_heads, D]
+    query_len, seq_len = query.shape[0], keys.shape[0]
+    num_heads, num_kv_heads = query.shape[1], keys.shape[1]
+    if num_heads != num_kv_heads:  # GQA / MQA: each kv head serves a group of query heads
+        keys = keys.repeat_interleave(num_heads // num_kv_heads, dim=1)
+        values = values.repeat_interleave(num_heads // num_kv_heads, dim=1)
+    q, k, v = (t.transpose(0, 1) for t in (query, keys, values))  # [heads, len, D]
+    if query_len == 1:  # a decode token sees the whole context
+        out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+    elif query_len == seq_len:  # a whole prompt: plain causal
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+    else:  # a chunk after a cached prefix: query i sits at position seq_len - query_len + i
+        mask = torch.ones(query_len, seq_len, dtype=torch.bool, device=query.device).tril(
+            diagonal=seq_len - query_len
+        )
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    return out.transpose(0, 1)

@@ -1,0 +1,27 @@
+"""Where a layer's parameters live: dtype, device and tensor-parallel rank.
+
+Layers allocate their parameters uninitialized (`torch.empty`) directly in the final dtype on
+the final device; the checkpoint's tensors are then copied in by per-parameter weight loaders
+(`ferrite_server.weights`). Nothing is randomly initialized and nothing is moved afterwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ferrite_server.weights import TensorParallelRank
+
+
+@dataclass(frozen=True)
+class LayerPlacement:
+    dtype: torch.dtype
+    device: torch.device
+    tp: TensorParallelRank = field(default_factory=TensorParallelRank)
+
+    def empty_parameter(self, *shape: int) -> nn.Parameter:
+        """An uninitialized, frozen parameter; a weight loader fills it."""
+        data = torch.empty(shape, dtype=self.dtype, device=self.device)
+        return nn.Parameter(data, requires_grad=False)

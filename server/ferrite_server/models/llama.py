@@ -1,0 +1,175 @@
+"""Llama 2 / 3 / 3.x (and SmolLM, which is Llama): the reference decoder family.
+
+    tokens [T] -> embed -> L x (RMSNorm -> attention -> +residual -> RMSNorm -> MLP -> +residual)
+                        -> RMSNorm -> hidden [T, H]   (logits on request: LM head, float32)
+
+Mistral and Qwen2 reuse these classes with a different config reading (see their files); the
+differences between the three are only in `DecoderConfig` (biases, head_dim, rope, windows).
+Module names mirror Hugging Face's so checkpoint tensor names map one to one, except the fused
+`qkv_proj` and `gate_up_proj` (see `checkpoint_layout`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ferrite_server.layers.activation import SiluAndMul
+from ferrite_server.layers.attention.backend import AttentionBackend, AttentionMetadata
+from ferrite_server.layers.embedding import LMHead, VocabEmbedding
+from ferrite_server.layers.linear import (
+    AttentionHeads,
+    MergedColumnParallelLinear,
+    QKVParallelLinear,
+    RowParallelLinear,
+)
+from ferrite_server.layers.norm import RMSNorm
+from ferrite_server.layers.placement import LayerPlacement
+from ferrite_server.layers.rotary import RotaryEmbedding, apply_rotary
+from ferrite_server.models.config import DecoderConfig, HfConfig, decoder_config_from_hf
+from ferrite_server.models.interface import KVCache
+from ferrite_server.weights import CheckpointLayout, PackedWeight
+
+_PACKED_WEIGHTS = (
+    PackedWeight(".q_proj.", ".qkv_proj.", "q"),
+    PackedWeight(".k_proj.", ".qkv_proj.", "k"),
+    PackedWeight(".v_proj.", ".qkv_proj.", "v"),
+    PackedWeight(".gate_proj.", ".gate_up_proj.", 0),
+    PackedWeight(".up_proj.", ".gate_up_proj.", 1),
+)
+
+
+class LlamaAttention(nn.Module):
+    def __init__(
+        self, config: DecoderConfig, backend: AttentionBackend, placement: LayerPlacement
+    ) -> None:
+        super().__init__()
+        world_size = placement.tp.world_size
+        self.num_heads = config.num_heads // world_size
+        self.num_kv_heads = config.num_kv_heads // world_size
+        self.head_dim = config.head_dim
+        self.scale = config.head_dim**-0.5
+        self.backend = backend
+        heads = AttentionHeads(config.num_heads, config.num_kv_heads, config.head_dim)
+        self.qkv_proj = QKVParallelLinear(config.hidden_size, heads, config.qkv_bias, placement)
+        self.o_proj = RowParallelLinear(
+            config.num_heads * config.head_dim, config.hidden_size, config.o_bias, placement
+        )
+
+    def forward(
+        self,
+        hidden: torch.Tensor,  # [T, H]
+        cos_sin: tuple[torch.Tensor, torch.Tensor],  # [T, head_dim] each
+        kv_cache: KVCache,
+        attn_metadata: AttentionMetadata,
+    ) -> torch.Tensor:  # [T, H]
+        q_size = self.num_heads * self.head_dim
+        kv_size = self.num_kv_heads * self.head_dim
+        query, key, value = self.qkv_proj(hidden).split([q_size, kv_size, kv_size], dim=-1)
+        cos, sin = cos_sin
+        query = apply_rotary(query.view(-1, self.num_heads, self.head_dim), cos, sin)
+        key = apply_rotary(key.view(-1, self.num_kv_heads, self.head_dim), cos, sin)
+        value = value.view(-1, self.num_kv_heads, self.head_dim)
+        key_cache, value_cache = kv_cache
+        self.backend.write_kv(key, value, key_cache, value_cache, attn_metadata.slot_mapping)
+        attended = self.backend.forward(query, key_cache, value_cache, attn_metadata, self.scale)
+        return self.o_proj(attended.flatten(1))  # [T, heads * head_dim] -> [T, H]
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, config: DecoderConfig, placement: LayerPlacement) -> None:
+        super().__init__()
+        self.gate_up_proj = MergedColumnParallelLinear(
+            config.hidden_size,
+            (config.intermediate_size, config.intermediate_size),
+            config.mlp_bias,
+            placement,
+        )
+        self.act = SiluAndMul()
+        self.down_proj = RowParallelLinear(
+            config.intermediate_size, config.hidden_size, config.mlp_bias, placement
+        )
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # [T, H] -> [T, H]
+        return self.down_proj(self.act(self.gate_up_proj(hidden)))  # via [T, 2I] -> [T, I]
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(
+        self, config: DecoderConfig, backend: AttentionBackend, placement: LayerPlacement
+    ) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, placement)
+        self.self_attn = LlamaAttention(config, backend, placement)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, placement)
+        self.mlp = LlamaMLP(config, placement)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,  # [T, H]
+        cos_sin: tuple[torch.Tensor, torch.Tensor],
+        kv_cache: KVCache,
+        attn_metadata: AttentionMetadata,
+    ) -> torch.Tensor:  # [T, H]
+        attended = self.self_attn(self.input_layernorm(hidden), cos_sin, kv_cache, attn_metadata)
+        hidden = hidden + attended
+        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+
+
+class LlamaModel(nn.Module):
+    def __init__(
+        self, config: DecoderConfig, backend: AttentionBackend, placement: LayerPlacement
+    ) -> None:
+        super().__init__()
+        self.embed_tokens = VocabEmbedding(config.vocab_size, config.hidden_size, placement)
+        self.rotary_emb = RotaryEmbedding(config.head_dim, config.rope, placement.device)
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(config, backend, placement) for _ in range(config.num_layers)
+        )
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, placement)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # [T]
+        positions: torch.Tensor,  # [T]
+        kv_caches: list[KVCache],
+        attn_metadata: AttentionMetadata,
+    ) -> torch.Tensor:  # [T, H]
+        hidden = self.embed_tokens(input_ids)
+        cos_sin = self.rotary_emb.cos_sin(positions, hidden.dtype)  # shared by all layers
+        for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
+            hidden = layer(hidden, cos_sin, kv_cache, attn_metadata)
+        return self.norm(hidden)
+
+
+class LlamaForCausalLM(nn.Module):
+    def __init__(
+        self, config: DecoderConfig, backend: AttentionBackend, placement: LayerPlacement
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.model = LlamaModel(config, backend, placement)
+        self.lm_head = LMHead(config.vocab_size, config.hidden_size, placement)
+        if config.tie_word_embeddings:
+            self.lm_head.tie_to(self.model.embed_tokens)
+
+    @staticmethod
+    def config_from_hf(hf: HfConfig) -> DecoderConfig:
+        return decoder_config_from_hf(hf)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # [T] int64
+        positions: torch.Tensor,  # [T] int64
+        kv_caches: list[KVCache],
+        attn_metadata: AttentionMetadata,
+    ) -> torch.Tensor:  # [T, H]
+        return self.model(input_ids, positions, kv_caches, attn_metadata)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:  # [N, H] -> [N, V] float32
+        return self.lm_head(hidden)
+
+    def checkpoint_layout(self) -> CheckpointLayout:
+        # A tied checkpoint may still carry lm_head.weight (a copy of the embedding).
+        ignored = frozenset({"lm_head.weight"}) if self.config.tie_word_embeddings else frozenset()
+        return CheckpointLayout(packed=_PACKED_WEIGHTS, ignored_names=ignored)

@@ -1,0 +1,180 @@
+"""Checkpoint loading: safetensors files -> per-parameter weight loaders.
+
+A checkpoint is `config.json` plus either one `model.safetensors` or several shards listed by
+`model.safetensors.index.json`. Tensors are read one at a time (on the target device when it is
+a GPU) and handed to the weight loader of the parameter they belong to; the parameter already
+has its final dtype and device, so `copy_` converts in place and nothing is materialized twice.
+
+Why per-parameter loaders: a parameter knows its own layout. A fused qkv projection takes the
+checkpoint's separate q / k / v tensors into slices of one matrix; a tensor-parallel layer
+keeps only its rank's slice (`TensorParallelRank.shard`). The checkpoint walker below stays
+generic: it only maps names.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from ferrite_server.engine.errors import UnsupportedModelError
+
+SINGLE_FILE_NAME = "model.safetensors"
+INDEX_FILE_NAME = "model.safetensors.index.json"
+# Attribute under which a parameter carries its loader.
+_LOADER_ATTRIBUTE = "weight_loader"
+
+ShardId = str | int | None
+# loader(param, loaded_tensor, shard_id): copies (its slice of) a checkpoint tensor into param.
+WeightLoader = Callable[[nn.Parameter, torch.Tensor, ShardId], None]
+
+
+class CheckpointError(UnsupportedModelError):
+    """The checkpoint's files or tensors do not fit the model (missing, unexpected, bad shape)."""
+
+
+@dataclass(frozen=True)
+class TensorParallelRank:
+    """This process's place in a tensor-parallel group; rank r keeps the r-th equal slice."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    def shard(self, tensor: torch.Tensor, dim: int) -> torch.Tensor:
+        """This rank's slice of `tensor` along `dim` (the whole tensor when world_size is 1)."""
+        if self.world_size == 1:
+            return tensor
+        size = tensor.shape[dim]
+        if size % self.world_size != 0:
+            raise CheckpointError(
+                f"dimension {dim} of size {size} does not split over {self.world_size} ranks"
+            )
+        slice_size = size // self.world_size
+        return tensor.narrow(dim, self.rank * slice_size, slice_size)
+
+
+def copy_checked(target: torch.Tensor, loaded: torch.Tensor, what: str) -> None:
+    """Copy with dtype/device conversion, refusing shape mismatches (never broadcast)."""
+    if tuple(target.shape) != tuple(loaded.shape):
+        raise CheckpointError(
+            f"{what}: checkpoint shape {tuple(loaded.shape)} != "
+            f"parameter shape {tuple(target.shape)}"
+        )
+    target.copy_(loaded)
+
+
+def default_weight_loader(param: nn.Parameter, loaded: torch.Tensor, shard_id: ShardId) -> None:
+    """A replicated parameter: the checkpoint tensor as is."""
+    if shard_id is not None:
+        raise CheckpointError(f"parameter of shape {tuple(param.shape)} is not fused")
+    copy_checked(param.data, loaded, "parameter")
+
+
+def attach_weight_loader(param: nn.Parameter, loader: WeightLoader) -> None:
+    setattr(param, _LOADER_ATTRIBUTE, loader)
+
+
+def weight_loader_of(param: nn.Parameter) -> WeightLoader:
+    loader: WeightLoader = getattr(param, _LOADER_ATTRIBUTE, default_weight_loader)
+    return loader
+
+
+def checkpoint_files(model_dir: Path) -> list[Path]:
+    """The safetensors files of a checkpoint directory, in a stable order."""
+    index_path = model_dir / INDEX_FILE_NAME
+    if index_path.is_file():
+        weight_map: dict[str, str] = json.loads(index_path.read_text())["weight_map"]
+        files = [model_dir / name for name in sorted(set(weight_map.values()))]
+    elif (model_dir / SINGLE_FILE_NAME).is_file():
+        files = [model_dir / SINGLE_FILE_NAME]
+    else:
+        files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"no safetensors weights in {model_dir}")
+    missing = [str(path) for path in files if not path.is_file()]
+    if missing:
+        raise CheckpointError(f"checkpoint index names missing files: {missing}")
+    return files
+
+
+def iter_checkpoint_tensors(
+    model_dir: Path, device: torch.device
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) for every tensor of the checkpoint, read on `device` when it is a GPU."""
+    read_device = str(device) if device.type == "cuda" else "cpu"
+    for path in checkpoint_files(model_dir):
+        with safe_open(str(path), framework="pt", device=read_device) as handle:
+            for name in handle.keys():
+                yield name, handle.get_tensor(name)
+
+
+@dataclass(frozen=True)
+class PackedWeight:
+    """A checkpoint tensor that lands in a slice of a fused parameter.
+
+    E.g. PackedWeight(".q_proj.", ".qkv_proj.", "q"): `...self_attn.q_proj.weight` loads into
+    `...self_attn.qkv_proj.weight` with shard id "q".
+    """
+
+    checkpoint_part: str
+    param_part: str
+    shard_id: str | int
+
+
+@dataclass(frozen=True)
+class CheckpointLayout:
+    """How a model's parameter names relate to its checkpoint's tensor names."""
+
+    packed: Sequence[PackedWeight] = ()
+    # Tensors to skip: exact names (e.g. a tied `lm_head.weight`) or name suffixes (buffers).
+    ignored_names: frozenset[str] = frozenset()
+    ignored_suffixes: tuple[str, ...] = ("rotary_emb.inv_freq",)
+
+    def is_ignored(self, name: str) -> bool:
+        return name in self.ignored_names or name.endswith(self.ignored_suffixes)
+
+    def resolve(self, name: str) -> tuple[str, ShardId]:
+        for packed in self.packed:
+            if packed.checkpoint_part in name:
+                return name.replace(packed.checkpoint_part, packed.param_part), packed.shard_id
+        return name, None
+
+    def expected_shard_ids(self, param_name: str) -> set[ShardId]:
+        ids: set[ShardId] = {p.shard_id for p in self.packed if p.param_part in param_name}
+        return ids or {None}
+
+
+def load_named_tensors(
+    module: nn.Module, tensors: Iterable[tuple[str, torch.Tensor]], layout: CheckpointLayout
+) -> None:
+    """Hand each checkpoint tensor to its parameter's loader; every parameter must be filled."""
+    params = dict(module.named_parameters())  # tied parameters appear once
+    loaded: dict[str, set[ShardId]] = {name: set() for name in params}
+    for name, tensor in tensors:
+        if layout.is_ignored(name):
+            continue
+        param_name, shard_id = layout.resolve(name)
+        param = params.get(param_name)
+        if param is None:
+            raise CheckpointError(f"checkpoint tensor {name!r} matches no model parameter")
+        try:
+            weight_loader_of(param)(param, tensor, shard_id)
+        except CheckpointError as error:
+            raise CheckpointError(f"{name}: {error}") from error
+        loaded[param_name].add(shard_id)
+    missing = [
+        name for name, shard_ids in loaded.items() if shard_ids != layout.expected_shard_ids(name)
+    ]
+    if missing:
+        raise CheckpointError(f"checkpoint lacks tensors for parameters: {missing[:8]}")
+
+
+def load_checkpoint(
+    module: nn.Module, model_dir: Path, device: torch.device, layout: CheckpointLayout
+) -> None:
+    load_named_tensors(module, iter_checkpoint_tensors(model_dir, device), layout)

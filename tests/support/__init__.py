@@ -1,0 +1,1 @@
+"""Helpers shared by the fast tests and the integration tests (plain importable modules)."""
