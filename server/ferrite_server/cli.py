@@ -1,0 +1,178 @@
+"""`ferrite-server`: the shard's command line (the edge where ShardConfig is built).
+
+    ferrite-server serve --model-id DIR --uds-path /tmp/ferrite-server-0 [--dtype ...]
+    ferrite-server prepare-model [--model-id ID] [--revision REV] [--cache-dir DIR]
+
+`serve` loads the model, then serves gRPC (so Health answers only once loaded), and exits
+cleanly on SIGTERM / SIGINT with its socket removed. `prepare-model` prints the prepared
+model directory as the last line of stdout (the launcher reads it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import re
+import signal
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ferrite_server.config import DEFAULT_BLOCK_SIZE_TOKENS, DistributedConfig, ShardConfig
+
+if TYPE_CHECKING:
+    from ferrite_server.engine.engine import Engine
+    from ferrite_server.engine.types import EngineInfo
+
+logger = logging.getLogger("ferrite_server")
+
+DEFAULT_MODEL_CACHE_DIR = Path("~/.cache/ferrite/models")
+_BYTE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_byte_size(text: str) -> int:
+    """'1073741824', '2GiB', '500MB' -> bytes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+    unit = match.group(2).upper() if match else ""
+    if match is None or unit not in _BYTE_UNITS:
+        raise argparse.ArgumentTypeError(f"not a byte size: {text!r} (e.g. 1073741824, 2GiB, 500MB)")
+    return int(float(match.group(1)) * _BYTE_UNITS[unit])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ferrite-server", description="ferrite model shard")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="load a model and serve the shard gRPC API")
+    serve.add_argument("--model-id", required=True, type=Path, help="local model directory")
+    serve.add_argument("--uds-path", required=True, type=Path, help="unix socket to serve on")
+    serve.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                       help="auto: the checkpoint's dtype on GPU, bfloat16 on CPU")
+    serve.add_argument("--attention-backend", choices=["auto", "torch", "triton"], default="auto")
+    serve.add_argument("--kv-cache-memory", type=parse_byte_size, default=None,
+                       help="bytes of KV cache (e.g. 2GiB); default: derived from free memory")
+    serve.add_argument("--block-size", type=int, default=DEFAULT_BLOCK_SIZE_TOKENS,
+                       help="tokens per KV block")
+    _add_log_level(serve)
+    prepare = commands.add_parser("prepare-model", help="resolve a model into a local directory")
+    prepare.add_argument("--model-id", default=None, help="hub id or directory; default: bundled SmolLM2")
+    prepare.add_argument("--revision", default=None)
+    prepare.add_argument("--cache-dir", type=Path, default=DEFAULT_MODEL_CACHE_DIR)
+    _add_log_level(prepare)
+    return parser
+
+
+def _add_log_level(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+                        type=str.upper)
+
+
+class OneLineFormatter(logging.Formatter):
+    """`LEVEL logger: message`, tracebacks folded into the same line so that every record is
+    exactly one line for the launcher, which prefixes and forwards lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).replace("\n", " | ")
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLineFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    logging.captureWarnings(True)
+
+
+def shard_config_from_args(args: argparse.Namespace) -> ShardConfig:
+    return ShardConfig(
+        model_id=args.model_id,
+        uds_path=args.uds_path,
+        dtype=args.dtype,
+        attention_backend=args.attention_backend,
+        kv_cache_memory_bytes=args.kv_cache_memory,
+        block_size_tokens=args.block_size,
+        distributed=DistributedConfig.from_environ(),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level)
+    if args.command == "serve":
+        return asyncio.run(_serve(shard_config_from_args(args)))
+    return _prepare_model(args)
+
+
+def _prepare_model(args: argparse.Namespace) -> int:
+    if args.model_id is not None:
+        # Owned by the launcher's model preparation (hub download, conversions).
+        from ferrite_server.model_prep import prepare
+
+        return prepare.main(args)
+    from ferrite_server.model_prep import DefaultModelError, ensure_default_model
+
+    try:
+        model_dir = ensure_default_model(args.cache_dir)
+    except DefaultModelError as error:
+        logger.error("%s", error)
+        return 1
+    except Exception:  # noqa: BLE001 - reported, then a non-zero exit
+        logger.exception("cannot prepare the default model in %s", args.cache_dir)
+        return 1
+    print(model_dir, flush=True)
+    return 0
+
+
+async def _serve(config: ShardConfig) -> int:
+    # Imported here: torch and the models are heavy, and `prepare-model` does not need them.
+    from ferrite_server.engine.errors import EngineError
+    from ferrite_server.service import ShardService, serve_until_stopped
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    # The engine thread both loads and steps the model: per-thread device state (e.g. the
+    # current CUDA device) set during load stays valid for the steps.
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+    logger.info("loading %s (rank %d of %d)", config.model_id,
+                config.distributed.rank, config.distributed.world_size)
+    load = loop.run_in_executor(worker, _load_engine, config)
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({load, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if not load.done():
+        # A load cannot be interrupted and the worker thread would be joined at exit.
+        logger.info("stop requested while loading; exiting")
+        logging.shutdown()
+        os._exit(0)
+    try:
+        engine, info = load.result()
+    except EngineError as error:  # e.g. an unsupported architecture: the message says it all
+        logger.error("cannot serve %s: %s", config.model_id, error)
+        return 1
+    except Exception:  # noqa: BLE001 - reported, then a non-zero exit
+        logger.exception("failed to load %s", config.model_id)
+        return 1
+    logger.info("loaded %s: %s", config.model_id, info)
+    try:
+        await serve_until_stopped(ShardService(engine, info, worker), config.uds_path, stop)
+    finally:
+        stopped.cancel()
+        worker.shutdown(wait=True)
+    logger.info("stopped")
+    return 0
+
+
+def _load_engine(config: ShardConfig) -> tuple[Engine, EngineInfo]:
+    from ferrite_server.engine.engine import Engine
+
+    engine = Engine.load(config)
+    return engine, engine.info()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

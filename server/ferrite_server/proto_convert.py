@@ -1,0 +1,142 @@
+"""Proto messages <-> engine types (engine/types.py). Nothing else; no engine calls.
+
+Proto3 zero values mean "off" for sampling knobs; they are normalized here to the engine's
+neutral values (temperature 0 -> 1.0, top_p 0 -> 1.0, ...), so the engine sees one spelling.
+"""
+
+from __future__ import annotations
+
+from ferrite_server.engine import types as engine
+from ferrite_server.proto import shard_pb2 as pb
+
+
+def _scale_or_neutral(value: float) -> float:
+    """temperature / top_p / typical_p / repetition_penalty: 0 means off, i.e. 1.0."""
+    return 1.0 if value == 0.0 else float(value)
+
+
+def sampling_from_proto(message: pb.SamplingParameters) -> engine.SamplingParams:
+    return engine.SamplingParams(
+        do_sample=message.do_sample,
+        temperature=_scale_or_neutral(message.temperature),
+        top_k=message.top_k,
+        top_p=_scale_or_neutral(message.top_p),
+        typical_p=_scale_or_neutral(message.typical_p),
+        min_p=float(message.min_p),
+        repetition_penalty=_scale_or_neutral(message.repetition_penalty),
+        frequency_penalty=float(message.frequency_penalty),
+        presence_penalty=float(message.presence_penalty),
+        seed=message.seed if message.has_seed else None,
+        logit_bias=tuple(sorted((int(k), float(v)) for k, v in message.logit_bias.items())),
+    )
+
+
+def request_params_from_proto(message: pb.RequestParameters) -> engine.RequestParams:
+    return engine.RequestParams(
+        sampling=sampling_from_proto(message.sampling),
+        stopping=engine.StoppingParams(
+            max_new_tokens=message.stopping.max_new_tokens,
+            ignore_eos=message.stopping.ignore_eos,
+        ),
+        top_n_tokens=message.top_n_tokens,
+        prompt_logprobs=message.prompt_logprobs,
+        resumed_generated_tokens=message.resumed_generated_tokens,
+    )
+
+
+def chunk_from_proto(message: pb.PrefillChunk) -> engine.PrefillChunk:
+    return engine.PrefillChunk(
+        request_id=message.request_id,
+        input_ids=tuple(message.input_ids),
+        num_cached_tokens=message.num_cached_tokens,
+        block_table=tuple(message.block_table),
+        is_last_chunk=message.is_last_chunk,
+        params=(
+            request_params_from_proto(message.parameters)
+            if message.HasField("parameters")
+            else None
+        ),
+    )
+
+
+def decode_from_proto(message: pb.DecodeEntry) -> engine.DecodeEntry:
+    return engine.DecodeEntry(
+        request_id=message.request_id, block_table=tuple(message.block_table)
+    )
+
+
+def prefill_step_from_proto(message: pb.PrefillRequest) -> engine.StepInput:
+    return engine.StepInput(
+        chunks=tuple(chunk_from_proto(chunk) for chunk in message.chunks),
+        decodes=tuple(decode_from_proto(entry) for entry in message.decodes),
+        release_request_ids=tuple(message.release_request_ids),
+    )
+
+
+def decode_step_from_proto(message: pb.DecodeRequest) -> engine.StepInput:
+    return engine.StepInput(
+        decodes=tuple(decode_from_proto(entry) for entry in message.decodes),
+        release_request_ids=tuple(message.release_request_ids),
+    )
+
+
+def generation_to_proto(generation: engine.Generation) -> pb.Generation:
+    return pb.Generation(
+        request_id=generation.request_id,
+        tokens=[
+            pb.GeneratedToken(
+                token_id=token.token_id,
+                logprob=token.logprob,
+                top_tokens=[
+                    pb.TopToken(token_id=token_id, logprob=logprob)
+                    for token_id, logprob in token.top_tokens
+                ],
+            )
+            for token in generation.tokens
+        ],
+        prompt_logprobs=generation.prompt_logprobs,
+        finish_reason=int(generation.finish_reason),
+        error=generation.error,
+    )
+
+
+def step_output_to_proto(output: engine.StepOutput, total_ns: int) -> pb.StepResponse:
+    """total_ns: the service's own wall time for the call (conversion and thread hand-off
+    included), never less than the engine's."""
+    return pb.StepResponse(
+        generations=[generation_to_proto(generation) for generation in output.generations],
+        timings=pb.StepTimings(
+            forward_ns=output.timings.forward_ns,
+            sampling_ns=output.timings.sampling_ns,
+            total_ns=max(total_ns, output.timings.total_ns),
+        ),
+    )
+
+
+def info_to_proto(info: engine.EngineInfo) -> pb.InfoResponse:
+    return pb.InfoResponse(
+        model_id=info.model_id,
+        architecture=info.architecture,
+        dtype=info.dtype,
+        device=info.device,
+        block_size=info.block_size,
+        vocab_size=info.vocab_size,
+        eos_token_ids=info.eos_token_ids,
+        max_position_embeddings=info.max_position_embeddings,
+        world_size=info.world_size,
+        attention_backend=info.attention_backend,
+        quantization=info.quantization,
+        supports_chunked_prefill=info.supports_chunked_prefill,
+        supports_prompt_logprobs=info.supports_prompt_logprobs,
+        max_top_n_tokens=info.max_top_n_tokens,
+    )
+
+
+def warmup_to_proto(result: engine.WarmupResult) -> pb.WarmupResponse:
+    return pb.WarmupResponse(
+        num_blocks=result.num_blocks,
+        max_supported_total_tokens=result.max_supported_total_tokens,
+        model_memory_bytes=result.model_memory_bytes,
+        kv_cache_memory_bytes=result.kv_cache_memory_bytes,
+        peak_activation_memory_bytes=result.peak_activation_memory_bytes,
+    )

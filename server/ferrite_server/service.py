@@ -1,0 +1,160 @@
+"""The gRPC face of the shard: a grpc.aio servicer that converts proto <-> engine types and
+runs every engine call on ONE dedicated worker thread.
+
+Why one thread: steps must never overlap (the engine owns one KV cache and one batch), and
+the asyncio loop must stay free so Health / Info answer while a long step runs. Typed engine
+errors become gRPC status codes in `_engine_call`, the one place that maps them; no exception
+escapes to take the process down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+import grpc
+
+from ferrite_server import proto_convert as convert
+from ferrite_server.engine.errors import (
+    InsufficientMemoryError,
+    InvalidStepError,
+    NotWarmedUpError,
+)
+from ferrite_server.engine.types import EngineInfo, StepInput, StepOutput, WarmupResult
+from ferrite_server.proto import shard_pb2 as pb
+from ferrite_server.proto import shard_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+ResultT = TypeVar("ResultT")
+# A Prefill of many long prompts with their block tables can exceed gRPC's 4 MiB default.
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+# How long in-flight calls may finish after a stop signal.
+SHUTDOWN_GRACE_S = 5.0
+
+
+class ShardEngine(Protocol):
+    """What the service needs from engine.Engine (a fake satisfies it in unit tests)."""
+
+    def info(self) -> EngineInfo: ...
+    def warmup(
+        self, max_batch_prefill_tokens: int, max_batch_size: int, max_total_tokens: int
+    ) -> WarmupResult: ...
+    def step(self, step: StepInput) -> StepOutput: ...
+    def filter(self, keep_request_ids: Iterable[int]) -> None: ...
+    def clear(self) -> None: ...
+
+
+def status_for_error(error: Exception) -> tuple[grpc.StatusCode, str]:
+    """The one mapping of engine failures to gRPC status codes."""
+    if isinstance(error, InvalidStepError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(error)
+    if isinstance(error, NotWarmedUpError):
+        return grpc.StatusCode.FAILED_PRECONDITION, str(error)
+    if isinstance(error, InsufficientMemoryError):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)
+    return grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}"
+
+
+class ShardService(shard_pb2_grpc.ShardServicer):
+    def __init__(self, engine: ShardEngine, info: EngineInfo, worker: ThreadPoolExecutor) -> None:
+        self._engine = engine
+        self._info = convert.info_to_proto(info)  # fixed once loaded; answered without the worker
+        self._worker = worker
+
+    async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.InfoResponse:
+        return self._info
+
+    async def Health(self, request: pb.HealthRequest, context: grpc.aio.ServicerContext) -> pb.HealthResponse:
+        # Serving starts only after Engine.load returned, so answering at all means healthy.
+        return pb.HealthResponse()
+
+    async def Warmup(self, request: pb.WarmupRequest, context: grpc.aio.ServicerContext) -> pb.WarmupResponse:
+        def work() -> pb.WarmupResponse:
+            result = self._engine.warmup(
+                max_batch_prefill_tokens=request.max_batch_prefill_tokens,
+                max_batch_size=request.max_batch_size,
+                max_total_tokens=request.max_total_tokens,
+            )
+            logger.info("warmup: %s", result)
+            return convert.warmup_to_proto(result)
+
+        return await self._engine_call(context, work)
+
+    async def Prefill(self, request: pb.PrefillRequest, context: grpc.aio.ServicerContext) -> pb.StepResponse:
+        return await self._step(context, lambda: convert.prefill_step_from_proto(request))
+
+    async def Decode(self, request: pb.DecodeRequest, context: grpc.aio.ServicerContext) -> pb.StepResponse:
+        return await self._step(context, lambda: convert.decode_step_from_proto(request))
+
+    async def Filter(self, request: pb.FilterRequest, context: grpc.aio.ServicerContext) -> pb.FilterResponse:
+        keep_request_ids = tuple(request.keep_request_ids)
+
+        def work() -> pb.FilterResponse:
+            self._engine.filter(keep_request_ids)
+            return pb.FilterResponse()
+
+        return await self._engine_call(context, work)
+
+    async def Clear(self, request: pb.ClearRequest, context: grpc.aio.ServicerContext) -> pb.ClearResponse:
+        def work() -> pb.ClearResponse:
+            self._engine.clear()
+            return pb.ClearResponse()
+
+        return await self._engine_call(context, work)
+
+    async def _step(
+        self, context: grpc.aio.ServicerContext, to_step: Callable[[], StepInput]
+    ) -> pb.StepResponse:
+        started_ns = time.perf_counter_ns()
+
+        def work() -> pb.StepResponse:
+            output = self._engine.step(to_step())
+            return convert.step_output_to_proto(output, time.perf_counter_ns() - started_ns)
+
+        return await self._engine_call(context, work)
+
+    async def _engine_call(
+        self, context: grpc.aio.ServicerContext, work: Callable[[], ResultT]
+    ) -> ResultT:
+        """Run `work` on the engine thread; map any failure to a gRPC status (never re-raise
+        it to grpc, which would hide the message behind UNKNOWN)."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._worker, work)
+        except Exception as error:  # noqa: BLE001 - every failure becomes a status
+            code, message = status_for_error(error)
+            if code == grpc.StatusCode.INTERNAL:
+                logger.exception("engine call failed: %s", message)
+            else:
+                logger.warning("rejected call (%s): %s", code.name, message)
+            await context.abort(code, message)  # raises
+            raise
+
+
+async def serve_until_stopped(service: ShardService, uds_path: Path, stop: asyncio.Event) -> None:
+    """Serve gRPC on unix socket `uds_path` until `stop` is set; remove the socket after."""
+    if uds_path.is_socket():
+        # Left by a killed predecessor; binding would fail with "address in use".
+        logger.warning("removing stale socket %s", uds_path)
+        uds_path.unlink()
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
+    )
+    shard_pb2_grpc.add_ShardServicer_to_server(service, server)
+    server.add_insecure_port(f"unix://{uds_path}")
+    await server.start()
+    logger.info("serving on unix://%s", uds_path)
+    try:
+        await stop.wait()
+        logger.info("stopping (grace %.0f s)", SHUTDOWN_GRACE_S)
+        await server.stop(SHUTDOWN_GRACE_S)
+    finally:
+        uds_path.unlink(missing_ok=True)

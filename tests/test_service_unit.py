@@ -1,0 +1,187 @@
+"""The servicer in-process over a real unix socket, with a small fake engine: conversions both
+ways, the one error mapping, Health while a step runs, steps never overlapping."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import pytest
+
+from ferrite_server.engine.errors import InvalidStepError, NotWarmedUpError
+from ferrite_server.engine.types import (
+    EngineInfo,
+    FinishReason,
+    GeneratedToken,
+    Generation,
+    StepInput,
+    StepOutput,
+    StepTimings,
+    WarmupResult,
+)
+from ferrite_server.proto import shard_pb2 as pb
+from ferrite_server.proto import shard_pb2_grpc
+from ferrite_server.service import ShardService, serve_until_stopped
+
+INFO = EngineInfo(
+    model_id="fake", architecture="FakeForCausalLM", dtype="float32", device="cpu",
+    block_size=16, vocab_size=320, eos_token_ids=(2, 5), max_position_embeddings=256,
+    world_size=1, attention_backend="torch",
+)
+UNKNOWN_ID, CRASH_ID, SLOW_ID = 999, 666, 555
+
+
+class FakeEngine:
+    """Answers each decode with token = request_id; some ids misbehave on purpose."""
+
+    def __init__(self) -> None:
+        self.steps: list[StepInput] = []
+        self.kept: tuple[int, ...] | None = None
+        self.warmed_up = False
+        self.active_steps = 0
+        self.max_active_steps = 0
+        self._lock = threading.Lock()
+
+    def info(self) -> EngineInfo:
+        return INFO
+
+    def warmup(self, max_batch_prefill_tokens: int, max_batch_size: int, max_total_tokens: int) -> WarmupResult:
+        self.warmed_up = True
+        return WarmupResult(num_blocks=max_total_tokens // 16, max_supported_total_tokens=max_total_tokens,
+                            model_memory_bytes=1, kv_cache_memory_bytes=2, peak_activation_memory_bytes=3)
+
+    def step(self, step: StepInput) -> StepOutput:
+        with self._lock:
+            self.active_steps += 1
+            self.max_active_steps = max(self.max_active_steps, self.active_steps)
+        try:
+            return self._step(step)
+        finally:
+            with self._lock:
+                self.active_steps -= 1
+
+    def _step(self, step: StepInput) -> StepOutput:
+        if not self.warmed_up:
+            raise NotWarmedUpError("Warmup first")
+        self.steps.append(step)
+        ids = [c.request_id for c in step.chunks] + [d.request_id for d in step.decodes]
+        if CRASH_ID in ids:
+            raise RuntimeError("kaboom")
+        if not ids:
+            raise InvalidStepError("empty step")
+        if SLOW_ID in ids:
+            time.sleep(0.5)
+        generations = tuple(
+            Generation(request_id=i, error=f"unknown request {i}") if i == UNKNOWN_ID else
+            Generation(request_id=i, tokens=(GeneratedToken(i, -0.5, ((i, -0.5), (7, -1.5))),),
+                       finish_reason=FinishReason.LENGTH)
+            for i in ids
+        )
+        return StepOutput(generations, StepTimings(forward_ns=10, sampling_ns=5, total_ns=20))
+
+    def filter(self, keep_request_ids: Iterable[int]) -> None:
+        self.kept = tuple(keep_request_ids)
+
+    def clear(self) -> None:
+        self.kept = ()
+
+
+async def _with_server(tmp_path: Path, engine: FakeEngine, body) -> None:
+    uds_path = tmp_path / "shard.sock"
+    stop = asyncio.Event()
+    worker = ThreadPoolExecutor(max_workers=1)
+    server = asyncio.create_task(serve_until_stopped(ShardService(engine, INFO, worker), uds_path, stop))
+    try:
+        async with grpc.aio.insecure_channel(f"unix://{uds_path}") as channel:
+            await channel.channel_ready()
+            await body(shard_pb2_grpc.ShardStub(channel))
+    finally:
+        stop.set()
+        await server
+        worker.shutdown()
+    assert not uds_path.exists()
+
+
+def _decode(*ids: int) -> pb.DecodeRequest:
+    return pb.DecodeRequest(decodes=[pb.DecodeEntry(request_id=i, block_table=[0, 1]) for i in ids])
+
+
+def test_info_warmup_and_conversions(tmp_path: Path) -> None:
+    engine = FakeEngine()
+
+    async def body(stub: shard_pb2_grpc.ShardStub) -> None:
+        info = await stub.Info(pb.InfoRequest())
+        assert (info.model_id, info.block_size, list(info.eos_token_ids)) == ("fake", 16, [2, 5])
+        await stub.Health(pb.HealthRequest())
+        warm = await stub.Warmup(pb.WarmupRequest(max_batch_prefill_tokens=64, max_batch_size=4, max_total_tokens=256))
+        assert (warm.num_blocks, warm.max_supported_total_tokens, warm.peak_activation_memory_bytes) == (16, 256, 3)
+        sampling = pb.SamplingParameters(do_sample=True, top_k=5, seed=7, has_seed=True, logit_bias={3: -1.0})
+        chunk = pb.PrefillChunk(
+            request_id=1, input_ids=[4, 5, 6], num_cached_tokens=16, block_table=[2, 3], is_last_chunk=True,
+            parameters=pb.RequestParameters(sampling=sampling, stopping=pb.StoppingParameters(max_new_tokens=9),
+                                            top_n_tokens=2, resumed_generated_tokens=1),
+        )
+        plain = pb.PrefillChunk(request_id=2, input_ids=[8], block_table=[4])
+        response = await stub.Prefill(pb.PrefillRequest(chunks=[chunk, plain], decodes=[pb.DecodeEntry(request_id=3)],
+                                                        release_request_ids=[11]))
+        first = response.generations[0]
+        assert (first.request_id, first.tokens[0].token_id, first.finish_reason) == (1, 1, pb.FINISH_REASON_LENGTH)
+        assert [(t.token_id, t.logprob) for t in first.tokens[0].top_tokens] == [(1, -0.5), (7, -1.5)]
+        assert response.timings.forward_ns == 10 and response.timings.total_ns >= 20
+        step = engine.steps[-1]
+        assert step.release_request_ids == (11,) and step.decodes[0].request_id == 3
+        converted = step.chunks[0]
+        assert (converted.input_ids, converted.num_cached_tokens, converted.block_table) == ((4, 5, 6), 16, (2, 3))
+        params = converted.params
+        assert params is not None and step.chunks[1].params is None
+        assert (params.top_n_tokens, params.resumed_generated_tokens, params.stopping.max_new_tokens) == (2, 1, 9)
+        s = params.sampling
+        # proto zeros are "off": normalized to the engine's neutral values
+        assert (s.do_sample, s.top_k, s.seed, s.logit_bias) == (True, 5, 7, ((3, -1.0),))
+        assert (s.temperature, s.top_p, s.typical_p, s.repetition_penalty, s.min_p) == (1.0, 1.0, 1.0, 1.0, 0.0)
+        await stub.Filter(pb.FilterRequest(keep_request_ids=[3, 1]))
+        assert engine.kept == (3, 1)
+        await stub.Clear(pb.ClearRequest())
+        assert engine.kept == ()
+
+    asyncio.run(_with_server(tmp_path, engine, body))
+
+
+def test_errors_map_to_status_codes_and_the_process_keeps_serving(tmp_path: Path) -> None:
+    engine = FakeEngine()
+
+    async def expect(call, code: grpc.StatusCode, text: str) -> None:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await call
+        assert raised.value.code() == code and text in raised.value.details()
+
+    async def body(stub: shard_pb2_grpc.ShardStub) -> None:
+        await expect(stub.Decode(_decode(1)), grpc.StatusCode.FAILED_PRECONDITION, "Warmup first")
+        await stub.Warmup(pb.WarmupRequest(max_total_tokens=64))
+        await expect(stub.Decode(_decode()), grpc.StatusCode.INVALID_ARGUMENT, "empty step")
+        await expect(stub.Decode(_decode(CRASH_ID)), grpc.StatusCode.INTERNAL, "RuntimeError: kaboom")
+        response = await stub.Decode(_decode(1, UNKNOWN_ID))
+        assert [g.error for g in response.generations] == ["", f"unknown request {UNKNOWN_ID}"]
+        await stub.Health(pb.HealthRequest())
+
+    asyncio.run(_with_server(tmp_path, engine, body))
+
+
+def test_health_answers_during_a_step_and_steps_never_overlap(tmp_path: Path) -> None:
+    engine = FakeEngine()
+
+    async def body(stub: shard_pb2_grpc.ShardStub) -> None:
+        await stub.Warmup(pb.WarmupRequest(max_total_tokens=64))
+        slow = [asyncio.ensure_future(stub.Decode(_decode(SLOW_ID))) for _ in range(2)]
+        await asyncio.sleep(0.1)
+        await stub.Health(pb.HealthRequest(), timeout=0.3)  # would time out on the engine thread
+        assert not any(call.done() for call in slow)
+        await asyncio.gather(*slow)
+        assert engine.max_active_steps == 1
+
+    asyncio.run(_with_server(tmp_path, engine, body))
