@@ -78,7 +78,9 @@ class ModelRunner:
         self.facts = facts
 
     @classmethod
-    def load(cls, config: ShardConfig) -> ModelRunner:
+    def load(cls, config: ShardConfig, random_weights: bool = False) -> ModelRunner:
+        """Build the model and load its checkpoint (`random_weights`: fill with noise instead,
+        for benchmarks of large shapes whose speed does not depend on the values)."""
         if config.distributed.world_size != 1:
             raise UnsupportedModelError("tensor parallelism (world size > 1) is not implemented")
         model_dir = Path(config.model_id)
@@ -92,7 +94,10 @@ class ModelRunner:
         placement = LayerPlacement(dtype=dtype, device=device, tp=TensorParallelRank())
         model = family(model_config, backend, placement)
         layout = model.checkpoint_layout()
-        load_checkpoint(model, model_dir, device, layout)  # type: ignore[arg-type]
+        if random_weights:
+            _fill_with_noise(model)  # type: ignore[arg-type]
+        else:
+            load_checkpoint(model, model_dir, device, layout)  # type: ignore[arg-type]
         facts = ModelFacts(
             model_id=str(config.model_id),
             architecture=architecture,
@@ -125,3 +130,10 @@ class ModelRunner:
     @torch.inference_mode()
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:  # [N, H] -> [N, V] float32
         return self.model.compute_logits(hidden)
+
+
+@torch.no_grad()
+def _fill_with_noise(model: torch.nn.Module) -> None:
+    """Small random values everywhere (never zeros: they hide bugs and time differently)."""
+    for parameter in model.parameters():
+        parameter.normal_(0.0, 0.02)
