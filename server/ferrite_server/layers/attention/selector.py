@@ -24,15 +24,20 @@ def _torch_backend(device: torch.device) -> AttentionBackend:
     return TorchAttentionBackend()
 
 
+def _triton_backend(device: torch.device) -> AttentionBackend:
+    from ferrite_server.layers.attention.triton_backend import TritonAttentionBackend
+
+    return TritonAttentionBackend(device)
+
+
 def _factories() -> dict[str, BackendFactory]:
-    return {
-        "torch": _torch_backend,
-        # "triton": <factory in layers/attention/triton_backend.py>,
-    }
+    return {"torch": _torch_backend, "triton": _triton_backend}
 
 
 def _resolve_auto(device: torch.device) -> str:
-    return "torch"
+    # Triton kernels on CUDA (measured: bench/GPU_NOTES.md); the reference on CPU, where
+    # Triton only runs through its slow interpreter.
+    return "triton" if device.type == "cuda" else "torch"
 
 
 def available_attention_backends() -> tuple[str, ...]:
