@@ -1,6 +1,6 @@
 """Where one eager decode step of the 8B-shaped model spends its time (torch profiler).
 
-    python bench/gpu_decode_profile.py --backend triton --batch-size 1
+    python bench/decode_profile.py --backend triton --batch-size 1
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-import gpu_decode as bench
+import decode_steps as bench
 
 
 def main() -> None:
