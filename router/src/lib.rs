@@ -13,6 +13,7 @@ pub mod error;
 pub mod generation;
 pub mod http;
 pub mod metrics;
+pub mod openai;
 pub mod scheduler;
 pub mod server;
 pub mod shard_client;

@@ -43,6 +43,8 @@ pub struct ModelFacts {
     pub num_shards: usize,
     pub block_size: usize,
     pub max_position_embeddings: usize,
+    /// The model directory (tokenizer.json, tokenizer_config.json, chat template).
+    pub tokenizer_dir: std::path::PathBuf,
 }
 
 /// What a single request may ask for (validation's limits).

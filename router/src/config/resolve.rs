@@ -265,6 +265,7 @@ fn model_facts(args: &RouterArgs, info: &proto::InfoResponse) -> ModelFacts {
         num_shards: args.shard_uds_paths.len(),
         block_size: info.block_size as usize,
         max_position_embeddings: info.max_position_embeddings as usize,
+        tokenizer_dir: args.tokenizer_dir.clone(),
     }
 }
 

@@ -31,6 +31,7 @@ pub fn app(state: AppState) -> Router {
         .route("/generate", post(generate::generate))
         .route("/generate_stream", post(stream::generate_stream))
         .route("/tokenize", post(tokenize::tokenize))
+        .merge(crate::openai::routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_api_key,

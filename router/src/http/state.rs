@@ -29,6 +29,8 @@ pub struct AppInner {
     pub server: ServerConfig,
     /// `x-compute-type` header value: the shard's device type.
     pub compute_type: String,
+    /// The OpenAI routes' chat template and response constants.
+    pub openai: crate::openai::OpenAiState,
 }
 
 impl Deref for AppState {
@@ -54,6 +56,7 @@ impl AppState {
             info: info(config),
             server: config.server.clone(),
             compute_type: config.model.device_type.clone(),
+            openai: crate::openai::OpenAiState::load(&config.model.tokenizer_dir),
         };
         Self {
             inner: Arc::new(inner),

@@ -1,0 +1,40 @@
+//! `GET /v1/models` and `GET /v1/models/{id}`: the one model this server serves.
+
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use crate::http::AppState;
+
+use super::error::OpenAiError;
+use super::response::{ModelCard, ModelList};
+
+pub async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
+    Json(ModelList {
+        object: "list",
+        data: vec![model_card(&state)],
+    })
+}
+
+pub async fn get_model(State(state): State<AppState>, Path(model_id): Path<String>) -> Response {
+    if model_id == state.info.model_id {
+        return Json(model_card(&state)).into_response();
+    }
+    let message = format!(
+        "The model `{model_id}` does not exist; this server serves `{}`",
+        state.info.model_id
+    );
+    let mut response = OpenAiError::invalid("model", message).into_response();
+    *response.status_mut() = axum::http::StatusCode::NOT_FOUND;
+    response
+}
+
+fn model_card(state: &AppState) -> ModelCard {
+    ModelCard {
+        id: state.info.model_id.clone(),
+        object: "model",
+        created: state.openai.served_since_s,
+        owned_by: "ferrite",
+        max_model_len: state.info.max_total_tokens,
+    }
+}
