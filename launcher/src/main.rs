@@ -1,3 +1,4 @@
-fn main() {
-    println!("ferrite-launcher: not wired yet");
+//! `ferrite-launcher`: see `ferrite_launcher::launch` and DESIGN.md "Processes".
+fn main() -> std::process::ExitCode {
+    ferrite_launcher::launch()
 }

@@ -1,0 +1,239 @@
+//! The launcher's command line: the one place its configuration is read. Every flag can also be
+//! given through the upper-case environment variable of the same name (`--max-input-tokens` <->
+//! `MAX_INPUT_TOKENS`), as TGI users expect, so container images can be configured with `-e`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+/// Compute dtype of the shards' weights and activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Dtype {
+    Auto,
+    Float32,
+    Bfloat16,
+    Float16,
+}
+
+/// Attention implementation the shards use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AttentionBackend {
+    Auto,
+    Torch,
+    Triton,
+}
+
+impl Dtype {
+    pub fn as_flag(self) -> &'static str {
+        match self {
+            Dtype::Auto => "auto",
+            Dtype::Float32 => "float32",
+            Dtype::Bfloat16 => "bfloat16",
+            Dtype::Float16 => "float16",
+        }
+    }
+}
+
+impl AttentionBackend {
+    pub fn as_flag(self) -> &'static str {
+        match self {
+            AttentionBackend::Auto => "auto",
+            AttentionBackend::Torch => "torch",
+            AttentionBackend::Triton => "triton",
+        }
+    }
+}
+
+/// Start ferrite: prepare the model, spawn the model shards and the router, supervise them.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "ferrite-launcher", version, max_term_width = 120)]
+pub struct Args {
+    /// Model to serve: a local directory or a Hugging Face hub id (default: bundled SmolLM2-135M-Instruct)
+    #[arg(long, env)]
+    pub model_id: Option<String>,
+
+    /// Hub revision (branch, tag or commit) of --model-id (default: main)
+    #[arg(long, env)]
+    pub revision: Option<String>,
+
+    /// Directory for converted checkpoints (default model, .bin -> safetensors) (default: ~/.cache/ferrite/models)
+    #[arg(long, env)]
+    pub model_cache_dir: Option<PathBuf>,
+
+    /// Number of tensor-parallel shards (processes) to run the model on
+    #[arg(long, env, default_value_t = 1)]
+    pub num_shard: u32,
+
+    /// Compute dtype; auto = the checkpoint's dtype on GPU, bfloat16 on CPU
+    #[arg(long, env, value_enum, default_value_t = Dtype::Auto)]
+    pub dtype: Dtype,
+
+    /// Attention implementation; auto = triton on CUDA, torch on CPU
+    #[arg(long, env, value_enum, default_value_t = AttentionBackend::Auto)]
+    pub attention_backend: AttentionBackend,
+
+    /// Address the HTTP server binds to
+    #[arg(long, env, default_value = "0.0.0.0")]
+    pub hostname: String,
+
+    /// Port the HTTP server listens on
+    #[arg(long, short, env, default_value_t = 3000)]
+    pub port: u16,
+
+    /// Longest prompt in tokens (default: derived from the model and the KV capacity)
+    #[arg(long, env)]
+    pub max_input_tokens: Option<u32>,
+
+    /// Longest prompt + generation in tokens (default: derived from the model and the KV capacity)
+    #[arg(long, env)]
+    pub max_total_tokens: Option<u32>,
+
+    /// Most prompt tokens computed in one forward pass (default: derived by the router)
+    #[arg(long, env)]
+    pub max_batch_prefill_tokens: Option<u32>,
+
+    /// Most tokens (prompt + generated) of all running requests (default: the measured KV capacity)
+    #[arg(long, env)]
+    pub max_batch_total_tokens: Option<u32>,
+
+    /// Requests accepted at once (running + waiting); more are refused with 429
+    #[arg(long, env, default_value_t = 128)]
+    pub max_concurrent_requests: u32,
+
+    /// Memory for the KV cache, e.g. 2GiB or 500MB (default: measured free memory)
+    #[arg(long, env, value_parser = parse_byte_size)]
+    pub kv_cache_memory: Option<u64>,
+
+    /// Path prefix of the shards' unix sockets; rank N listens on <prefix>-N (default: /tmp/ferrite-server-<launcher pid>)
+    #[arg(long, env)]
+    pub shard_uds_path: Option<PathBuf>,
+
+    /// torch.distributed rendezvous address of the shards
+    #[arg(long, env, default_value = "127.0.0.1")]
+    pub master_addr: String,
+
+    /// torch.distributed rendezvous port of the shards
+    #[arg(long, env, default_value_t = 29500)]
+    pub master_port: u16,
+
+    /// Require `Authorization: Bearer <key>` on generating routes (default: no authentication)
+    #[arg(long, env, hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Allowed CORS origins, repeatable or comma-separated (default: none)
+    #[arg(long, env, value_delimiter = ',')]
+    pub cors_allow_origin: Vec<String>,
+
+    /// Log one JSON object per line instead of text
+    #[arg(long, env)]
+    pub json_output: bool,
+
+    /// OpenTelemetry OTLP/gRPC endpoint for traces, passed to the router (default: tracing off)
+    #[arg(long, env)]
+    pub otlp_endpoint: Option<String>,
+
+    /// Seconds in-flight requests get to finish on shutdown before children are killed
+    #[arg(long, env, default_value_t = 10)]
+    pub graceful_shutdown_timeout_s: u64,
+}
+
+/// Parses "2GiB", "500MB", "1.5G" or a plain byte count into bytes.
+pub fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let split_at = trimmed
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split_at);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size (examples: 2GiB, 500MB, 1073741824)"))?;
+    let multiplier: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "ki" | "kib" => 1024.0,
+        "mi" | "mib" => 1024.0 * 1024.0,
+        "gi" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "ti" | "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        other => return Err(format!("unknown size unit '{other}' in '{text}'")),
+    };
+    let bytes = value * multiplier;
+    if !bytes.is_finite() || bytes < 1.0 {
+        return Err(format!("'{text}' must be at least one byte"));
+    }
+    Ok(bytes.round() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn sizes_parse_with_decimal_and_binary_units() {
+        assert_eq!(parse_byte_size("1024"), Ok(1024));
+        assert_eq!(parse_byte_size("2GiB"), Ok(2 * 1024 * 1024 * 1024));
+        assert_eq!(parse_byte_size("500MB"), Ok(500_000_000));
+        assert_eq!(parse_byte_size("1.5g"), Ok(1_500_000_000));
+        assert!(parse_byte_size("lots").is_err());
+        assert!(parse_byte_size("3 parsecs").is_err());
+        assert!(parse_byte_size("0").is_err());
+    }
+
+    #[test]
+    fn defaults_match_the_help() {
+        let args = Args::try_parse_from(["ferrite-launcher"]).expect("no flags is valid");
+        assert_eq!(args.model_id, None);
+        assert_eq!(args.num_shard, 1);
+        assert_eq!(args.port, 3000);
+        assert_eq!(args.dtype, Dtype::Auto);
+        assert_eq!(args.master_port, 29500);
+        assert!(!args.json_output);
+    }
+
+    #[test]
+    fn flags_parse() {
+        let args = Args::try_parse_from([
+            "ferrite-launcher",
+            "--model-id",
+            "org/name",
+            "--num-shard",
+            "2",
+            "--dtype",
+            "float32",
+            "--kv-cache-memory",
+            "1GiB",
+            "--cors-allow-origin",
+            "http://a,http://b",
+            "--json-output",
+        ])
+        .expect("valid flags");
+        assert_eq!(args.model_id.as_deref(), Some("org/name"));
+        assert_eq!(args.num_shard, 2);
+        assert_eq!(args.dtype, Dtype::Float32);
+        assert_eq!(args.kv_cache_memory, Some(1 << 30));
+        assert_eq!(args.cors_allow_origin, vec!["http://a", "http://b"]);
+        assert!(args.json_output);
+    }
+
+    #[test]
+    fn every_flag_has_an_env_var_and_a_one_line_help() {
+        let command = Args::command();
+        for arg in command.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            let env = arg
+                .get_env()
+                .unwrap_or_else(|| panic!("--{id} has no env var"));
+            assert_eq!(env.to_string_lossy(), id.to_ascii_uppercase());
+            let help = arg
+                .get_help()
+                .unwrap_or_else(|| panic!("--{id} has no help"));
+            assert!(!help.to_string().contains('\n'), "--{id} help spans lines");
+        }
+    }
+}

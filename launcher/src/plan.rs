@@ -1,0 +1,392 @@
+//! Args -> launch plan, with no side effects: which processes to start, with which flags,
+//! environment and sockets. Everything that can be refused before a process starts is refused
+//! here, with a message that names the numbers that conflict.
+
+use std::path::{Path, PathBuf};
+
+use crate::args::Args;
+use crate::model::ModelFacts;
+
+/// Longest unix socket path Linux accepts (`sun_path` is 108 bytes including the NUL).
+pub const MAX_UDS_PATH_BYTES: usize = 107;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("--num-shard must be at least 1, got {0}")]
+    NoShards(u32),
+    #[error("--max-input-tokens ({max_input_tokens}) must be less than --max-total-tokens ({max_total_tokens}): the total includes at least one generated token")]
+    InputNotBelowTotal {
+        max_input_tokens: u32,
+        max_total_tokens: u32,
+    },
+    #[error("--max-total-tokens ({max_total_tokens}) exceeds --max-batch-total-tokens ({max_batch_total_tokens}): one request could never fit in a batch")]
+    TotalAboveBatchTotal {
+        max_total_tokens: u32,
+        max_batch_total_tokens: u32,
+    },
+    #[error("--max-batch-prefill-tokens ({max_batch_prefill_tokens}) exceeds --max-batch-total-tokens ({max_batch_total_tokens})")]
+    PrefillAboveBatchTotal {
+        max_batch_prefill_tokens: u32,
+        max_batch_total_tokens: u32,
+    },
+    #[error("{flag} must be at least 1, got 0")]
+    ZeroLimit { flag: &'static str },
+    #[error(
+        "{flag} ({value}) exceeds the model's max_position_embeddings ({max_position_embeddings})"
+    )]
+    AboveModelPositions {
+        flag: &'static str,
+        value: u32,
+        max_position_embeddings: u32,
+    },
+    #[error("--num-shard ({num_shard}) must divide the model's {what} ({count})")]
+    ShardsDoNotDivide {
+        num_shard: u32,
+        what: &'static str,
+        count: u32,
+    },
+    #[error("--port ({0}) and --master-port ({0}) are the same port")]
+    PortClash(u16),
+    #[error("shard socket path {path} is {length_bytes} bytes, over the {MAX_UDS_PATH_BYTES}-byte unix socket limit: choose a shorter --shard-uds-path")]
+    SocketPathTooLong { path: String, length_bytes: usize },
+    #[error("--api-key is empty: omit it to run without authentication")]
+    EmptyApiKey,
+}
+
+/// One child process: what to run and under which name its log lines appear.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessSpec {
+    pub name: String,
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardSpec {
+    pub process: ProcessSpec,
+    pub uds_path: PathBuf,
+}
+
+/// Where the launcher finds its sibling programs (discovered by the caller, passed in so the
+/// plan stays pure).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Programs {
+    pub server: PathBuf,
+    pub router: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchPlan {
+    pub shards: Vec<ShardSpec>,
+    pub router: ProcessSpec,
+    /// Address the launcher probes for the router's `/health` (a wildcard bind -> loopback).
+    pub router_probe_host: String,
+    pub router_port: u16,
+}
+
+/// Checks that need no model: run before preparing it, so mistakes fail in milliseconds.
+pub fn check_args(args: &Args, launcher_pid: u32) -> Result<(), PlanError> {
+    if args.num_shard == 0 {
+        return Err(PlanError::NoShards(0));
+    }
+    if args.api_key.as_deref() == Some("") {
+        return Err(PlanError::EmptyApiKey);
+    }
+    if is_loopback_or_wildcard(&args.master_addr) && args.port == args.master_port {
+        return Err(PlanError::PortClash(args.port));
+    }
+    for (flag, value) in [
+        ("--max-input-tokens", args.max_input_tokens),
+        ("--max-total-tokens", args.max_total_tokens),
+        ("--max-batch-prefill-tokens", args.max_batch_prefill_tokens),
+        ("--max-batch-total-tokens", args.max_batch_total_tokens),
+        (
+            "--max-concurrent-requests",
+            Some(args.max_concurrent_requests),
+        ),
+    ] {
+        if value == Some(0) {
+            return Err(PlanError::ZeroLimit { flag });
+        }
+    }
+    check_token_limits(args)?;
+    let last_socket = shard_uds_path(&uds_prefix(args, launcher_pid), args.num_shard - 1);
+    let length_bytes = last_socket.as_os_str().len();
+    if length_bytes > MAX_UDS_PATH_BYTES {
+        return Err(PlanError::SocketPathTooLong {
+            path: last_socket.display().to_string(),
+            length_bytes,
+        });
+    }
+    Ok(())
+}
+
+fn check_token_limits(args: &Args) -> Result<(), PlanError> {
+    if let (Some(max_input_tokens), Some(max_total_tokens)) =
+        (args.max_input_tokens, args.max_total_tokens)
+    {
+        if max_input_tokens >= max_total_tokens {
+            return Err(PlanError::InputNotBelowTotal {
+                max_input_tokens,
+                max_total_tokens,
+            });
+        }
+    }
+    if let Some(max_batch_total_tokens) = args.max_batch_total_tokens {
+        if let Some(max_total_tokens) = args.max_total_tokens {
+            if max_total_tokens > max_batch_total_tokens {
+                return Err(PlanError::TotalAboveBatchTotal {
+                    max_total_tokens,
+                    max_batch_total_tokens,
+                });
+            }
+        }
+        if let Some(max_batch_prefill_tokens) = args.max_batch_prefill_tokens {
+            if max_batch_prefill_tokens > max_batch_total_tokens {
+                return Err(PlanError::PrefillAboveBatchTotal {
+                    max_batch_prefill_tokens,
+                    max_batch_total_tokens,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks against the prepared model's config.json.
+pub fn check_model(args: &Args, facts: &ModelFacts) -> Result<(), PlanError> {
+    if let Some(max_position_embeddings) = facts.max_position_embeddings {
+        for (flag, value) in [
+            ("--max-total-tokens", args.max_total_tokens),
+            ("--max-input-tokens", args.max_input_tokens),
+        ] {
+            match value {
+                Some(value) if value > max_position_embeddings => {
+                    return Err(PlanError::AboveModelPositions {
+                        flag,
+                        value,
+                        max_position_embeddings,
+                    })
+                }
+                _ => {}
+            }
+        }
+    }
+    for (what, count) in [
+        ("attention heads", facts.num_attention_heads),
+        ("key/value heads", facts.num_key_value_heads),
+    ] {
+        if let Some(count) = count {
+            if count % args.num_shard != 0 {
+                return Err(PlanError::ShardsDoNotDivide {
+                    num_shard: args.num_shard,
+                    what,
+                    count,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The `ferrite-server prepare-model` call that turns `--model-id` into a local directory.
+pub fn prepare_command(args: &Args, programs: &Programs) -> ProcessSpec {
+    let mut argv = vec!["prepare-model".to_string()];
+    push_opt(&mut argv, "--model-id", args.model_id.as_ref());
+    push_opt(&mut argv, "--revision", args.revision.as_ref());
+    push_opt(
+        &mut argv,
+        "--cache-dir",
+        args.model_cache_dir
+            .as_ref()
+            .map(|dir| dir.display().to_string())
+            .as_ref(),
+    );
+    ProcessSpec {
+        name: "prepare".into(),
+        program: programs.server.clone(),
+        args: argv,
+        env: python_env(),
+    }
+}
+
+/// The shards and the router for a prepared model directory.
+pub fn build_plan(
+    args: &Args,
+    model_dir: &Path,
+    facts: &ModelFacts,
+    programs: &Programs,
+    launcher_pid: u32,
+) -> Result<LaunchPlan, PlanError> {
+    check_args(args, launcher_pid)?;
+    check_model(args, facts)?;
+    let prefix = uds_prefix(args, launcher_pid);
+    let shards: Vec<ShardSpec> = (0..args.num_shard)
+        .map(|rank| shard_spec(args, model_dir, programs, &prefix, rank))
+        .collect();
+    Ok(LaunchPlan {
+        router: router_spec(args, model_dir, programs, &shards),
+        shards,
+        router_probe_host: probe_host(&args.hostname),
+        router_port: args.port,
+    })
+}
+
+/// Rank N's socket: `<prefix>-N`.
+pub fn shard_uds_path(prefix: &Path, rank: u32) -> PathBuf {
+    let mut path = prefix.as_os_str().to_owned();
+    path.push(format!("-{rank}"));
+    PathBuf::from(path)
+}
+
+fn uds_prefix(args: &Args, launcher_pid: u32) -> PathBuf {
+    // The default carries the launcher's pid so two launchers on one machine never collide.
+    args.shard_uds_path
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("/tmp/ferrite-server-{launcher_pid}")))
+}
+
+fn shard_spec(
+    args: &Args,
+    model_dir: &Path,
+    programs: &Programs,
+    prefix: &Path,
+    rank: u32,
+) -> ShardSpec {
+    let uds_path = shard_uds_path(prefix, rank);
+    let mut argv = vec![
+        "serve".to_string(),
+        "--model-id".into(),
+        model_dir.display().to_string(),
+        "--uds-path".into(),
+        uds_path.display().to_string(),
+        "--dtype".into(),
+        args.dtype.as_flag().into(),
+        "--attention-backend".into(),
+        args.attention_backend.as_flag().into(),
+    ];
+    push_opt(
+        &mut argv,
+        "--kv-cache-memory",
+        args.kv_cache_memory.as_ref(),
+    );
+    let mut env = python_env();
+    // The standard torch.distributed rendezvous variables (the only config passed by env).
+    env.extend([
+        ("RANK".to_string(), rank.to_string()),
+        ("WORLD_SIZE".to_string(), args.num_shard.to_string()),
+        ("LOCAL_RANK".to_string(), rank.to_string()),
+        ("MASTER_ADDR".to_string(), args.master_addr.clone()),
+        ("MASTER_PORT".to_string(), args.master_port.to_string()),
+    ]);
+    ShardSpec {
+        process: ProcessSpec {
+            name: format!("shard-{rank}"),
+            program: programs.server.clone(),
+            args: argv,
+            env,
+        },
+        uds_path,
+    }
+}
+
+fn router_spec(
+    args: &Args,
+    model_dir: &Path,
+    programs: &Programs,
+    shards: &[ShardSpec],
+) -> ProcessSpec {
+    let served_model_id = args.model_id.clone().unwrap_or_else(|| {
+        // The default model is named after its directory (e.g. "SmolLM2-135M-Instruct").
+        model_dir.file_name().map_or_else(
+            || model_dir.display().to_string(),
+            |name| name.to_string_lossy().into_owned(),
+        )
+    });
+    let mut argv = vec![
+        "--model-id".to_string(),
+        served_model_id,
+        "--tokenizer-dir".into(),
+        model_dir.display().to_string(),
+        "--hostname".into(),
+        args.hostname.clone(),
+        "--port".into(),
+        args.port.to_string(),
+        "--max-concurrent-requests".into(),
+        args.max_concurrent_requests.to_string(),
+    ];
+    // One socket per rank, rank 0 first (the router's contract).
+    for shard in shards {
+        push_opt(
+            &mut argv,
+            "--shard-uds-path",
+            Some(&shard.uds_path.display()),
+        );
+    }
+    push_opt(
+        &mut argv,
+        "--max-input-tokens",
+        args.max_input_tokens.as_ref(),
+    );
+    push_opt(
+        &mut argv,
+        "--max-total-tokens",
+        args.max_total_tokens.as_ref(),
+    );
+    push_opt(
+        &mut argv,
+        "--max-batch-prefill-tokens",
+        args.max_batch_prefill_tokens.as_ref(),
+    );
+    push_opt(
+        &mut argv,
+        "--max-batch-total-tokens",
+        args.max_batch_total_tokens.as_ref(),
+    );
+    push_opt(&mut argv, "--api-key", args.api_key.as_ref());
+    for origin in &args.cors_allow_origin {
+        push_opt(&mut argv, "--cors-allow-origin", Some(origin));
+    }
+    push_opt(&mut argv, "--otlp-endpoint", args.otlp_endpoint.as_ref());
+    if args.json_output {
+        argv.push("--json-output".into());
+    }
+    ProcessSpec {
+        name: "router".into(),
+        program: programs.router.clone(),
+        args: argv,
+        // Startup errors (anyhow) without a captured backtrace: the installed binary is
+        // stripped, so RUST_BACKTRACE=1 would fill the death report with `<unknown>` frames.
+        // Panics still honour RUST_BACKTRACE.
+        env: vec![("RUST_LIB_BACKTRACE".to_string(), "0".to_string())],
+    }
+}
+
+fn push_opt<T: ToString>(argv: &mut Vec<String>, flag: &str, value: Option<&T>) {
+    if let Some(value) = value {
+        argv.push(flag.to_string());
+        argv.push(value.to_string());
+    }
+}
+
+fn python_env() -> Vec<(String, String)> {
+    // Log lines must reach the launcher as they happen, not when a pipe buffer fills.
+    vec![("PYTHONUNBUFFERED".to_string(), "1".to_string())]
+}
+
+fn is_loopback_or_wildcard(host: &str) -> bool {
+    matches!(host, "localhost" | "0.0.0.0" | "::" | "[::]" | "::1") || host.starts_with("127.")
+}
+
+fn probe_host(hostname: &str) -> String {
+    match hostname {
+        "0.0.0.0" => "127.0.0.1".into(),
+        "::" | "[::]" => "::1".into(),
+        other => other.trim_start_matches('[').trim_end_matches(']').into(),
+    }
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

@@ -1,0 +1,308 @@
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+
+use super::*;
+
+fn args(flags: &[&str]) -> Args {
+    let argv = std::iter::once("ferrite-launcher").chain(flags.iter().copied());
+    Args::try_parse_from(argv).expect("test flags parse")
+}
+
+fn programs() -> Programs {
+    Programs {
+        server: "/venv/bin/ferrite-server".into(),
+        router: "/venv/bin/ferrite-router".into(),
+    }
+}
+
+fn smollm_facts() -> ModelFacts {
+    ModelFacts {
+        max_position_embeddings: Some(8192),
+        num_attention_heads: Some(9),
+        num_key_value_heads: Some(3),
+    }
+}
+
+fn plan(flags: &[&str]) -> Result<LaunchPlan, PlanError> {
+    build_plan(
+        &args(flags),
+        Path::new("/cache/SmolLM2-135M-Instruct"),
+        &smollm_facts(),
+        &programs(),
+        42,
+    )
+}
+
+fn env_value<'a>(spec: &'a ProcessSpec, key: &str) -> Option<&'a str> {
+    spec.env
+        .iter()
+        .find(|(name, _)| name == key)
+        .map(|(_, value)| value.as_str())
+}
+
+fn flag_value<'a>(spec: &'a ProcessSpec, flag: &str) -> Option<&'a str> {
+    let position = spec.args.iter().position(|arg| arg == flag)?;
+    spec.args.get(position + 1).map(String::as_str)
+}
+
+#[test]
+fn shards_get_rank_world_size_and_rendezvous_env() {
+    let plan = plan(&["--num-shard", "3", "--master-port", "29600"]).expect("valid");
+    assert_eq!(plan.shards.len(), 3);
+    for (rank, shard) in plan.shards.iter().enumerate() {
+        let rank = rank.to_string();
+        assert_eq!(shard.process.name, format!("shard-{rank}"));
+        assert_eq!(env_value(&shard.process, "RANK"), Some(rank.as_str()));
+        assert_eq!(env_value(&shard.process, "LOCAL_RANK"), Some(rank.as_str()));
+        assert_eq!(env_value(&shard.process, "WORLD_SIZE"), Some("3"));
+        assert_eq!(env_value(&shard.process, "MASTER_ADDR"), Some("127.0.0.1"));
+        assert_eq!(env_value(&shard.process, "MASTER_PORT"), Some("29600"));
+        assert_eq!(
+            shard.uds_path,
+            PathBuf::from(format!("/tmp/ferrite-server-42-{rank}"))
+        );
+        assert_eq!(shard.process.args[0], "serve");
+        assert_eq!(
+            flag_value(&shard.process, "--uds-path"),
+            shard.uds_path.to_str()
+        );
+        assert_eq!(
+            flag_value(&shard.process, "--model-id"),
+            Some("/cache/SmolLM2-135M-Instruct")
+        );
+    }
+}
+
+#[test]
+fn shard_flags_carry_dtype_backend_and_kv_memory() {
+    let plan = plan(&[
+        "--dtype",
+        "float32",
+        "--attention-backend",
+        "torch",
+        "--kv-cache-memory",
+        "1MiB",
+        "--shard-uds-path",
+        "/run/f",
+    ])
+    .expect("valid");
+    let shard = &plan.shards[0].process;
+    assert_eq!(flag_value(shard, "--dtype"), Some("float32"));
+    assert_eq!(flag_value(shard, "--attention-backend"), Some("torch"));
+    assert_eq!(flag_value(shard, "--kv-cache-memory"), Some("1048576"));
+    assert_eq!(plan.shards[0].uds_path, PathBuf::from("/run/f-0"));
+    assert_eq!(shard.program, PathBuf::from("/venv/bin/ferrite-server"));
+}
+
+#[test]
+fn router_gets_tokenizer_sockets_and_limits() {
+    let plan = plan(&[
+        "--port",
+        "8080",
+        "--max-input-tokens",
+        "100",
+        "--max-total-tokens",
+        "200",
+        "--api-key",
+        "secret",
+        "--cors-allow-origin",
+        "http://a,http://b",
+        "--json-output",
+    ])
+    .expect("valid");
+    let router = &plan.router;
+    assert_eq!(router.program, PathBuf::from("/venv/bin/ferrite-router"));
+    assert_eq!(
+        flag_value(router, "--tokenizer-dir"),
+        Some("/cache/SmolLM2-135M-Instruct")
+    );
+    assert_eq!(
+        flag_value(router, "--model-id"),
+        Some("SmolLM2-135M-Instruct")
+    );
+    assert_eq!(
+        flag_value(router, "--shard-uds-path"),
+        Some("/tmp/ferrite-server-42-0")
+    );
+    assert_eq!(flag_value(router, "--port"), Some("8080"));
+    assert_eq!(flag_value(router, "--max-input-tokens"), Some("100"));
+    assert_eq!(flag_value(router, "--max-total-tokens"), Some("200"));
+    assert_eq!(
+        flag_value(router, "--max-batch-total-tokens"),
+        None,
+        "left to the router"
+    );
+    assert_eq!(flag_value(router, "--api-key"), Some("secret"));
+    assert_eq!(
+        router
+            .args
+            .iter()
+            .filter(|arg| *arg == "--cors-allow-origin")
+            .count(),
+        2
+    );
+    assert!(router.args.iter().any(|arg| arg == "--json-output"));
+    assert_eq!(
+        plan.router_probe_host, "127.0.0.1",
+        "wildcard bind is probed on loopback"
+    );
+}
+
+#[test]
+fn router_lists_every_rank_socket_in_rank_order() {
+    let plan = plan(&["--num-shard", "3", "--shard-uds-path", "/run/s"]).expect("valid");
+    let sockets: Vec<&str> = plan
+        .router
+        .args
+        .windows(2)
+        .filter(|pair| pair[0] == "--shard-uds-path")
+        .map(|pair| pair[1].as_str())
+        .collect();
+    assert_eq!(sockets, vec!["/run/s-0", "/run/s-1", "/run/s-2"]);
+}
+
+#[test]
+fn a_hub_model_keeps_its_id_for_the_api() {
+    let plan = plan(&["--model-id", "HuggingFaceTB/SmolLM2-135M-Instruct"]).expect("valid");
+    assert_eq!(
+        flag_value(&plan.router, "--model-id"),
+        Some("HuggingFaceTB/SmolLM2-135M-Instruct")
+    );
+}
+
+#[test]
+fn prepare_passes_only_given_flags() {
+    let bare = prepare_command(&args(&[]), &programs());
+    assert_eq!(bare.args, vec!["prepare-model"]);
+    let full = prepare_command(
+        &args(&[
+            "--model-id",
+            "org/m",
+            "--revision",
+            "v2",
+            "--model-cache-dir",
+            "/c",
+        ]),
+        &programs(),
+    );
+    assert_eq!(
+        full.args,
+        vec![
+            "prepare-model",
+            "--model-id",
+            "org/m",
+            "--revision",
+            "v2",
+            "--cache-dir",
+            "/c"
+        ]
+    );
+}
+
+#[test]
+fn conflicting_token_limits_name_both_numbers() {
+    let error = plan(&["--max-input-tokens", "300", "--max-total-tokens", "200"])
+        .expect_err("input >= total");
+    assert_eq!(
+        error,
+        PlanError::InputNotBelowTotal {
+            max_input_tokens: 300,
+            max_total_tokens: 200
+        }
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains("300") && message.contains("200"),
+        "{message}"
+    );
+
+    let error = plan(&[
+        "--max-total-tokens",
+        "5000",
+        "--max-batch-total-tokens",
+        "4096",
+    ])
+    .expect_err("total > batch total");
+    assert!(error.to_string().contains("5000") && error.to_string().contains("4096"));
+
+    let error = plan(&[
+        "--max-batch-prefill-tokens",
+        "9000",
+        "--max-batch-total-tokens",
+        "4096",
+    ])
+    .expect_err("prefill > batch total");
+    assert!(error.to_string().contains("9000"));
+}
+
+#[test]
+fn limits_beyond_the_model_are_refused() {
+    let error = plan(&["--max-total-tokens", "10000"]).expect_err("beyond 8192 positions");
+    assert_eq!(
+        error,
+        PlanError::AboveModelPositions {
+            flag: "--max-total-tokens",
+            value: 10000,
+            max_position_embeddings: 8192,
+        }
+    );
+}
+
+#[test]
+fn shard_count_must_divide_the_heads() {
+    let error = plan(&["--num-shard", "2"]).expect_err("9 heads over 2 shards");
+    let message = error.to_string();
+    assert!(
+        message.contains("(2)") && message.contains("(9)"),
+        "{message}"
+    );
+    assert!(
+        plan(&["--num-shard", "3"]).is_ok(),
+        "9 query and 3 kv heads split 3 ways"
+    );
+}
+
+#[test]
+fn cheap_mistakes_are_refused_before_the_model() {
+    assert_eq!(
+        check_args(&args(&["--num-shard", "0"]), 1),
+        Err(PlanError::NoShards(0))
+    );
+    assert_eq!(
+        check_args(&args(&["--port", "29500"]), 1),
+        Err(PlanError::PortClash(29500))
+    );
+    assert_eq!(
+        check_args(&args(&["--api-key", ""]), 1),
+        Err(PlanError::EmptyApiKey)
+    );
+    assert_eq!(
+        check_args(&args(&["--max-total-tokens", "0"]), 1),
+        Err(PlanError::ZeroLimit {
+            flag: "--max-total-tokens"
+        })
+    );
+    let long_prefix = format!("/tmp/{}", "s".repeat(120));
+    assert!(matches!(
+        check_args(&args(&["--shard-uds-path", &long_prefix]), 1),
+        Err(PlanError::SocketPathTooLong { .. })
+    ));
+    assert_eq!(check_args(&args(&[]), 1), Ok(()));
+}
+
+#[test]
+fn ipv6_and_named_hosts_are_probed_where_bound() {
+    assert_eq!(
+        plan(&["--hostname", "::"])
+            .expect("valid")
+            .router_probe_host,
+        "::1"
+    );
+    assert_eq!(
+        plan(&["--hostname", "127.0.0.5"])
+            .expect("valid")
+            .router_probe_host,
+        "127.0.0.5"
+    );
+}

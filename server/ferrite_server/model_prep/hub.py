@@ -1,0 +1,96 @@
+"""Hugging Face hub ids -> a local snapshot directory, through `huggingface_hub`.
+
+`snapshot_download` itself honours HF_HOME / HF_HUB_CACHE (where), HF_TOKEN (gated and private
+repos) and HF_HUB_OFFLINE (cache only): nothing here reads them. Only what the shard can load
+is fetched: config, tokenizer and safetensors files, and the `.bin` weights only for a repo
+that has no safetensors (they are converted afterwards).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from tqdm.std import tqdm
+
+from ferrite_server.model_prep.errors import ModelNotFoundError
+
+logger = logging.getLogger(__name__)
+
+# Top-level files only ("*/*" ignored): repos often carry other formats in sub-folders.
+CONFIG_AND_TOKENIZER_PATTERNS = ["*.json", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
+SAFETENSORS_PATTERNS = ["*.safetensors"]
+BIN_PATTERNS = ["pytorch_model*.bin"]
+IGNORE_PATTERNS = ["*/*"]
+PROGRESS_INTERVAL_S = 5.0
+
+
+class LineProgress(tqdm):
+    """A progress bar printed as whole lines, at most every few seconds: the launcher forwards
+    its children's output line by line, where '\\r' redraws would be noise."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("mininterval", PROGRESS_INTERVAL_S)
+        kwargs["file"] = sys.stderr
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def display(self, msg: str | None = None, pos: int | None = None) -> bool:
+        text = (msg if msg is not None else str(self)).strip()
+        if text:
+            self.fp.write(f"{text}\n")
+            self.fp.flush()
+        return True
+
+
+def download(model_id: str, revision: str | None) -> Path:
+    """The local snapshot of `model_id` at `revision` (default: main), fetched if needed."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    at_revision = f"{model_id} (revision {revision or 'main'})"
+    logger.info("resolving %s through the Hugging Face hub cache", at_revision)
+
+    def fetch(patterns: list[str]) -> Path:
+        return Path(
+            snapshot_download(
+                model_id,
+                revision=revision,
+                allow_patterns=patterns,
+                ignore_patterns=IGNORE_PATTERNS,
+                tqdm_class=LineProgress,
+            )
+        )
+
+    try:
+        snapshot_dir = fetch(CONFIG_AND_TOKENIZER_PATTERNS + SAFETENSORS_PATTERNS)
+        if not any(snapshot_dir.glob("*.safetensors")):
+            logger.info("%s has no safetensors weights; fetching its .bin weights", at_revision)
+            snapshot_dir = fetch(BIN_PATTERNS)
+    except GatedRepoError as error:
+        raise ModelNotFoundError(
+            f"--model-id {model_id}: gated repository; accept its terms on the hub and set "
+            f"HF_TOKEN ({error})"
+        ) from error
+    except RepositoryNotFoundError as error:
+        raise ModelNotFoundError(
+            f"--model-id {model_id}: no such model on the hub (or private: set HF_TOKEN)"
+        ) from error
+    except RevisionNotFoundError as error:
+        raise ModelNotFoundError(f"--model-id {model_id}: no revision {revision!r}") from error
+    except LocalEntryNotFoundError as error:
+        raise ModelNotFoundError(
+            f"--model-id {model_id}: not in the local hub cache and the hub cannot be reached "
+            f"(offline or HF_HUB_OFFLINE=1): {error}"
+        ) from error
+    except ValueError as error:  # HFValidationError: not a valid repo id at all
+        raise ModelNotFoundError(
+            f"--model-id {model_id}: neither an existing directory nor a valid hub id ({error})"
+        ) from error
+    logger.info("%s is at %s", at_revision, snapshot_dir)
+    return snapshot_dir
