@@ -16,7 +16,12 @@ use crate::tokenizer::TextTokenizer;
 pub fn init_tracing(json_output: bool, log_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(log_filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colour only on a terminal: under the launcher the lines go through a pipe into its log.
+    let to_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(to_terminal);
     if json_output {
         builder.json().init();
     } else {
@@ -89,4 +94,19 @@ async fn shutdown_signal() {
         () = terminate => {},
     }
     tracing::info!("shutting down");
+}
+
+/// The `ferrite-router` program: parse flags, start tracing, serve until shut down.
+pub fn main_from_args() -> anyhow::Result<()> {
+    use clap::Parser;
+
+    let args = RouterArgs::parse();
+    init_tracing(args.json_output, &args.log_filter);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(run(args, start_scheduler))
+}
+
+/// The one place the binary creates the scheduler.
+fn start_scheduler(shard: Arc<GrpcShardClient>, config: SchedulerConfig) -> impl RequestSubmitter {
+    crate::scheduler::spawn_scheduler(shard, config)
 }
