@@ -80,3 +80,24 @@ def test_markers_replace_only_their_section() -> None:
     assert twice.count(BEGIN_MARKER) == 1 and twice.count(END_MARKER) == 1
     with pytest.raises(MarkerError):
         replace_between_markers(END_MARKER + "\n" + BEGIN_MARKER, "x")
+
+
+def test_resume_keeps_finished_targets_of_the_same_workload(tmp_path: Path) -> None:
+    from ferrite_benchmark.compare.plan import CompareConfig
+    from ferrite_benchmark.compare.run import _resumed
+    from ferrite_benchmark.report import write_json
+
+    saved = _document()
+    saved["workload"].update(max_new_tokens_total=40)
+    write_json(tmp_path / "compare.json", saved)
+    fresh = {"command": "new", "workload": dict(saved["workload"]), "targets": []}
+    config = CompareConfig(output=tmp_path / "compare.json", resume=True,
+                           peers=("ferrite", "llama-cpp", "ctranslate2"))
+    resumed = _resumed(config, fresh)
+    # ctranslate2 failed and transformers is not asked for: both are dropped.
+    assert [t["name"] for t in resumed["targets"]] == ["ferrite", "llama-cpp"]
+    assert resumed["command"] == "new"
+    assert _resumed(CompareConfig(output=tmp_path / "compare.json"), fresh) is fresh
+    other = {"command": "new", "workload": {**saved["workload"], "seed": 1}, "targets": []}
+    with pytest.raises(ValueError):
+        _resumed(config, other)

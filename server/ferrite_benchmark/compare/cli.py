@@ -54,6 +54,8 @@ def add_compare_parser(subparsers: argparse._SubParsersAction) -> None:
     compare.add_argument("--results-md", type=Path, default=Path("bench/RESULTS.md"),
                          help="Markdown file whose marked section is regenerated")
     compare.add_argument("--no-results-md", action="store_true", help="leave RESULTS.md alone")
+    compare.add_argument("--resume", action="store_true",
+                         help="keep the finished targets saved in --output by an interrupted run")
     compare.add_argument("--render-only", type=Path, default=None, metavar="JSON",
                          help="re-render the section from a saved compare JSON, run nothing")
     compare.add_argument("--log-dir", type=Path, default=Path(tempfile.gettempdir()),
@@ -87,6 +89,6 @@ def compare_main(args: argparse.Namespace) -> int:
         static_batch_size=args.static_batch_size, ferrite_url=args.ferrite_url,
         ferrite_args=tuple(args.ferrite_arg), output=args.output,
         results_md=None if args.no_results_md else args.results_md,
-        command="ferrite-benchmark " + shlex.join(argv), log_dir=args.log_dir,
+        command="ferrite-benchmark " + shlex.join(argv), log_dir=args.log_dir, resume=args.resume,
     )
     return run_compare(config)

@@ -31,6 +31,7 @@ class CompareConfig:
     output: Path = Path("bench/results-compare-cpu.json")
     results_md: Path | None = Path("bench/RESULTS.md")
     command: str = ""  # the command line, as written into the table
+    resume: bool = False  # keep the finished targets of an interrupted run saved at `output`
     log_dir: Path = field(default_factory=lambda: Path("/tmp"))
 
 

@@ -2,11 +2,13 @@
 
 Order: ferrite first (its infinite-rate throughput fixes the finite rates), then
 llama-cpp-python's server, transformers, ctranslate2. One target runs at a time, so each has
-the machine to itself apart from the benchmark client.
+the machine to itself apart from the benchmark client. The JSON is saved after every target;
+`--resume` keeps the finished targets of an interrupted run (same workload) and runs the rest.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from ferrite_benchmark.compare.plan import CompareConfig, finite_rates
 from ferrite_benchmark.compare.results_file import replace_marked_section
 from ferrite_benchmark.compare.results_table import render_section
 from ferrite_benchmark.compare.targets import TargetResult, Workloads, run_in_process_target, run_server_target
+from ferrite_benchmark.records import BenchRequest
 from ferrite_benchmark.plot import plot_latency_vs_throughput
 from ferrite_benchmark.report import write_json
 from ferrite_benchmark.sharegpt import load_sharegpt
@@ -72,27 +75,34 @@ def _run_target(name: str, config: CompareConfig, model_dir: Path, workloads: Wo
     raise ValueError(f"unknown peer {name!r}")
 
 
-def run_compare(config: CompareConfig) -> int:
-    model_dir = default_model_dir()
-    tokenizer = load_tokenizer(model_dir)
-    facts = machine_facts()
-    requests = with_output_len(load_sharegpt(None, config.num_prompts, token_counter(tokenizer), config.seed),
-                               config.sharegpt_output_len)
-    workloads = Workloads(requests, config.latency_max_new_tokens, config.seed)
-    rates = _RateChoice(config)
-    results = [_run_target(name, config, model_dir, workloads, tokenizer, rates) for name in config.peers]
-    facts["load_average_at_end"] = load_average()
-    document = {
-        "benchmark": "compare", "command": config.command, "machine": facts,
+def _new_document(config: CompareConfig, requests: list[BenchRequest]) -> dict[str, Any]:
+    return {
+        "benchmark": "compare", "command": config.command, "machine": machine_facts(),
         "workload": {"dataset": "sharegpt", "seed": config.seed, **describe(requests),
                      "sharegpt_output_len_override": config.sharegpt_output_len,
                      "latency_max_new_tokens": config.latency_max_new_tokens,
                      "rate_fractions_of_ferrite_max": list(config.rate_fractions),
-                     "finite_request_rates": list(rates.rates)},
-        "targets": [r.to_json() for r in results],
+                     "finite_request_rates": list(config.request_rates or ())},
+        "targets": [],
     }
-    write_json(config.output, document)
-    servers = {r.name: r.serving for r in results if r.serving and len(r.serving) > 1}
+
+
+def _resumed(config: CompareConfig, fresh: dict[str, Any]) -> dict[str, Any]:
+    """The saved document of an interrupted run, keeping its finished targets; `fresh` if none."""
+    if not config.resume or not config.output.exists():
+        return fresh
+    saved = json.loads(config.output.read_text())
+    same = ("seed", "num_requests", "max_new_tokens_total", "latency_max_new_tokens")
+    if any(saved["workload"].get(key) != fresh["workload"][key] for key in same):
+        raise ValueError(f"--resume: {config.output} was measured on another workload; remove it")
+    saved["targets"] = [t for t in saved["targets"] if t["error"] is None and t["name"] in config.peers]
+    saved["command"] = fresh["command"]
+    print(f"[compare] resuming: kept {[t['name'] for t in saved['targets']]}", flush=True)
+    return saved
+
+
+def _finish(config: CompareConfig, document: dict[str, Any]) -> None:
+    servers = {t["name"]: t["serving"] for t in document["targets"] if len(t["serving"]) > 1}
     plot_path = config.output.with_suffix(".png")
     if servers:
         plot_latency_vs_throughput(servers, f"ShareGPT, {config.num_prompts} prompts", plot_path)
@@ -100,5 +110,26 @@ def run_compare(config: CompareConfig) -> int:
         section = render_section(document, plot_path if servers else None, config.results_md)
         replace_marked_section(config.results_md, section)
         print(f"[compare] regenerated the comparison section of {config.results_md}", flush=True)
-    return 0 if all(r.error is None for r in results) else 1
 
+
+def run_compare(config: CompareConfig) -> int:
+    model_dir = default_model_dir()
+    tokenizer = load_tokenizer(model_dir)
+    requests = with_output_len(load_sharegpt(None, config.num_prompts, token_counter(tokenizer), config.seed),
+                               config.sharegpt_output_len)
+    workloads = Workloads(requests, config.latency_max_new_tokens, config.seed)
+    document = _resumed(config, _new_document(config, requests))
+    rates = _RateChoice(config)
+    rates.rates = tuple(document["workload"]["finite_request_rates"]) or rates.rates
+    done = {t["name"]: t for t in document["targets"]}
+    for name in config.peers:
+        if name not in done:
+            done[name] = _run_target(name, config, model_dir, workloads, tokenizer, rates).to_json()
+            document["workload"]["finite_request_rates"] = list(rates.rates)
+            # Saved after every target: an interrupted run can go on with --resume.
+            document["targets"] = [done[n] for n in config.peers if n in done]
+            write_json(config.output, document)
+    document["machine"]["load_average_at_end"] = load_average()
+    write_json(config.output, document)
+    _finish(config, document)
+    return 0 if all(t["error"] is None for t in document["targets"]) else 1

@@ -1,5 +1,6 @@
-"""`ferrite-benchmark serve` (the installed script) against a real ferrite: a handful of
-random-dataset prompts over each API, and a two-rate sweep with its plot (issue 7)."""
+"""`ferrite-benchmark` (the installed script) against a real ferrite: `serve` with a handful of
+random-dataset prompts over each API and a two-rate sweep with its plot, and a small `compare`
+that regenerates a RESULTS.md section (issue 7)."""
 
 from __future__ import annotations
 
@@ -24,14 +25,19 @@ def server():
         yield running
 
 
-def _serve(url: str, output: Path, *flags: str) -> dict[str, Any]:
+def _run(*argv: str) -> subprocess.CompletedProcess:
     program = shutil.which("ferrite-benchmark")
     assert program, "ferrite-benchmark is not on PATH: install ferrite first (scripts/test.sh does)"
-    argv = [program, "serve", "--url", url, "--dataset", "random", "--num-prompts", str(NUM_PROMPTS),
+    completed = subprocess.run([program, *argv], capture_output=True, text=True, timeout=900)
+    assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
+    return completed
+
+
+def _serve(url: str, output: Path, *flags: str) -> dict[str, Any]:
+    argv = ["serve", "--url", url, "--dataset", "random", "--num-prompts", str(NUM_PROMPTS),
             "--random-input-len", str(INPUT_LEN), "--random-output-len", str(OUTPUT_LEN),
             "--output", str(output), "--no-progress", *flags]
-    completed = subprocess.run(argv, capture_output=True, text=True, timeout=900)
-    assert completed.returncode == 0, completed.stdout + completed.stderr
+    _run(*argv)
     return json.loads(output.read_text())
 
 
@@ -72,3 +78,31 @@ def test_a_rate_sweep_writes_every_run_and_a_plot(server, tmp_path: Path) -> Non
         _check_run(run, report["workload"])
     plot = output.with_suffix(".png")
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_regenerates_the_results_section(server, tmp_path: Path) -> None:
+    results_md = tmp_path / "RESULTS.md"
+    results_md.write_text("# Benchmark results\n\nkept as it is\n")
+    output = tmp_path / "compare.json"
+    # A smoke-sized comparison against the running server (the in-process peers have their
+    # own tests in tests/benchmark, and llama-cpp-python is not part of the test environment).
+    _run("compare", "--ferrite-url", server.base_url, "--peers", "ferrite",
+         "--num-prompts", "2", "--sharegpt-output-len", "3", "--latency-max-new-tokens", "3",
+         "--rate-fractions", "4", "--static-batch-size", "2", "--output", str(output),
+         "--results-md", str(results_md), "--log-dir", str(tmp_path))
+    document = json.loads(output.read_text())
+    [ferrite] = document["targets"]
+    assert ferrite["name"] == "ferrite" and ferrite["error"] is None
+    [finite_rate] = document["workload"]["finite_request_rates"]
+    inf_throughput = ferrite["serving"][0]["metrics"]["request_throughput"]
+    assert finite_rate == pytest.approx(4 * inf_throughput, rel=0.01)
+    assert [run["request_rate"] for run in ferrite["serving"]] == ["inf", finite_rate]
+    assert ferrite["latency"]["num_requests"] == 9
+    assert 0 < ferrite["latency"]["total_output_tokens"] <= 9 * 3
+    for run in ferrite["serving"]:
+        assert run["metrics"]["completed"] == 2 and run["metrics"]["failed"] == 0
+    text = results_md.read_text()
+    assert text.startswith("# Benchmark results\n\nkept as it is\n")
+    assert "| ferrite | bfloat16 | server, openai-completions API | inf | 2 / 0 |" in text
+    assert "Smoke run, not a measurement" in text
+    assert "![latency against throughput](compare.png)" in text and output.with_suffix(".png").exists()
