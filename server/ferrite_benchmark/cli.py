@@ -50,7 +50,8 @@ def _add_serve(subparsers: argparse._SubParsersAction) -> None:
                        help="at most this many requests in flight (default: no limit)")
     serve.add_argument("--seed", type=int, default=0, help="dataset sample and arrival schedule")
     serve.add_argument("--sharegpt-output-len", type=_positive_int, default=None,
-                       help="ask every ShareGPT request for this many tokens (default: its reference answer's length)")
+                       help="ask every ShareGPT request for this many tokens "
+                            "(default: its reference answer's length)")
     serve.add_argument("--random-input-len", type=_positive_int, default=128)
     serve.add_argument("--random-output-len", type=_positive_int, default=64)
     serve.add_argument("--random-range-ratio", type=float, default=0.0)

@@ -19,7 +19,8 @@ def rate_label(request_rate: float) -> str | float:
     return "inf" if math.isinf(request_rate) else request_rate
 
 
-def run_entry(request_rate: float, metrics: ServingMetrics, records: Sequence[RequestRecord]) -> dict[str, Any]:
+def run_entry(request_rate: float, metrics: ServingMetrics,
+              records: Sequence[RequestRecord]) -> dict[str, Any]:
     errors = [r.error for r in records if not r.success][:MAX_ERRORS_KEPT]
     return {"request_rate": rate_label(request_rate), "metrics": metrics.to_json(), "errors": errors}
 

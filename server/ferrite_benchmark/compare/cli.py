@@ -34,7 +34,8 @@ def add_compare_parser(subparsers: argparse._SubParsersAction) -> None:
     compare.add_argument("--num-prompts", type=int, default=64, help="ShareGPT prompts (default 64)")
     compare.add_argument("--seed", type=int, default=0)
     compare.add_argument("--sharegpt-output-len", type=int, default=None,
-                         help="ask every request for this many new tokens instead of its reference answer's length (smoke runs)")
+                         help="ask every request for this many new tokens instead of its "
+                              "reference answer's length (smoke runs)")
     compare.add_argument("--rate-fractions", type=_floats, default=(0.5, 1.0),
                          help="finite rates as fractions of ferrite's request throughput at inf")
     compare.add_argument("--request-rates", type=_floats, default=None,
@@ -83,7 +84,8 @@ def compare_main(args: argparse.Namespace) -> int:
 
     argv = sys.argv[sys.argv.index("compare"):] if "compare" in sys.argv else ["compare"]
     config = CompareConfig(
-        num_prompts=args.num_prompts, seed=args.seed, sharegpt_output_len=args.sharegpt_output_len, rate_fractions=args.rate_fractions,
+        num_prompts=args.num_prompts, seed=args.seed, sharegpt_output_len=args.sharegpt_output_len,
+        rate_fractions=args.rate_fractions,
         request_rates=args.request_rates, latency_max_new_tokens=args.latency_max_new_tokens,
         peers=args.peers, dtype=args.dtype, ctranslate2_compute_type=args.ctranslate2_compute_type,
         static_batch_size=args.static_batch_size, ferrite_url=args.ferrite_url,

@@ -44,7 +44,8 @@ def goals_table(document: dict[str, Any]) -> list[str]:
     for name, needed in SERVING_GOALS:
         theirs = _inf_throughput(targets.get(name))
         ratio = ours / theirs if ours and theirs else None
-        rows.append(f"| serving output tokens/s ≥ {needed:g}× {name} | {ours or 0:.2f} | {theirs or 0:.2f} | "
+        rows.append(f"| serving output tokens/s ≥ {needed:g}× {name} | {ours or 0:.2f} | "
+                    f"{theirs or 0:.2f} | "
                     f"{f'{ratio:.2f}×' if ratio else '—'} | {_verdict(ratio, needed)} |")
     ours = _decode_rate(ferrite)
     for name, kind in DECODE_GOALS:

@@ -46,7 +46,8 @@ def _by_name(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def _latency_rows(document: dict[str, Any]) -> list[str]:
     ferrite = (_by_name(document).get("ferrite") or {}).get("latency") or {}
     rows = ["| target | precision | tokens | tokens/s | ferrite ÷ target | s / request | TTFT ms | "
-            "TPOT ms | decode tokens/s (1000 / TPOT) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+            "TPOT ms | decode tokens/s (1000 / TPOT) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for target in document["targets"]:
         info, lat = target["info"] or {}, target["latency"]
         if lat is None:

@@ -9,6 +9,7 @@ the machine to itself apart from the benchmark client. The JSON is saved after e
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,12 @@ from ferrite_benchmark.compare.machine import load_average, machine_facts
 from ferrite_benchmark.compare.plan import CompareConfig, finite_rates
 from ferrite_benchmark.compare.results_file import replace_marked_section
 from ferrite_benchmark.compare.results_table import render_section
-from ferrite_benchmark.compare.targets import TargetResult, Workloads, run_in_process_target, run_server_target
+from ferrite_benchmark.compare.targets import (
+    TargetResult,
+    Workloads,
+    run_in_process_target,
+    run_server_target,
+)
 from ferrite_benchmark.records import BenchRequest
 from ferrite_benchmark.plot import plot_latency_vs_throughput
 from ferrite_benchmark.report import write_json
@@ -41,8 +47,19 @@ class _RateChoice:
         return self.rates
 
 
-def _run_target(name: str, config: CompareConfig, model_dir: Path, workloads: Workloads,
-                tokenizer: Any, rates: _RateChoice) -> TargetResult:
+@dataclass(frozen=True)
+class _Context:
+    """What every target of one comparison shares."""
+
+    config: CompareConfig
+    model_dir: Path
+    workloads: Workloads
+    tokenizer: Any
+
+
+def _run_target(name: str, context: _Context, rates: _RateChoice) -> TargetResult:
+    config, model_dir, workloads, tokenizer = (context.config, context.model_dir, context.workloads,
+                                               context.tokenizer)
     if name == "ferrite":
         from ferrite_benchmark.peers.ferrite_server import FerriteSettings, running_ferrite
 
@@ -117,14 +134,15 @@ def run_compare(config: CompareConfig) -> int:
     tokenizer = load_tokenizer(model_dir)
     requests = with_output_len(load_sharegpt(None, config.num_prompts, token_counter(tokenizer), config.seed),
                                config.sharegpt_output_len)
-    workloads = Workloads(requests, config.latency_max_new_tokens, config.seed)
+    context = _Context(config, model_dir, Workloads(requests, config.latency_max_new_tokens, config.seed),
+                       tokenizer)
     document = _resumed(config, _new_document(config, requests))
     rates = _RateChoice(config)
     rates.rates = tuple(document["workload"]["finite_request_rates"]) or rates.rates
     done = {t["name"]: t for t in document["targets"]}
     for name in config.peers:
         if name not in done:
-            done[name] = _run_target(name, config, model_dir, workloads, tokenizer, rates).to_json()
+            done[name] = _run_target(name, context, rates).to_json()
             document["workload"]["finite_request_rates"] = list(rates.rates)
             # Saved after every target: an interrupted run can go on with --resume.
             document["targets"] = [done[n] for n in config.peers if n in done]
