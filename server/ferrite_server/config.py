@@ -38,6 +38,25 @@ class DistributedConfig:
 
 
 @dataclass(frozen=True)
+class DistributedTimeouts:
+    """How long a tensor-parallel group waits (flags, not environment)."""
+
+    # One collective (all-reduce, all-gather): a rank that died or fell out of step turns into
+    # an error, and the shard exits, within this time.
+    collective_s: float = 120.0
+    # Start-up: how long rank 0 waits for every rank (on every node) to join.
+    rendezvous_s: float = 900.0
+
+
+@dataclass(frozen=True)
+class TcpListen:
+    """Multi-node: serve gRPC on TCP too, for a router on another node."""
+
+    host: str  # address to bind and advertise; must be reachable from the router's node
+    port: int  # 0: any free port
+
+
+@dataclass(frozen=True)
 class ShardConfig:
     model_id: Path  # a local directory with config.json + safetensors
     uds_path: Path  # unix socket this shard serves gRPC on
@@ -47,3 +66,5 @@ class ShardConfig:
     block_size_tokens: int = DEFAULT_BLOCK_SIZE_TOKENS
     device: str | None = None  # None: cuda:<local_rank> when CUDA is available, else cpu
     distributed: DistributedConfig = DistributedConfig()
+    distributed_timeouts: DistributedTimeouts = DistributedTimeouts()
+    tcp_listen: TcpListen | None = None  # None: the unix socket only
