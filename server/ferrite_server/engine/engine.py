@@ -44,6 +44,7 @@ from ferrite_server.engine.types import (
     WarmupResult,
 )
 from ferrite_server.engine.warmup import WarmupShape, run_warmup_step
+from ferrite_server.layers.parallel_group import TensorParallelGroup
 from ferrite_server.models.interface import KVCache
 
 MAX_TOP_N_TOKENS = 20
@@ -71,6 +72,10 @@ class Engine:
     @classmethod
     def load(cls, config: ShardConfig) -> Engine:
         return cls(ModelRunner.load(config), config)
+
+    @property
+    def tensor_parallel_group(self) -> TensorParallelGroup:
+        return self._runner.group
 
     def info(self) -> EngineInfo:
         facts = self._runner.facts
