@@ -57,6 +57,7 @@ fn shards_get_rank_world_size_and_rendezvous_env() {
         assert_eq!(env_value(&shard.process, "RANK"), Some(rank.as_str()));
         assert_eq!(env_value(&shard.process, "LOCAL_RANK"), Some(rank.as_str()));
         assert_eq!(env_value(&shard.process, "WORLD_SIZE"), Some("3"));
+        assert_eq!(env_value(&shard.process, "LOCAL_WORLD_SIZE"), Some("3"));
         assert_eq!(env_value(&shard.process, "MASTER_ADDR"), Some("127.0.0.1"));
         assert_eq!(env_value(&shard.process, "MASTER_PORT"), Some("29600"));
         assert_eq!(

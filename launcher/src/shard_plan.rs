@@ -58,6 +58,10 @@ impl ShardPlanner<'_> {
                 self.topology.world_size().to_string(),
             ),
             ("LOCAL_RANK".to_string(), local_rank.to_string()),
+            (
+                "LOCAL_WORLD_SIZE".to_string(),
+                self.topology.shards_per_node.to_string(),
+            ),
             ("MASTER_ADDR".to_string(), args.master_addr.clone()),
             ("MASTER_PORT".to_string(), args.master_port.to_string()),
         ]);

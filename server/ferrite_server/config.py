@@ -1,7 +1,8 @@
 """The shard's one typed, immutable configuration, built at the edge (cli.py).
 
 This is the only module that reads environment variables: the standard torch.distributed ones
-(RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, LOCAL_RANK). Everything else arrives as flags.
+(RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, LOCAL_RANK, LOCAL_WORLD_SIZE). Everything else
+arrives as flags.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class DistributedConfig:
     local_rank: int = 0
     master_addr: str = "127.0.0.1"
     master_port: int = 29500
+    local_world_size: int = 1  # ranks on this node (they share its CPU cores)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> "DistributedConfig":
@@ -34,6 +36,7 @@ class DistributedConfig:
             local_rank=int(env.get("LOCAL_RANK", env.get("RANK", "0"))),
             master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
             master_port=int(env.get("MASTER_PORT", "29500")),
+            local_world_size=int(env.get("LOCAL_WORLD_SIZE", env.get("WORLD_SIZE", "1"))),
         )
 
 
