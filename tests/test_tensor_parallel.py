@@ -12,6 +12,7 @@ import json
 import math
 import random
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ferrite_server.checkpoint_slice import CheckpointSlice
+from ferrite_server.config import DistributedConfig
 from ferrite_server.engine.engine import Engine
 from ferrite_server.engine.errors import UnsupportedModelError
 from ferrite_server.layers.embedding import LMHead, VocabEmbedding, VocabPartition
@@ -29,7 +31,12 @@ from ferrite_server.layers.linear import AttentionHeads, QKVParallelLinear, RowP
 from ferrite_server.layers.placement import LayerPlacement
 from ferrite_server.weights import TensorParallelRank, weight_loader_of
 from tests.support.engines import shard_config
-from tests.support.tensor_parallel_ranks import drive_engine, engine_rank_worker, run_ranks
+from tests.support.tensor_parallel_ranks import (
+    broken_group_worker,
+    drive_engine,
+    engine_rank_worker,
+    run_ranks,
+)
 from tests.support.tiny_models import TINY_VOCAB_SIZE, TinyModelSpec, write_tiny_model
 from tests.support.torch_threads import single_threaded_torch
 
@@ -110,6 +117,29 @@ def test_parallel_engine_generates_what_one_rank_generates(
         assert 1 / world_size <= share < 1 / world_size + replication_allowance, share
     # A rank caches only its KV head (1 of the model's 2): twice the blocks in the same bytes.
     assert ranks[0]["num_blocks"] >= 2 * single["num_blocks"]
+
+
+def test_a_rank_that_does_not_answer_times_out_and_a_dead_rank_is_noticed(
+    tmp_path: Path,
+) -> None:
+    run_ranks(2, broken_group_worker, str(tmp_path))
+    result = json.loads((tmp_path / "rank-0.json").read_text())
+    # The collective gave up (CollectiveError naming it) instead of waiting forever.
+    assert result["timeout"] is not None and "all_reduce" in result["timeout"], result
+    # The idle group's heartbeat noticed rank 1's death.
+    assert result["noticed"] and result["reason"], result
+
+
+def test_a_head_count_the_ranks_do_not_divide_is_refused_before_any_rendezvous(
+    tmp_path: Path,
+) -> None:
+    """Nothing listens on the rendezvous port: the refusal must come first."""
+    model_dir = write_tiny_model(tmp_path / "model", TinyModelSpec(seed=1))  # 4 heads
+    config = replace(
+        shard_config(model_dir), distributed=DistributedConfig(rank=1, world_size=3)
+    )
+    with pytest.raises(UnsupportedModelError, match="4 attention heads .* 3 tensor-parallel"):
+        Engine.load(config)
 
 
 def test_head_partitions_split_or_replicate_kv_heads() -> None:

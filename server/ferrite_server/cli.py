@@ -219,37 +219,67 @@ async def _serve_loaded(
     stop: asyncio.Event,
 ) -> int:
     """Bind, tell the other ranks where this rank listens, serve until stopped; exit status."""
-    from ferrite_server.endpoints import exchange_endpoints, own_endpoint
     from ferrite_server.engine.distributed import leave_tensor_parallel
     from ferrite_server.engine.errors import CollectiveError
+    from ferrite_server.engine.group_watchdog import GroupWatchdog
     from ferrite_server.service import ShardService, bind_server, serve_bound_until_stopped
 
     loop = asyncio.get_running_loop()
     server, tcp_port = bind_server(config.uds_path, config.tcp_listen)
     group = engine.tensor_parallel_group
     if group.is_parallel:
-        own = own_endpoint(config, tcp_port)
         try:
-            endpoints = await loop.run_in_executor(worker, exchange_endpoints, group, own)
+            info = await _with_rank_endpoints(config, info, engine, tcp_port, worker)
         except CollectiveError as error:
             logger.error("cannot exchange endpoints with the other ranks: %s", error)
             return 1
-        logger.info("rank %d serves at %s; rank endpoints: %s", group.rank, own, endpoints)
-        info = replace(info, rank_endpoints=endpoints)
     failures: list[Exception] = []
 
     def on_fatal_error(error: Exception) -> None:
         failures.append(error)
         stop.set()
 
+    def on_group_lost(reason: str) -> None:  # called on the watchdog's thread
+        lost = CollectiveError(f"lost contact with the tensor-parallel group: {reason}")
+        loop.call_soon_threadsafe(on_fatal_error, lost)
+
+    watchdog = GroupWatchdog(group.heartbeat_group, on_group_lost) if group.is_parallel else None
+    if watchdog is not None:
+        watchdog.start()
     service = ShardService(engine, info, worker, on_fatal_error)
-    await serve_bound_until_stopped(server, service, config.uds_path, stop)
+    try:
+        await serve_bound_until_stopped(server, service, config.uds_path, stop)
+    finally:
+        if watchdog is not None:
+            watchdog.stop()
     if failures:
         logger.error("exiting: the tensor-parallel group is broken (%s)", failures[0])
-        return 1
+        # Not a normal return: the broken group's C++ destructors may abort at interpreter
+        # exit (SIGABRT instead of this status), and the engine thread may still be blocked
+        # in a collective that would be joined.
+        logging.shutdown()
+        os._exit(1)
     await loop.run_in_executor(worker, leave_tensor_parallel)
     logger.info("stopped")
     return 0
+
+
+async def _with_rank_endpoints(
+    config: ShardConfig,
+    info: EngineInfo,
+    engine: Engine,
+    tcp_port: int | None,
+    worker: ThreadPoolExecutor,
+) -> EngineInfo:
+    """`info` with every rank's endpoint (a collective: every rank exchanges once)."""
+    from ferrite_server.endpoints import exchange_endpoints, own_endpoint
+
+    group = engine.tensor_parallel_group
+    own = own_endpoint(config, tcp_port)
+    loop = asyncio.get_running_loop()
+    endpoints = await loop.run_in_executor(worker, exchange_endpoints, group, own)
+    logger.info("rank %d serves at %s; rank endpoints: %s", group.rank, own, endpoints)
+    return replace(info, rank_endpoints=endpoints)
 
 
 def _load_engine(config: ShardConfig) -> tuple[Engine, EngineInfo]:

@@ -25,6 +25,8 @@ from tests.support.engines import TEST_KV_CACHE_BYTES
 
 # Generous: two cores shared by several processes; a hang guard, not a speed requirement.
 TEST_COLLECTIVE_TIMEOUT_S = 120.0
+# The collective timeout the broken-group test waits out.
+BROKEN_GROUP_TIMEOUT_S = 3.0
 
 
 def free_port() -> int:
@@ -115,3 +117,50 @@ def engine_rank_worker(
     engine = Engine.load(config)
     result = drive_engine(engine, prompts, max_new_tokens)
     (Path(out_dir) / f"rank-{rank}.json").write_text(json.dumps(result))
+
+
+def broken_group_worker(rank: int, world_size: int, master_port: int, out_dir: str) -> None:
+    """Rank 0 waits in an all-reduce rank 1 never joins (it must time out), then watches the
+    group with the heartbeat while rank 1 beats a few times and dies (it must notice)."""
+    import os
+    import threading
+    import time
+
+    from ferrite_server.config import DistributedConfig, DistributedTimeouts, ShardConfig
+    from ferrite_server.engine.distributed import init_tensor_parallel
+    from ferrite_server.engine.errors import CollectiveError
+    from ferrite_server.engine.group_watchdog import GroupWatchdog
+
+    config = ShardConfig(
+        model_id=Path(out_dir),
+        uds_path=Path(out_dir) / "unused.sock",
+        distributed=DistributedConfig(rank, world_size, rank, master_port=master_port),
+        distributed_timeouts=DistributedTimeouts(collective_s=BROKEN_GROUP_TIMEOUT_S),
+    )
+    group = init_tensor_parallel(config, torch.device("cpu"))
+    lost: list[str] = []
+    noticed = threading.Event()
+
+    def on_lost(reason: str) -> None:
+        lost.append(reason)
+        noticed.set()
+
+    watchdog = GroupWatchdog(group.heartbeat_group, on_lost, interval_s=0.2)
+    if rank == 1:
+        time.sleep(BROKEN_GROUP_TIMEOUT_S + 0.5)  # rank 0's all-reduce has timed out by now
+        watchdog.start()
+        time.sleep(1.0)  # a few heartbeats with rank 0
+        os._exit(0)  # dies without a goodbye, as a killed process does
+    result: dict[str, Any] = {}
+    try:
+        group.all_reduce(torch.ones(2))
+        result["timeout"] = None
+    except CollectiveError as error:
+        result["timeout"] = str(error)
+    watchdog.start()
+    result["noticed"] = noticed.wait(TEST_COLLECTIVE_TIMEOUT_S)
+    result["reason"] = lost[0] if lost else None
+    (Path(out_dir) / "rank-0.json").write_text(json.dumps(result))
+    # A group broken by a timeout may abort in its C++ destructors at interpreter exit; the
+    # shard leaves with os._exit for the same reason (cli.py).
+    os._exit(0)

@@ -72,18 +72,23 @@ def init_tensor_parallel(config: ShardConfig, device: torch.device) -> TensorPar
             timeout=timedelta(seconds=timeouts.collective_s),
             device_id=device if device.type == "cuda" else None,
         )
+        gloo_timeout = timedelta(seconds=timeouts.collective_s)
         # Object exchanges and block counts stay on the CPU: a gloo group beside NCCL.
         cpu_group = (
-            dist.new_group(backend="gloo", timeout=timedelta(seconds=timeouts.collective_s))
+            dist.new_group(backend="gloo", timeout=gloo_timeout)
             if backend != "gloo"
             else dist.group.WORLD
         )
+        # The heartbeat runs on its own thread: it must never share a group with the engine.
+        heartbeat_group = dist.new_group(backend="gloo", timeout=gloo_timeout)
     except RuntimeError as error:  # store timeouts, refused connections, NCCL init failures
         raise CollectiveError(
             f"rank {ranks.rank} could not join the group of {ranks.world_size} at "
             f"{ranks.master_addr}:{ranks.master_port}: {error}"
         ) from error
-    return TensorParallelGroup(ranks.rank, ranks.world_size, dist.group.WORLD, cpu_group)
+    return TensorParallelGroup(
+        ranks.rank, ranks.world_size, dist.group.WORLD, cpu_group, heartbeat_group
+    )
 
 
 def _share_cpu_cores(local_world_size: int) -> None:

@@ -32,6 +32,8 @@ class TensorParallelGroup:
     process_group: Any = None
     # A gloo group for small CPU-side exchanges (objects, block counts), also on GPU.
     cpu_group: Any = None
+    # A gloo group used only by the liveness heartbeat (engine/group_watchdog.py).
+    heartbeat_group: Any = None
 
     @property
     def is_parallel(self) -> bool:
