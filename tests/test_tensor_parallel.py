@@ -22,7 +22,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ferrite_server.checkpoint_slice import CheckpointSlice
-from ferrite_server.config import DistributedConfig
+from ferrite_server.config import DistributedConfig, TcpListen
+from ferrite_server.endpoints import host_port, own_endpoint, route_source_address
 from ferrite_server.engine.engine import Engine
 from ferrite_server.engine.errors import UnsupportedModelError
 from ferrite_server.layers.embedding import LMHead, VocabEmbedding, VocabPartition
@@ -203,3 +204,13 @@ def test_loaders_read_only_their_slice_of_the_checkpoint(tmp_path: Path) -> None
         weight_loader_of(row.weight)(row.weight, lazy, None)  # type: ignore[arg-type]
     assert torch.equal(row.weight, full[:, 3:])
     assert read_indices == [(slice(None), slice(3, 6))]  # one read, of the columns it keeps
+
+
+def test_a_rank_gives_the_router_its_socket_or_its_tcp_address(tmp_path: Path) -> None:
+    config = shard_config(tmp_path)
+    assert own_endpoint(config, None) == f"unix://{config.uds_path}"
+    remote = replace(config, tcp_listen=TcpListen(host="10.0.0.2", port=0))
+    assert own_endpoint(remote, 29601) == "10.0.0.2:29601"
+    assert host_port("::1", 7) == "[::1]:7"
+    # The address on the route to a loopback master is loopback (the two-"node" test's case).
+    assert route_source_address("127.0.0.1") == "127.0.0.1"
