@@ -72,7 +72,7 @@ trap 'rm -rf "$wheel_dir"' EXIT
 # The dev profile shares its compiled dependencies with `cargo test` above.
 maturin build --profile dev --strip --out "$wheel_dir"
 python -m pip install --quiet --force-reinstall --no-deps "$wheel_dir"/ferrite-*.whl
-for program in ferrite-launcher ferrite-router ferrite-server; do
+for program in ferrite-launcher ferrite-router ferrite-server ferrite-benchmark; do
     command -v "$program" >/dev/null || { echo "$program is not on PATH after install" >&2; exit 1; }
 done
 
