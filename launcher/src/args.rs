@@ -15,6 +15,16 @@ pub enum Dtype {
     Float16,
 }
 
+/// Lowest level the launcher and its children log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
 /// Attention implementation the shards use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AttentionBackend {
@@ -128,9 +138,21 @@ pub struct Args {
     #[arg(long, env)]
     pub json_output: bool,
 
-    /// OpenTelemetry OTLP/gRPC endpoint for traces, passed to the router (default: tracing off)
+    /// OpenTelemetry OTLP/gRPC endpoint (e.g. http://localhost:4317) the router and shards export traces to (default: tracing off)
     #[arg(long, env)]
     pub otlp_endpoint: Option<String>,
+
+    /// Service name prefix of the exported spans: <name>.router and <name>.shard
+    #[arg(long, env, default_value = "ferrite")]
+    pub otlp_service_name: String,
+
+    /// Port of the router's second, metrics-only listener (GET /metrics)
+    #[arg(long, env, default_value_t = 9000)]
+    pub prometheus_port: u16,
+
+    /// Lowest log level of the launcher, router and shards (RUST_LOG, when set, refines the router's)
+    #[arg(long, env, value_enum, default_value_t = LogLevel::Info)]
+    pub log_level: LogLevel,
 
     /// Seconds in-flight requests get to finish on shutdown before children are killed
     #[arg(long, env, default_value_t = 10)]

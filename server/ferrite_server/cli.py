@@ -22,7 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ferrite_server.config import DEFAULT_BLOCK_SIZE_TOKENS, DistributedConfig, ShardConfig
+from ferrite_server.config import DEFAULT_BLOCK_SIZE_TOKENS, DistributedConfig, ShardConfig, TracingConfig
+from ferrite_server.log_format import JsonLineFormatter, OneLineFormatter
 
 if TYPE_CHECKING:
     from ferrite_server.engine.engine import Engine
@@ -57,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="bytes of KV cache (e.g. 2GiB); default: derived from free memory")
     serve.add_argument("--block-size", type=int, default=DEFAULT_BLOCK_SIZE_TOKENS,
                        help="tokens per KV block")
+    serve.add_argument("--otlp-endpoint", default=None,
+                       help="OTLP/gRPC collector to export step spans to (default: tracing off)")
+    serve.add_argument("--otlp-service-name", default=TracingConfig.otlp_service_name,
+                       help="service.name of the exported spans")
     _add_log_level(serve)
     prepare = commands.add_parser("prepare-model", help="resolve a model into a local directory")
     prepare.add_argument("--model-id", default=None, help="hub id or directory; default: bundled SmolLM2")
@@ -70,19 +75,13 @@ def _add_log_level(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
                         type=str.upper)
+    parser.add_argument("--json-output", action="store_true", help="log one JSON object per line")
 
 
-class OneLineFormatter(logging.Formatter):
-    """`LEVEL logger: message`, tracebacks folded into the same line so that every record is
-    exactly one line for the launcher, which prefixes and forwards lines."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return super().format(record).replace("\n", " | ")
-
-
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, json_output: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(OneLineFormatter("%(levelname)s %(name)s: %(message)s"))
+    formatter = JsonLineFormatter() if json_output else OneLineFormatter("%(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(formatter)
     logging.basicConfig(level=level, handlers=[handler], force=True)
     logging.captureWarnings(True)
 
@@ -96,12 +95,13 @@ def shard_config_from_args(args: argparse.Namespace) -> ShardConfig:
         kv_cache_memory_bytes=args.kv_cache_memory,
         block_size_tokens=args.block_size,
         distributed=DistributedConfig.from_environ(),
+        tracing=TracingConfig(otlp_endpoint=args.otlp_endpoint, otlp_service_name=args.otlp_service_name),
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.json_output)
     if args.command == "serve":
         return asyncio.run(_serve(shard_config_from_args(args)))
     return _prepare_model(args)
@@ -131,6 +131,7 @@ async def _serve(config: ShardConfig) -> int:
     # Imported here: torch and the models are heavy, and `prepare-model` does not need them.
     from ferrite_server.engine.errors import EngineError
     from ferrite_server.service import ShardService, serve_until_stopped
+    from ferrite_server.tracing import build_tracer
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -158,11 +159,13 @@ async def _serve(config: ShardConfig) -> int:
         logger.exception("failed to load %s", config.model_id)
         return 1
     logger.info("loaded %s: %s", config.model_id, info)
+    tracer = build_tracer(config.tracing, config.distributed.rank)
     try:
-        await serve_until_stopped(ShardService(engine, info, worker), config.uds_path, stop)
+        await serve_until_stopped(ShardService(engine, info, worker, tracer), config.uds_path, stop)
     finally:
         stopped.cancel()
         worker.shutdown(wait=True)
+        tracer.shutdown()  # flushes the spans still queued
     logger.info("stopped")
     return 0
 

@@ -38,6 +38,12 @@ class DistributedConfig:
 
 
 @dataclass(frozen=True)
+class TracingConfig:
+    otlp_endpoint: str | None = None  # OTLP/gRPC collector, e.g. http://localhost:4317; None: off
+    otlp_service_name: str = "ferrite.shard"
+
+
+@dataclass(frozen=True)
 class ShardConfig:
     model_id: Path  # a local directory with config.json + safetensors
     uds_path: Path  # unix socket this shard serves gRPC on
@@ -47,3 +53,4 @@ class ShardConfig:
     block_size_tokens: int = DEFAULT_BLOCK_SIZE_TOKENS
     device: str | None = None  # None: cuda:<local_rank> when CUDA is available, else cpu
     distributed: DistributedConfig = DistributedConfig()
+    tracing: TracingConfig = TracingConfig()

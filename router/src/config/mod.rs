@@ -28,6 +28,8 @@ pub struct ServerConfig {
     pub json_output: bool,
     pub log_filter: String,
     pub otlp_endpoint: Option<String>,
+    /// A second listener serving only /metrics.
+    pub prometheus_port: Option<u16>,
 }
 
 /// What the shard reported about the model (Info), for /info and the limits.

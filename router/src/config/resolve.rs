@@ -240,8 +240,9 @@ fn server_config(args: &RouterArgs) -> ServerConfig {
         cors_allow_origins: args.cors_allow_origin.clone(),
         payload_limit_bytes: args.payload_limit,
         json_output: args.json_output,
-        log_filter: args.log_filter.clone(),
+        log_filter: args.effective_log_filter(),
         otlp_endpoint: args.otlp_endpoint.clone(),
+        prometheus_port: args.prometheus_port,
     }
 }
 

@@ -8,7 +8,8 @@ use crate::api::info::Info;
 use crate::config::{RouterConfig, ServerConfig};
 use crate::error::ApiError;
 use crate::generation::GenerationContext;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RequestRecord};
+use crate::telemetry::request_log;
 use crate::scheduler::interface::RequestSubmitter;
 use crate::tokenizer::TextTokenizer;
 use crate::validation::Validator;
@@ -71,10 +72,17 @@ impl AppState {
         &self.generation.tokenizer
     }
 
+    /// Records a finished request: its metrics and its log line.
+    pub fn request_succeeded(&self, record: &RequestRecord) {
+        self.metrics().request_succeeded(record);
+        request_log::finished(record);
+    }
+
     /// Records a failed request (metric by error type; a generation failure also makes the
     /// next /health run a real generation) and hands the error back for the response.
     pub fn request_failed(&self, error: ApiError) -> ApiError {
         self.metrics().request_failed(error.error_type());
+        request_log::failed(error.error_type(), &error);
         if matches!(error, ApiError::Generation(_)) {
             self.health.mark_failed();
         }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use crate::metrics::steps::StepMetricsSnapshot;
 use crate::proto;
 
 /// A validated, tokenized request ready to be scheduled.
@@ -20,6 +21,9 @@ pub struct GenerationRequest {
     pub parameters: proto::RequestParameters,
     /// When the HTTP layer accepted the request (queue time is measured from here).
     pub received_at: Instant,
+    /// The API request's span: the scheduler hangs the sequence's queue / prefill / decode
+    /// spans under it. `Span::none()` when nobody traces the request.
+    pub span: tracing::Span,
 }
 
 /// One generated token as the shard reported it.
@@ -83,6 +87,8 @@ pub struct SchedulerStats {
     /// Sum over steps of the shard-reported forward time and of the step's wall time.
     pub forward_ns_total: u64,
     pub step_wall_ns_total: u64,
+    /// Per-step histograms by method (prefill / decode).
+    pub steps: StepMetricsSnapshot,
 }
 
 /// The HTTP layer's handle on the scheduler (a trait so HTTP tests can use a fake).

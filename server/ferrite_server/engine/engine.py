@@ -143,10 +143,12 @@ class Engine:
             self._batch.forget(request_id)
         plan = plan_step(step, self._batch, self._limits, self._draw_seed)
         generations = list(plan.rejected)
-        forward_ns = sampling_ns = 0
+        forward_start_ns = forward_ns = sampling_ns = 0
         if plan.sequences:
             try:
-                ran, forward_ns, sampling_ns = self._run(plan.sequences, self._kv_caches)
+                ran, forward_start_ns, forward_ns, sampling_ns = self._run(
+                    plan.sequences, self._kv_caches
+                )
             except Exception:
                 # Their state may be half-updated: the step fails as a whole and the shard
                 # forgets its requests, so the router and the shard agree on what exists.
@@ -158,6 +160,7 @@ class Engine:
             forward_ns=forward_ns,
             sampling_ns=sampling_ns,
             total_ns=time.perf_counter_ns() - start_ns,
+            forward_start_ns=forward_start_ns,
         )
         return StepOutput(generations=tuple(generations), timings=timings)
 
@@ -173,7 +176,8 @@ class Engine:
     @torch.inference_mode()
     def _run(
         self, sequences: list[ScheduledSequence], kv_caches: list[KVCache]
-    ) -> tuple[list[Generation], int, int]:
+    ) -> tuple[list[Generation], int, int, int]:
+        """(generations, forward start (perf_counter ns), forward ns, sampling ns)"""
         device = self._runner.facts.device
         inputs = build_forward_inputs(sequences, self._block_size, device)
         forward_start_ns = time.perf_counter_ns()
@@ -193,7 +197,12 @@ class Engine:
             if sequence.wants_prompt_logprobs and not sequence.samples:
                 row = inputs.last_row(index)
                 sequence.state.pending_hidden = hidden[row].clone()
-        return generations, sampling_start_ns - forward_start_ns, end_ns - sampling_start_ns
+        return (
+            generations,
+            forward_start_ns,
+            sampling_start_ns - forward_start_ns,
+            end_ns - sampling_start_ns,
+        )
 
     def _sample(
         self,

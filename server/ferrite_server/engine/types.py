@@ -97,6 +97,9 @@ class StepTimings:
     forward_ns: int = 0
     sampling_ns: int = 0
     total_ns: int = 0
+    # time.perf_counter_ns() when the forward began (sampling follows it at once); 0 when no
+    # forward ran. Lets tracing place forward / sampling spans on the timeline.
+    forward_start_ns: int = 0
 
 
 @dataclass(frozen=True)
