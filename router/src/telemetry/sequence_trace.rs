@@ -83,13 +83,48 @@ impl SequenceTrace {
         };
         let context = self.phase_span.context();
         let span_context = context.span().span_context().clone();
-        self.phase_context = span_context.is_valid().then_some(span_context);
+        // An unsampled request (its caller's `traceparent` said so) is not exported: a step
+        // span under it would be dropped too, so it cannot be a step's parent or link.
+        let is_exported = span_context.is_valid() && span_context.is_sampled();
+        self.phase_context = is_exported.then_some(span_context);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::propagation::remote_parent;
+    use crate::telemetry::test_exporter::with_recorded_spans;
+    use axum::http::{HeaderMap, HeaderValue};
+
+    fn request_span(traceparent: &'static str) -> Span {
+        let mut headers = HeaderMap::new();
+        headers.insert("traceparent", HeaderValue::from_static(traceparent));
+        let span = tracing::info_span!("request");
+        let _ = span.set_parent(remote_parent(&headers).expect("valid traceparent"));
+        span
+    }
+
+    #[test]
+    fn only_sampled_requests_offer_their_phase_to_steps() {
+        let exporter = with_recorded_spans(|| {
+            let sampled = SequenceTrace::queued(request_span(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ));
+            let unsampled = SequenceTrace::queued(request_span(
+                "00-4bf92f3577b34da6a3ce929d0e0e4737-00f067aa0ba902b8-00",
+            ));
+            assert!(sampled.phase_context().is_some());
+            assert!(unsampled.phase_context().is_none());
+        });
+        let names: Vec<_> = exporter
+            .finished_spans()
+            .iter()
+            .map(|span| span.name.to_string())
+            .collect();
+        // Only the sampled request's spans were exported.
+        assert_eq!(names, vec!["queue", "request"]);
+    }
 
     #[test]
     fn phases_advance_and_untraced_requests_make_no_spans() {
