@@ -45,7 +45,7 @@ def _serve_and_call(tmp_path: Path, tracer: OtlpTracing, calls) -> None:
         uds_path = tmp_path / "shard.sock"
         stop = asyncio.Event()
         worker = ThreadPoolExecutor(max_workers=1)
-        service = ShardService(TimedEngine(), INFO, worker, tracer)
+        service = ShardService(TimedEngine(), INFO, worker, tracer=tracer)
         server = asyncio.create_task(serve_until_stopped(service, uds_path, stop))
         try:
             async with grpc.aio.insecure_channel(f"unix://{uds_path}") as channel:

@@ -40,7 +40,10 @@ pub fn router_flags(args: &Args) -> Vec<String> {
 
 /// Flags appended to every shard's `serve` command line.
 pub fn shard_flags(args: &Args) -> Vec<String> {
-    let mut argv = vec!["--log-level".to_string(), args.log_level.as_python().to_string()];
+    let mut argv = vec![
+        "--log-level".to_string(),
+        args.log_level.as_python().to_string(),
+    ];
     if args.json_output {
         argv.push("--json-output".to_string());
     }

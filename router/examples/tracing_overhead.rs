@@ -137,6 +137,9 @@ fn main() {
     println!("| tracing | router µs / step (median) |");
     println!("| --- | --- |");
     println!("| off | {:.1} |", off / 1e3);
-    println!("| on, every request traced and exported | {:.1} |", on / 1e3);
+    println!(
+        "| on, every request traced and exported | {:.1} |",
+        on / 1e3
+    );
     println!("| added by tracing | {:.1} |", (on - off) / 1e3);
 }

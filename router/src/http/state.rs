@@ -9,8 +9,8 @@ use crate::config::{RouterConfig, ServerConfig};
 use crate::error::ApiError;
 use crate::generation::GenerationContext;
 use crate::metrics::{Metrics, RequestRecord};
-use crate::telemetry::request_log;
 use crate::scheduler::interface::RequestSubmitter;
+use crate::telemetry::request_log;
 use crate::tokenizer::TextTokenizer;
 use crate::validation::Validator;
 

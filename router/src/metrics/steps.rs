@@ -128,10 +128,7 @@ impl StepMetrics {
             }
         };
         StepMetricsSnapshot {
-            by_method: [
-                snapshot(&self.by_method[0]),
-                snapshot(&self.by_method[1]),
-            ],
+            by_method: [snapshot(&self.by_method[0]), snapshot(&self.by_method[1])],
         }
     }
 }
@@ -175,11 +172,9 @@ pub(super) fn render_steps(out: &mut PrometheusText, steps: &StepMetricsSnapshot
             "Sampling and logprob time of a step, reported by the shard (s)",
             |m| &m.sampling_s,
         ),
-        (
-            "ferrite_step_batch_size",
-            "Requests in a step",
-            |m| &m.batch_size,
-        ),
+        ("ferrite_step_batch_size", "Requests in a step", |m| {
+            &m.batch_size
+        }),
         (
             "ferrite_step_tokens",
             "Tokens computed in a step (prompt chunks + one per decode)",

@@ -45,9 +45,15 @@ pub enum ShardFinish {
 pub enum GenerationEvent {
     /// The prompt is fully computed. `prompt_logprobs` is aligned with the input ids (NaN for
     /// the first) when they were asked for, else empty.
-    PrefillDone { prompt_logprobs: Vec<f32>, queue_time: Duration },
+    PrefillDone {
+        prompt_logprobs: Vec<f32>,
+        queue_time: Duration,
+    },
     /// A new token; `finish` is set on the last one.
-    Token { token: Token, finish: Option<ShardFinish> },
+    Token {
+        token: Token,
+        finish: Option<ShardFinish>,
+    },
     /// The request failed; no more events follow.
     Error(GenerationError),
 }
@@ -58,7 +64,10 @@ pub enum GenerationError {
     #[error("generation failed in the shard: {0}")]
     Shard(String),
     #[error("the request needs {needed_blocks} KV blocks but the cache only has {total_blocks}")]
-    TooLargeForCache { needed_blocks: usize, total_blocks: usize },
+    TooLargeForCache {
+        needed_blocks: usize,
+        total_blocks: usize,
+    },
 }
 
 /// Why `submit` refused a request (mapped to HTTP 429 / 503).

@@ -36,11 +36,7 @@ impl Injector for MetadataInjector<'_> {
 /// The caller's trace context when the request carries a valid `traceparent`.
 pub fn remote_parent(headers: &HeaderMap) -> Option<Context> {
     let context = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
-    context
-        .span()
-        .span_context()
-        .is_valid()
-        .then_some(context)
+    context.span().span_context().is_valid().then_some(context)
 }
 
 /// `message` as a gRPC request carrying the current span's trace context, when there is one

@@ -2,9 +2,10 @@
 
 Megatron-style split: a column-parallel layer keeps a slice of the output features (no
 communication needed), a row-parallel layer keeps a slice of the input features (its partial
-outputs are summed across ranks). Fused layers (qkv, gate_up) are column-parallel layers whose
-output is several checkpoint tensors side by side; their loaders put each tensor's rank slice at
-its offset. With world_size 1 every slice is the whole tensor.
+outputs are summed across ranks with one all-reduce). Fused layers (qkv, gate_up) are
+column-parallel layers whose output is several checkpoint tensors side by side; their loaders
+put each tensor's rank slice at its offset. With world_size 1 every slice is the whole tensor. Loaders read only their slice
+of the checkpoint (`takes_slices=True`, see weights.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ferrite_server.layers.head_partition import HeadPartition
 from ferrite_server.layers.placement import LayerPlacement
+from ferrite_server.checkpoint_slice import narrow_loaded
 from ferrite_server.weights import (
     CheckpointError,
     ShardId,
@@ -46,9 +49,9 @@ class ColumnParallelLinear(_Linear):
         self, in_features: int, out_features: int, bias: bool, placement: LayerPlacement
     ) -> None:
         super().__init__(in_features, out_features // placement.tp.world_size, bias, placement)
-        attach_weight_loader(self.weight, self._load)
+        attach_weight_loader(self.weight, self._load, takes_slices=True)
         if self.bias is not None:
-            attach_weight_loader(self.bias, self._load)
+            attach_weight_loader(self.bias, self._load, takes_slices=True)
 
     def _load(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: ShardId) -> None:
         if shard_id is not None:
@@ -63,9 +66,17 @@ class RowParallelLinear(_Linear):
         self, in_features: int, out_features: int, bias: bool, placement: LayerPlacement
     ) -> None:
         super().__init__(in_features // placement.tp.world_size, out_features, bias, placement)
-        attach_weight_loader(self.weight, self._load_weight)
+        attach_weight_loader(self.weight, self._load_weight, takes_slices=True)
         if self.bias is not None:
-            attach_weight_loader(self.bias, self._load_bias)
+            attach_weight_loader(self.bias, self._load_bias, takes_slices=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, in / N] -> [T, out]
+        if not self.placement.group.is_parallel:
+            return super().forward(x)
+        partial = F.linear(x, self.weight)  # this rank's share of the sum over inputs
+        summed = self.placement.group.all_reduce(partial)
+        # The bias is whole on every rank: added once, after the sum.
+        return summed if self.bias is None else summed + self.bias
 
     def _load_weight(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: ShardId) -> None:
         if shard_id is not None:
@@ -89,13 +100,15 @@ class MergedColumnParallelLinear(_Linear):
         output_sizes: tuple[int, ...],
         bias: bool,
         placement: LayerPlacement,
+        local_sizes: tuple[int, ...] | None = None,  # default: each output split evenly
     ) -> None:
-        local_sizes = tuple(size // placement.tp.world_size for size in output_sizes)
+        if local_sizes is None:
+            local_sizes = tuple(size // placement.tp.world_size for size in output_sizes)
         super().__init__(in_features, sum(local_sizes), bias, placement)
         self.local_sizes = local_sizes
-        attach_weight_loader(self.weight, self._load)
+        attach_weight_loader(self.weight, self._load, takes_slices=True)
         if self.bias is not None:
-            attach_weight_loader(self.bias, self._load)
+            attach_weight_loader(self.bias, self._load, takes_slices=True)
 
     def _load(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: ShardId) -> None:
         if not isinstance(shard_id, int) or not 0 <= shard_id < len(self.local_sizes):
@@ -117,7 +130,8 @@ class AttentionHeads:
 class QKVParallelLinear(MergedColumnParallelLinear):
     """q, k and v projections in one matmul; loads the checkpoint's q_proj / k_proj / v_proj.
 
-    Output layout: [q (num_heads * head_dim) | k (num_kv_heads * head_dim) | v (same as k)].
+    Output layout: [q (num_heads * head_dim) | k (num_kv_heads * head_dim) | v (same as k)],
+    with this rank's heads only (`HeadPartition`: KV heads replicated when fewer than ranks).
     """
 
     _SHARD_INDEX = {"q": 0, "k": 1, "v": 2}
@@ -125,11 +139,36 @@ class QKVParallelLinear(MergedColumnParallelLinear):
     def __init__(
         self, hidden_size: int, heads: AttentionHeads, bias: bool, placement: LayerPlacement
     ) -> None:
+        partition = HeadPartition.of(heads.num_heads, heads.num_kv_heads, placement.tp)
         q_size = heads.num_heads * heads.head_dim
         kv_size = heads.num_kv_heads * heads.head_dim
-        super().__init__(hidden_size, (q_size, kv_size, kv_size), bias, placement)
+        local_kv_size = partition.num_kv_heads * heads.head_dim
+        local_sizes = (partition.num_heads * heads.head_dim, local_kv_size, local_kv_size)
+        super().__init__(hidden_size, (q_size, kv_size, kv_size), bias, placement, local_sizes)
+        self.heads = heads
+        self.partition = partition
 
     def _load(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: ShardId) -> None:
         if shard_id not in self._SHARD_INDEX:
             raise CheckpointError(f"qkv parameter needs shard id q, k or v, got {shard_id!r}")
-        super()._load(param, loaded, self._SHARD_INDEX[str(shard_id)])
+        if shard_id == "q":
+            super()._load(param, loaded, 0)
+            return
+        # k / v: this rank's KV heads, which may be shared with other ranks (replication).
+        head_dim = self.heads.head_dim
+        if loaded.shape[0] != self.heads.num_kv_heads * head_dim:
+            raise CheckpointError(
+                f"qkv {shard_id}: checkpoint has {loaded.shape[0]} rows, "
+                f"{self.heads.num_kv_heads} key/value heads of {head_dim} need "
+                f"{self.heads.num_kv_heads * head_dim}"
+            )
+        rows = narrow_loaded(
+            loaded,
+            0,
+            self.partition.kv_head_start * head_dim,
+            self.partition.num_kv_heads * head_dim,
+        )
+        index = self._SHARD_INDEX[str(shard_id)]
+        offset = sum(self.local_sizes[:index])
+        target = param.data.narrow(0, offset, self.local_sizes[index])
+        copy_checked(target, rows, f"qkv {shard_id}")

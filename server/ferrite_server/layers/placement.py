@@ -1,4 +1,4 @@
-"""Where a layer's parameters live: dtype, device and tensor-parallel rank.
+"""Where a layer's parameters live: dtype, device and tensor-parallel rank (and group).
 
 Layers allocate their parameters uninitialized (`torch.empty`) directly in the final dtype on
 the final device; the checkpoint's tensors are then copied in by per-parameter weight loaders
@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ferrite_server.layers.parallel_group import TensorParallelGroup
 from ferrite_server.weights import TensorParallelRank
 
 
@@ -20,6 +21,14 @@ class LayerPlacement:
     dtype: torch.dtype
     device: torch.device
     tp: TensorParallelRank = field(default_factory=TensorParallelRank)
+    # The collectives of `tp`'s group (row-parallel sums, vocabulary gathers).
+    group: TensorParallelGroup = field(default_factory=TensorParallelGroup)
+
+    @classmethod
+    def for_group(
+        cls, dtype: torch.dtype, device: torch.device, group: TensorParallelGroup
+    ) -> LayerPlacement:
+        return cls(dtype, device, TensorParallelRank(group.rank, group.world_size), group)
 
     def empty_parameter(self, *shape: int) -> nn.Parameter:
         """An uninitialized, frozen parameter; a weight loader fills it."""

@@ -43,7 +43,12 @@ async fn a_stream_span_is_the_callers_child_and_ends_with_its_body() {
         post("/generate_stream", &body),
         &[("traceparent", &traceparent)],
     );
-    let response = app.router.clone().oneshot(request).await.expect("infallible");
+    let response = app
+        .router
+        .clone()
+        .oneshot(request)
+        .await
+        .expect("infallible");
     let is_request_span_done = || {
         exporter
             .finished_spans()

@@ -55,7 +55,11 @@ async fn phases_and_steps_form_one_tree_per_request() {
     assert_eq!(requests.len(), 2, "{spans:#?}");
     let oldest = requests
         .iter()
-        .find(|span| span.attributes.iter().any(|kv| kv.value.as_str() == "first"))
+        .find(|span| {
+            span.attributes
+                .iter()
+                .any(|kv| kv.value.as_str() == "first")
+        })
         .expect("first request")
         .span_context
         .span_id();
@@ -85,8 +89,14 @@ async fn phases_and_steps_form_one_tree_per_request() {
     // The step metrics count the same steps, split by method.
     let prefill_steps = fake.steps().iter().filter(|s| s.num_chunks > 0).count() as u64;
     let decode_steps = fake.steps().len() as u64 - prefill_steps;
-    assert_eq!(stats.steps.method(StepMethod::Prefill).num_steps, prefill_steps);
-    assert_eq!(stats.steps.method(StepMethod::Decode).num_steps, decode_steps);
+    assert_eq!(
+        stats.steps.method(StepMethod::Prefill).num_steps,
+        prefill_steps
+    );
+    assert_eq!(
+        stats.steps.method(StepMethod::Decode).num_steps,
+        decode_steps
+    );
     assert_eq!(
         stats.steps.method(StepMethod::Prefill).tokens.sum,
         11.0,

@@ -1,7 +1,9 @@
 """The PyTorch reference attention backend: gather each sequence's KV blocks, then SDPA.
 
-Correct on any device and simple enough to be the reference every kernel is tested against;
-it loops over sequences in Python, so it is not meant to be fast on a GPU.
+Correct on any device and simple enough to be the reference every kernel is tested against.
+Prompt chunks loop over their sequences in Python (few per step); decode tokens (one query
+each, most of a busy batch) are attended in one padded SDPA call over all their contexts, so
+batching pays on the CPU, where this backend is the one in use.
 """
 
 from __future__ import annotations
@@ -10,10 +12,16 @@ import torch
 import torch.nn.functional as F
 
 from ferrite_server.layers.attention.backend import AttentionMetadata
+from ferrite_server.layers.attention.torch_decode_batch import DecodeBatch
 
 
 class TorchAttentionBackend:
     name = "torch"
+
+    def __init__(self) -> None:
+        # One step's metadata is shared by every layer: its decode gather indices are built
+        # for the first layer and reused by the others.
+        self._decode_batch: tuple[AttentionMetadata, DecodeBatch | None] | None = None
 
     def write_kv(
         self,
@@ -39,7 +47,12 @@ class TorchAttentionBackend:
     ) -> torch.Tensor:  # [T, num_heads, head_dim]
         output = torch.empty_like(query)
         block_size = key_cache.shape[1]
+        decode_batch = self._decode_batch_for(metadata, block_size)
+        if decode_batch is not None:
+            decode_batch.attend(query, key_cache, value_cache, scale, output)
         for seq_index in range(metadata.num_seqs):
+            if decode_batch is not None and decode_batch.includes(seq_index):
+                continue
             query_start = metadata.query_start_loc_cpu[seq_index]
             query_end = metadata.query_start_loc_cpu[seq_index + 1]
             seq_len = metadata.seq_lens_cpu[seq_index]
@@ -51,6 +64,11 @@ class TorchAttentionBackend:
                 query[query_start:query_end], keys, values, scale
             )
         return output
+
+    def _decode_batch_for(self, metadata: AttentionMetadata, block_size: int) -> DecodeBatch | None:
+        if self._decode_batch is None or self._decode_batch[0] is not metadata:
+            self._decode_batch = (metadata, DecodeBatch.plan(metadata, block_size))
+        return self._decode_batch[1]
 
 
 def _gather_context(
