@@ -265,7 +265,14 @@ fn shard_spec(
         args.dtype.as_flag().into(),
         "--attention-backend".into(),
         args.attention_backend.as_flag().into(),
+        "--kv-cache-dtype".into(),
+        args.kv_cache_dtype.as_flag().into(),
     ];
+    push_opt(
+        &mut argv,
+        "--quantize",
+        args.quantize.map(|quantize| quantize.as_flag()).as_ref(),
+    );
     push_opt(
         &mut argv,
         "--kv-cache-memory",

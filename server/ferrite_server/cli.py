@@ -20,9 +20,15 @@ import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
-from ferrite_server.config import DEFAULT_BLOCK_SIZE_TOKENS, DistributedConfig, ShardConfig
+from ferrite_server.config import (
+    DEFAULT_BLOCK_SIZE_TOKENS,
+    DistributedConfig,
+    KVCacheDtypeName,
+    QuantizeName,
+    ShardConfig,
+)
 
 if TYPE_CHECKING:
     from ferrite_server.engine.engine import Engine
@@ -57,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="bytes of KV cache (e.g. 2GiB); default: derived from free memory")
     serve.add_argument("--block-size", type=int, default=DEFAULT_BLOCK_SIZE_TOKENS,
                        help="tokens per KV block")
+    serve.add_argument("--quantize", choices=list(get_args(QuantizeName)), default=None,
+                       help="quantize the weights at load (bitsandbytes*, fp8) or load a "
+                       "GPTQ/AWQ checkpoint; default: the checkpoint's quantization_config")
+    serve.add_argument("--kv-cache-dtype", choices=list(get_args(KVCacheDtypeName)),
+                       default="auto", help="fp8: store K/V as float8 e4m3 with a scale")
     _add_log_level(serve)
     prepare = commands.add_parser("prepare-model", help="resolve a model into a local directory")
     prepare.add_argument("--model-id", default=None, help="hub id or directory; default: bundled SmolLM2")
@@ -96,6 +107,8 @@ def shard_config_from_args(args: argparse.Namespace) -> ShardConfig:
         kv_cache_memory_bytes=args.kv_cache_memory,
         block_size_tokens=args.block_size,
         distributed=DistributedConfig.from_environ(),
+        quantize=args.quantize,
+        kv_cache_dtype=args.kv_cache_dtype,
     )
 
 

@@ -13,6 +13,10 @@ from typing import Literal, Mapping
 
 DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
 AttentionBackendName = Literal["auto", "torch", "triton"]
+QuantizeName = Literal[
+    "bitsandbytes", "bitsandbytes-nf4", "bitsandbytes-fp4", "fp8", "gptq", "awq"
+]
+KVCacheDtypeName = Literal["auto", "fp8"]
 
 DEFAULT_BLOCK_SIZE_TOKENS = 16
 
@@ -47,3 +51,6 @@ class ShardConfig:
     block_size_tokens: int = DEFAULT_BLOCK_SIZE_TOKENS
     device: str | None = None  # None: cuda:<local_rank> when CUDA is available, else cpu
     distributed: DistributedConfig = DistributedConfig()
+    # None: the checkpoint's own quantization_config, if any (layers/quantization/config.py).
+    quantize: QuantizeName | None = None
+    kv_cache_dtype: KVCacheDtypeName = "auto"  # auto: the compute dtype; fp8: e4m3 with a scale

@@ -262,6 +262,11 @@ fn model_facts(args: &RouterArgs, info: &proto::InfoResponse) -> ModelFacts {
         device_type,
         attention_backend: info.attention_backend.clone(),
         quantization: Some(info.quantization.clone()).filter(|q| !q.is_empty()),
+        kv_cache_dtype: if info.kv_cache_dtype.is_empty() {
+            "auto".to_string()
+        } else {
+            info.kv_cache_dtype.clone()
+        },
         num_shards: args.shard_uds_paths.len(),
         block_size: info.block_size as usize,
         max_position_embeddings: info.max_position_embeddings as usize,

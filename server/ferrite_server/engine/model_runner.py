@@ -8,7 +8,8 @@ runs in bfloat16 (float16 where bfloat16 is unsupported) — GPU serving is half
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -18,8 +19,11 @@ from ferrite_server.engine.errors import UnsupportedModelError
 from ferrite_server.engine.forward_inputs import ForwardInputs
 from ferrite_server.engine.kv_cache import KVCacheSpec
 from ferrite_server.engine.memory import model_memory_bytes
+from ferrite_server.layers.attention.kv_quant import KVCacheQuant
 from ferrite_server.layers.attention.selector import create_attention_backend
+from ferrite_server.layers.linear import process_weights_after_loading
 from ferrite_server.layers.placement import LayerPlacement
+from ferrite_server.layers.quantization.config import QuantizationConfig, resolve_quantization
 from ferrite_server.models import model_family
 from ferrite_server.models.config import (
     DecoderConfig,
@@ -30,7 +34,14 @@ from ferrite_server.models.config import (
     read_hf_config,
 )
 from ferrite_server.models.interface import CausalLM, KVCache
-from ferrite_server.weights import TensorParallelRank, load_checkpoint
+from ferrite_server.weights import (
+    CheckpointLayout,
+    TensorParallelRank,
+    iter_checkpoint_tensors,
+    load_named_tensors,
+)
+
+logger = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -47,6 +58,12 @@ class ModelFacts:
     device: torch.device
     attention_backend: str
     model_memory_bytes: int
+    quantization: str = ""  # "" when the weights are not quantized
+    kv_cache_dtype: torch.dtype | None = None  # None: the compute dtype
+
+    @property
+    def kv_cache_dtype_name(self) -> str:
+        return "fp8" if self.kv_cache_dtype == torch.float8_e4m3fn else "auto"
 
     @property
     def dtype_name(self) -> str:
@@ -88,16 +105,19 @@ class ModelRunner:
         architecture = architecture_of(hf)
         family = model_family(architecture)
         model_config = family.config_from_hf(hf)
+        # Refuses impossible combinations before any weight is read.
+        quantization = resolve_quantization(config.quantize, hf)
         device = resolve_device(config)
         dtype = resolve_dtype(config.dtype, device, hf)
-        backend = create_attention_backend(config.attention_backend, device)
-        placement = LayerPlacement(dtype=dtype, device=device, tp=TensorParallelRank())
+        kv_quant = KVCacheQuant.from_name(config.kv_cache_dtype)
+        backend = create_attention_backend(config.attention_backend, device, kv_quant)
+        placement = LayerPlacement(dtype, device, TensorParallelRank(), quantization)
         model = family(model_config, backend, placement)
-        layout = model.checkpoint_layout()
         if random_weights:
             _fill_with_noise(model)  # type: ignore[arg-type]
         else:
-            load_checkpoint(model, model_dir, device, layout)  # type: ignore[arg-type]
+            _load_weights(model, model_dir, device, quantization)  # type: ignore[arg-type]
+        process_weights_after_loading(model)  # type: ignore[arg-type]
         facts = ModelFacts(
             model_id=str(config.model_id),
             architecture=architecture,
@@ -107,6 +127,13 @@ class ModelRunner:
             device=device,
             attention_backend=backend.name,
             model_memory_bytes=model_memory_bytes(model),  # type: ignore[arg-type]
+            quantization=quantization.name if quantization is not None else "",
+            kv_cache_dtype=kv_quant.cache_dtype(dtype),
+        )
+        logger.info(
+            "weights: %.1f MiB on %s (%s, quantization: %s); KV cache dtype: %s",
+            facts.model_memory_bytes / 2**20, device, facts.dtype_name,
+            facts.quantization or "none", str(facts.kv_cache_dtype).removeprefix("torch."),
         )
         return cls(model, facts)
 
@@ -117,7 +144,7 @@ class ModelRunner:
             block_size=block_size,
             num_kv_heads=config.num_kv_heads,
             head_dim=config.head_dim,
-            dtype=self.facts.dtype,
+            dtype=self.facts.kv_cache_dtype or self.facts.dtype,
         )
 
     @torch.inference_mode()
@@ -132,8 +159,31 @@ class ModelRunner:
         return self.model.compute_logits(hidden)
 
 
+def _load_weights(
+    model: CausalLM, model_dir: Path, device: torch.device, quantization: QuantizationConfig | None
+) -> None:
+    layout = model.checkpoint_layout()
+    tensors = iter_checkpoint_tensors(model_dir, device)
+    if quantization is not None:
+        suffixes = layout.ignored_suffixes + quantization.ignored_checkpoint_suffixes
+        layout = replace(layout, ignored_suffixes=suffixes)
+        tensors = quantization.checkpoint_tensors(tensors)
+    load_named_tensors(model, tensors, layout)  # type: ignore[arg-type]
+
+
 @torch.no_grad()
 def _fill_with_noise(model: torch.nn.Module) -> None:
-    """Small random values everywhere (never zeros: they hide bugs and time differently)."""
-    for parameter in model.parameters():
-        parameter.normal_(0.0, 0.02)
+    """Small random values everywhere (never zeros: they hide bugs and time differently).
+
+    Packed integer weights get random bits; group indices (GPTQ's g_idx) stay valid groups.
+    """
+    for name, parameter in model.named_parameters():
+        if parameter.dtype.is_floating_point:
+            noise = torch.randn(parameter.shape, device=parameter.device) * 0.02
+            parameter.copy_(noise.to(parameter.dtype))
+        elif name.endswith("g_idx"):
+            groups = model.get_submodule(name.rsplit(".", 1)[0]).scales.shape[0]
+            positions = torch.arange(parameter.numel(), device=parameter.device)
+            parameter.copy_(positions * groups // parameter.numel())
+        else:
+            parameter.random_(-(2**31), 2**31 - 1)

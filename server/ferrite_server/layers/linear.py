@@ -5,6 +5,11 @@ communication needed), a row-parallel layer keeps a slice of the input features 
 outputs are summed across ranks). Fused layers (qkv, gate_up) are column-parallel layers whose
 output is several checkpoint tensors side by side; their loaders put each tensor's rank slice at
 its offset. With world_size 1 every slice is the whole tensor.
+
+How the weight is stored and multiplied is the layer's quantization method
+(layers/quantization/): the layer describes its shape once (`LinearShape`), the method creates
+the parameters with loaders that slice by that shape, and forward() calls the method. Models
+never branch on quantization.
 """
 
 from __future__ import annotations
@@ -12,31 +17,56 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ferrite_server.layers.placement import LayerPlacement
-from ferrite_server.weights import (
-    CheckpointError,
-    ShardId,
-    attach_weight_loader,
-    copy_checked,
+from ferrite_server.layers.quantization.config import linear_method_for
+from ferrite_server.layers.quantization.method import (
+    LinearShape,
+    ParallelSplit,
+    ShardedDims,
+    sharded_parameter,
 )
+from ferrite_server.weights import ShardId
+
+# bias [out]: sliced with the output features of a column-parallel layer, whole otherwise.
+_BIAS_DIMS = ShardedDims(output_dim=0)
 
 
 class _Linear(nn.Module):
-    """y = x W^T (+ b) with W [out_features_local, in_features_local]."""
+    """y = x W^T (+ b); W's storage is up to the quantization method."""
 
     def __init__(
-        self, in_features: int, out_features: int, bias: bool, placement: LayerPlacement
+        self,
+        in_features: int,
+        output_sizes: tuple[int, ...],
+        split: ParallelSplit,
+        part_ids: tuple[ShardId, ...],
+        bias: bool,
+        placement: LayerPlacement,
     ) -> None:
         super().__init__()
         self.placement = placement
-        self.weight = placement.empty_parameter(out_features, in_features)
-        self.bias = placement.empty_parameter(out_features) if bias else None
+        self.shape = LinearShape(
+            input_size=in_features,
+            output_sizes=output_sizes,
+            split=split,
+            dtype=placement.dtype,
+            device=placement.device,
+            tp=placement.tp,
+            part_ids=part_ids,
+        )
+        self.quant_method = linear_method_for(placement.quantization)
+        self.quant_method.create_weights(self, self.shape)
+        local_output_size = self.shape.local_output_size
+        self.bias = (
+            sharded_parameter(self.shape, _BIAS_DIMS, (local_output_size,), placement.dtype)
+            if bias
+            else None
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, in] -> [T, out]
-        return F.linear(x, self.weight, self.bias)
+        return self.quant_method.apply(self, x, self.bias)
 
 
 class ColumnParallelLinear(_Linear):
@@ -45,15 +75,7 @@ class ColumnParallelLinear(_Linear):
     def __init__(
         self, in_features: int, out_features: int, bias: bool, placement: LayerPlacement
     ) -> None:
-        super().__init__(in_features, out_features // placement.tp.world_size, bias, placement)
-        attach_weight_loader(self.weight, self._load)
-        if self.bias is not None:
-            attach_weight_loader(self.bias, self._load)
-
-    def _load(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: ShardId) -> None:
-        if shard_id is not None:
-            raise CheckpointError("column-parallel parameter is not fused")
-        copy_checked(param.data, self.placement.tp.shard(loaded, 0), "column-parallel")
+        super().__init__(in_features, (out_features,), "column", (None,), bias, placement)
 
 
 class RowParallelLinear(_Linear):
@@ -62,18 +84,7 @@ class RowParallelLinear(_Linear):
     def __init__(
         self, in_features: int, out_features: int, bias: bool, placement: LayerPlacement
     ) -> None:
-        super().__init__(in_features // placement.tp.world_size, out_features, bias, placement)
-        attach_weight_loader(self.weight, self._load_weight)
-        if self.bias is not None:
-            attach_weight_loader(self.bias, self._load_bias)
-
-    def _load_weight(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: ShardId) -> None:
-        if shard_id is not None:
-            raise CheckpointError("row-parallel parameter is not fused")
-        copy_checked(param.data, self.placement.tp.shard(loaded, 1), "row-parallel")
-
-    def _load_bias(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: ShardId) -> None:
-        copy_checked(param.data, loaded, "row-parallel bias")
+        super().__init__(in_features, (out_features,), "row", (None,), bias, placement)
 
 
 class MergedColumnParallelLinear(_Linear):
@@ -89,20 +100,14 @@ class MergedColumnParallelLinear(_Linear):
         output_sizes: tuple[int, ...],
         bias: bool,
         placement: LayerPlacement,
+        part_ids: tuple[ShardId, ...] | None = None,
     ) -> None:
-        local_sizes = tuple(size // placement.tp.world_size for size in output_sizes)
-        super().__init__(in_features, sum(local_sizes), bias, placement)
-        self.local_sizes = local_sizes
-        attach_weight_loader(self.weight, self._load)
-        if self.bias is not None:
-            attach_weight_loader(self.bias, self._load)
+        ids = part_ids if part_ids is not None else tuple(range(len(output_sizes)))
+        super().__init__(in_features, output_sizes, "column", ids, bias, placement)
 
-    def _load(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: ShardId) -> None:
-        if not isinstance(shard_id, int) or not 0 <= shard_id < len(self.local_sizes):
-            raise CheckpointError(f"fused parameter needs a shard index, got {shard_id!r}")
-        offset = sum(self.local_sizes[:shard_id])
-        target = param.data.narrow(0, offset, self.local_sizes[shard_id])
-        copy_checked(target, self.placement.tp.shard(loaded, 0), f"fused output {shard_id}")
+    @property
+    def local_sizes(self) -> tuple[int, ...]:
+        return self.shape.local_output_sizes
 
 
 @dataclass(frozen=True)
@@ -120,16 +125,17 @@ class QKVParallelLinear(MergedColumnParallelLinear):
     Output layout: [q (num_heads * head_dim) | k (num_kv_heads * head_dim) | v (same as k)].
     """
 
-    _SHARD_INDEX = {"q": 0, "k": 1, "v": 2}
-
     def __init__(
         self, hidden_size: int, heads: AttentionHeads, bias: bool, placement: LayerPlacement
     ) -> None:
         q_size = heads.num_heads * heads.head_dim
         kv_size = heads.num_kv_heads * heads.head_dim
-        super().__init__(hidden_size, (q_size, kv_size, kv_size), bias, placement)
+        sizes = (q_size, kv_size, kv_size)
+        super().__init__(hidden_size, sizes, bias, placement, part_ids=("q", "k", "v"))
 
-    def _load(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: ShardId) -> None:
-        if shard_id not in self._SHARD_INDEX:
-            raise CheckpointError(f"qkv parameter needs shard id q, k or v, got {shard_id!r}")
-        super()._load(param, loaded, self._SHARD_INDEX[str(shard_id)])
+
+def process_weights_after_loading(model: nn.Module) -> None:
+    """Let every linear layer's method finish its weights (quantize, rescale) once loaded."""
+    for module in model.modules():
+        if isinstance(module, _Linear):
+            module.quant_method.process_weights_after_loading(module)

@@ -1,4 +1,4 @@
-"""Where a layer's parameters live: dtype, device and tensor-parallel rank.
+"""Where a layer's parameters live: dtype, device, tensor-parallel rank (and quantization).
 
 Layers allocate their parameters uninitialized (`torch.empty`) directly in the final dtype on
 the final device; the checkpoint's tensors are then copied in by per-parameter weight loaders
@@ -8,11 +8,15 @@ the final device; the checkpoint's tensors are then copied in by per-parameter w
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ferrite_server.weights import TensorParallelRank
+
+if TYPE_CHECKING:
+    from ferrite_server.layers.quantization.config import QuantizationConfig
 
 
 @dataclass(frozen=True)
@@ -20,6 +24,8 @@ class LayerPlacement:
     dtype: torch.dtype
     device: torch.device
     tp: TensorParallelRank = field(default_factory=TensorParallelRank)
+    # How linear layers store their weights (None: unquantized); other layers ignore it.
+    quantization: QuantizationConfig | None = None
 
     def empty_parameter(self, *shape: int) -> nn.Parameter:
         """An uninitialized, frozen parameter; a weight loader fills it."""

@@ -1,7 +1,8 @@
 """The PyTorch reference attention backend: gather each sequence's KV blocks, then SDPA.
 
 Correct on any device and simple enough to be the reference every kernel is tested against;
-it loops over sequences in Python, so it is not meant to be fast on a GPU.
+it loops over sequences in Python, so it is not meant to be fast on a GPU. With an fp8 KV cache
+(kv_quant.py) new rows are quantized on write and gathered rows are widened and rescaled.
 """
 
 from __future__ import annotations
@@ -10,10 +11,19 @@ import torch
 import torch.nn.functional as F
 
 from ferrite_server.layers.attention.backend import AttentionMetadata
+from ferrite_server.layers.attention.kv_quant import (
+    KVCacheQuant,
+    as_bytes,
+    is_fp8_cache,
+    quantize_kv,
+)
 
 
 class TorchAttentionBackend:
     name = "torch"
+
+    def __init__(self, kv_quant: KVCacheQuant = KVCacheQuant()) -> None:
+        self.kv_quant = kv_quant
 
     def write_kv(
         self,
@@ -24,6 +34,10 @@ class TorchAttentionBackend:
         slot_mapping: torch.Tensor,  # [T] int64
     ) -> None:
         num_kv_heads, head_dim = key_cache.shape[2], key_cache.shape[3]
+        if is_fp8_cache(key_cache):  # index_copy_ has no fp8 kernel: copy the bytes
+            key = as_bytes(quantize_kv(key, self.kv_quant.k_scale))
+            value = as_bytes(quantize_kv(value, self.kv_quant.v_scale))
+            key_cache, value_cache = as_bytes(key_cache), as_bytes(value_cache)
         # The cache is contiguous, so [num_blocks * block_size, ...] is a view of it and slot
         # s = block * block_size + offset indexes it directly.
         key_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, key)
@@ -45,12 +59,19 @@ class TorchAttentionBackend:
             seq_len = metadata.seq_lens_cpu[seq_index]
             num_blocks = -(-seq_len // block_size)
             blocks = metadata.block_tables[seq_index, :num_blocks]
-            keys = _gather_context(key_cache, blocks, seq_len)  # [seq_len, kv_heads, D]
-            values = _gather_context(value_cache, blocks, seq_len)
+            keys = self._widen(_gather_context(key_cache, blocks, seq_len), query.dtype, True)
+            values = self._widen(_gather_context(value_cache, blocks, seq_len), query.dtype, False)
             output[query_start:query_end] = _causal_attention(
                 query[query_start:query_end], keys, values, scale
             )
         return output
+
+    def _widen(self, rows: torch.Tensor, dtype: torch.dtype, is_key: bool) -> torch.Tensor:
+        """Gathered cache rows [seq_len, kv_heads, D] in the query's dtype (fp8: times scale)."""
+        if not is_fp8_cache(rows):
+            return rows
+        scale = self.kv_quant.k_scale if is_key else self.kv_quant.v_scale
+        return rows.to(dtype) * scale
 
 
 def _gather_context(
