@@ -94,7 +94,7 @@ def _on_the_fly(requested: QuantizeName | None) -> QuantizationConfig | None:
         return None
     if requested in ("gptq", "awq"):
         raise QuantizationConfigError(
-            f"--quantize {requested} needs a {requested.upper()} checkpoint (config.json with "
+            f"--quantize {requested} only serves {requested.upper()} checkpoints (config.json with "
             f"quantization_config.quant_method \"{requested}\"); this checkpoint has float "
             "weights, which can be quantized at load time with --quantize bitsandbytes, "
             "bitsandbytes-nf4, bitsandbytes-fp4 or fp8"
