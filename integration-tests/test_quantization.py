@@ -44,7 +44,9 @@ def test_bitsandbytes_bundled_model_answers_paris(quantize: str, kv_cache_dtype:
 @pytest.fixture(scope="module")
 def gptq_model(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(GPTQ checkpoint, float checkpoint of its dequantized weights), both with the tokenizer."""
-    written = write_packed_checkpoints(tiny_model_dir, tmp_path_factory.mktemp("gptq"), "gptq", GPTQ_GROUP_SIZE)
+    written = write_packed_checkpoints(
+        tiny_model_dir, tmp_path_factory.mktemp("gptq"), "gptq", GPTQ_GROUP_SIZE
+    )
     for path in tiny_model_dir.iterdir():
         if "token" in path.name:
             for target in (written.quantized_dir, written.float_dir):
@@ -52,7 +54,9 @@ def gptq_model(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     return written.quantized_dir, written.float_dir
 
 
-def test_gptq_checkpoint_is_detected_and_generates_like_its_float_weights(gptq_model: tuple[Path, Path]) -> None:
+def test_gptq_checkpoint_is_detected_and_generates_like_its_float_weights(
+    gptq_model: tuple[Path, Path],
+) -> None:
     quantized_dir, float_dir = gptq_model
     expected = hf_greedy_ids(float_dir, PROMPT, MAX_NEW_TOKENS)
     with running_ferrite(["--model-id", str(quantized_dir), "--dtype", "float32"]) as server:
@@ -60,7 +64,9 @@ def test_gptq_checkpoint_is_detected_and_generates_like_its_float_weights(gptq_m
         assert served_greedy_ids(server, PROMPT, MAX_NEW_TOKENS) == expected
 
 
-def test_gptq_checkpoint_with_fp8_flag_is_refused_with_the_reason(gptq_model: tuple[Path, Path]) -> None:
+def test_gptq_checkpoint_with_fp8_flag_is_refused_with_the_reason(
+    gptq_model: tuple[Path, Path],
+) -> None:
     quantized_dir, _ = gptq_model
     result = run_launcher(["--model-id", str(quantized_dir), "--quantize", "fp8"])
     assert result.returncode != 0

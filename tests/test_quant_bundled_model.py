@@ -18,7 +18,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import torch
 from transformers import AutoTokenizer
 
 from ferrite_server.config import ShardConfig

@@ -31,13 +31,37 @@ def test_checkpoint_quantization_is_detected_without_the_flag() -> None:
     detected = resolve_quantization(None, {"quantization_config": GPTQ_CONFIG})
     assert detected is not None and detected.name == "gptq" and detected.prequantized
     assert detected.params == GptqParams(bits=4, group_size=128, desc_act=True, zero_offset=1)
-    v2 = resolve_quantization("gptq", {"quantization_config": {**GPTQ_CONFIG, "checkpoint_format": "gptq_v2"}})
+    v2 = resolve_quantization(
+        "gptq", {"quantization_config": {**GPTQ_CONFIG, "checkpoint_format": "gptq_v2"}}
+    )
     assert v2 is not None and v2.params.zero_offset == 0  # type: ignore[union-attr]
-    awq = resolve_quantization(None, {"quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 64, "zero_point": True, "version": "GEMM"}})
+    awq = resolve_quantization(
+        None,
+        {
+            "quantization_config": {
+                "quant_method": "awq",
+                "bits": 4,
+                "group_size": 64,
+                "zero_point": True,
+                "version": "GEMM",
+            }
+        },
+    )
     assert awq is not None and awq.name == "awq"
-    fp8 = resolve_quantization("fp8", {"quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128]}})
+    fp8 = resolve_quantization(
+        "fp8", {"quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128]}}
+    )
     assert fp8 is not None and fp8.prequantized
-    bnb = resolve_quantization(None, {"quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}})
+    bnb = resolve_quantization(
+        None,
+        {
+            "quantization_config": {
+                "quant_method": "bitsandbytes",
+                "load_in_4bit": True,
+                "bnb_4bit_quant_type": "nf4",
+            }
+        },
+    )
     assert bnb is not None and bnb.name == "bitsandbytes-nf4"
 
 
@@ -52,7 +76,11 @@ def test_checkpoint_quantization_is_detected_without_the_flag() -> None:
         (None, {"quant_method": "compressed-tensors"}, "not supported"),
         (None, {**GPTQ_CONFIG, "bits": 3}, "3 bits"),
         (None, {"quant_method": "awq", "version": "gemv"}, "GEMM format only"),
-        (None, {**GPTQ_CONFIG, "modules_to_not_convert": ["model.layers.0.mlp.down_proj"]}, "unquantized"),
+        (
+            None,
+            {**GPTQ_CONFIG, "modules_to_not_convert": ["model.layers.0.mlp.down_proj"]},
+            "unquantized",
+        ),
     ],
 )
 def test_impossible_combinations_are_refused_with_the_reason(
@@ -65,10 +93,18 @@ def test_impossible_combinations_are_refused_with_the_reason(
 
 def test_refusal_comes_before_any_weight_is_read(tmp_path: Path) -> None:
     """A GPTQ config.json and no weights at all: the refusal, not a missing-file error."""
-    (tmp_path / "config.json").write_text(json.dumps({
-        "architectures": ["LlamaForCausalLM"], "vocab_size": 32, "hidden_size": 16,
-        "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-        "quantization_config": GPTQ_CONFIG,
-    }))
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "architectures": ["LlamaForCausalLM"],
+                "vocab_size": 32,
+                "hidden_size": 16,
+                "intermediate_size": 32,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "quantization_config": GPTQ_CONFIG,
+            }
+        )
+    )
     with pytest.raises(QuantizationConfigError, match="--quantize fp8 cannot be used"):
         ModelRunner.load(replace(shard_config(tmp_path), quantize="fp8"))

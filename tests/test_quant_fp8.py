@@ -96,10 +96,14 @@ def test_fp8_checkpoint_generates_like_its_dequantized_float_model(
     fp8_dir, float_dir = write_fp8_checkpoints(source, tmp_path, block)
     engine = Engine.load(shard_config(fp8_dir))
     assert engine.info().quantization == "fp8"
-    num_blocks = engine.warmup(max_batch_prefill_tokens=64, max_batch_size=4, max_total_tokens=64).num_blocks
+    num_blocks = engine.warmup(
+        max_batch_prefill_tokens=64, max_batch_size=4, max_total_tokens=64
+    ).num_blocks
     params = RequestParams(stopping=StoppingParams(max_new_tokens=MAX_NEW_TOKENS, ignore_eos=True))
     generator = torch.Generator().manual_seed(3)
-    prompts = [torch.randint(6, TINY_VOCAB_SIZE, (n,), generator=generator).tolist() for n in (5, 17)]
+    prompts = [
+        torch.randint(6, TINY_VOCAB_SIZE, (n,), generator=generator).tolist() for n in (5, 17)
+    ]
     requests = [ScriptedRequest(i, prompt, params) for i, prompt in enumerate(prompts)]
     EngineDriver(engine, BlockAllocator(num_blocks)).run(requests)
     reference_model = load_reference_model(float_dir)

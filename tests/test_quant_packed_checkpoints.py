@@ -49,9 +49,13 @@ def test_dequantized_weights_equal_the_known_integers(
     for index, layer in enumerate(runner.model.model.layers):
         prefix = f"model.layers.{index}"
         expected = {
-            layer.self_attn.qkv_proj: _fused_known(written.known, f"{prefix}.self_attn", ("q_proj", "k_proj", "v_proj")),
+            layer.self_attn.qkv_proj: _fused_known(
+                written.known, f"{prefix}.self_attn", ("q_proj", "k_proj", "v_proj")
+            ),
             layer.self_attn.o_proj: written.known[f"{prefix}.self_attn.o_proj"].dequantized(),
-            layer.mlp.gate_up_proj: _fused_known(written.known, f"{prefix}.mlp", ("gate_proj", "up_proj")),
+            layer.mlp.gate_up_proj: _fused_known(
+                written.known, f"{prefix}.mlp", ("gate_proj", "up_proj")
+            ),
             layer.mlp.down_proj: written.known[f"{prefix}.mlp.down_proj"].dequantized(),
         }
         for module, weight in expected.items():
@@ -63,15 +67,22 @@ def test_dequantized_weights_equal_the_known_integers(
 
 def _prompts(seed: int) -> list[list[int]]:
     generator = torch.Generator().manual_seed(seed)
-    return [torch.randint(6, TINY_VOCAB_SIZE, (n,), generator=generator).tolist() for n in PROMPT_LENGTHS]
+    return [
+        torch.randint(6, TINY_VOCAB_SIZE, (n,), generator=generator).tolist()
+        for n in PROMPT_LENGTHS
+    ]
 
 
 @pytest.mark.parametrize("scheme", ["gptq", "awq"])
-def test_generation_matches_a_float_model_of_the_same_weights(tmp_path: Path, scheme: PackedScheme) -> None:
+def test_generation_matches_a_float_model_of_the_same_weights(
+    tmp_path: Path, scheme: PackedScheme
+) -> None:
     source = write_tiny_model(tmp_path / "float", TinyModelSpec(seed=4))
     written = write_packed_checkpoints(source, tmp_path, scheme, GROUP_SIZE, seed=1)
     engine = Engine.load(shard_config(written.quantized_dir))
-    num_blocks = engine.warmup(max_batch_prefill_tokens=64, max_batch_size=4, max_total_tokens=64).num_blocks
+    num_blocks = engine.warmup(
+        max_batch_prefill_tokens=64, max_batch_size=4, max_total_tokens=64
+    ).num_blocks
     params = RequestParams(stopping=StoppingParams(max_new_tokens=MAX_NEW_TOKENS, ignore_eos=True))
     prompts = _prompts(seed=2)
     requests = [ScriptedRequest(i, prompt, params) for i, prompt in enumerate(prompts)]
@@ -83,4 +94,7 @@ def test_generation_matches_a_float_model_of_the_same_weights(tmp_path: Path, sc
         reference = greedy_reference(reference_model, prompt, MAX_NEW_TOKENS, top_n=0)
         assert request.generated_ids == reference.token_ids
         got = [token.logprob for token in request.tokens]
-        assert max(abs(a - b) for a, b in zip(got, reference.logprobs, strict=True)) < LOGPROB_TOLERANCE
+        assert (
+            max(abs(a - b) for a, b in zip(got, reference.logprobs, strict=True))
+            < LOGPROB_TOLERANCE
+        )

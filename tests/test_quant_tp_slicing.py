@@ -102,7 +102,9 @@ def test_awq_column_and_row_slices_equal_packing_the_sliced_weight(rank: int) ->
     rows = slice(32 * rank, 32 * rank + 32)
     sliced = _slice_known(known, rows, None)
     groups = slice(4 * rank, 4 * rank + 4)  # consecutive groups: the rank's 32 rows = 4 groups
-    sliced = KnownQuantized(sliced.q, known.zeros[groups], known.scales[groups], sliced.g_idx - 4 * rank)
+    sliced = KnownQuantized(
+        sliced.q, known.zeros[groups], known.scales[groups], sliced.g_idx - 4 * rank
+    )
     for name, tensor in awq_tensors(sliced).items():
         assert torch.equal(getattr(row, name).data, tensor), name
     row.quant_method.process_weights_after_loading(row)
@@ -120,17 +122,21 @@ def test_fused_qkv_puts_each_parts_packed_slice_at_its_offset(rank: int) -> None
         parts[shard_id] = rtn_quantize(weight, 4, g_idx, min_zero=1)
         _load(layer, gptq_tensors(parts[shard_id], 4), shard_id)
     layer.quant_method.process_weights_after_loading(layer)
-    expected = torch.cat([
-        known.dequantized()[out // 2 * rank : out // 2 * (rank + 1)]
-        for known, out in ((parts["q"], 32), (parts["k"], 16), (parts["v"], 16))
-    ])
+    expected = torch.cat(
+        [
+            known.dequantized()[out // 2 * rank : out // 2 * (rank + 1)]
+            for known, out in ((parts["q"], 32), (parts["k"], 16), (parts["v"], 16))
+        ]
+    )
     assert torch.equal(dequantize_packed(layer.packed, torch.float32), expected)
 
 
 def test_fused_parts_with_different_act_orders_are_refused() -> None:
     from ferrite_server.weights import CheckpointError
 
-    layer = QKVParallelLinear(48, AttentionHeads(4, 2, 8), bias=False, placement=_placement(0, GPTQ))
+    layer = QKVParallelLinear(
+        48, AttentionHeads(4, 2, 8), bias=False, placement=_placement(0, GPTQ)
+    )
     generator = torch.Generator().manual_seed(0)
     for shard_id, out_features in (("q", 32), ("k", 16)):
         g_idx = act_order_g_idx(48, GROUP_SIZE, generator)  # a different order per part

@@ -32,8 +32,11 @@ def _fp8_inputs(case: PagedCase) -> tuple[PagedAttentionInputs, torch.Tensor]:
     key_cache = quantize_kv(batch.key_cache, K_SCALE)
     value_cache = quantize_kv(batch.value_cache, V_SCALE)
     dequantized = type(batch)(
-        batch.query, key_cache.float() * K_SCALE, value_cache.float() * V_SCALE,
-        batch.metadata, batch.scale,
+        batch.query,
+        key_cache.float() * K_SCALE,
+        value_cache.float() * V_SCALE,
+        batch.metadata,
+        batch.scale,
     )
     inputs = PagedAttentionInputs(
         batch.query, key_cache, value_cache, batch.metadata, batch.scale, K_SCALE, V_SCALE
@@ -44,7 +47,15 @@ def _fp8_inputs(case: PagedCase) -> tuple[PagedAttentionInputs, torch.Tensor]:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("partition_size", [None, 32])  # one partition, and split + reduce
 def test_decode_kernel_reads_fp8_cache(dtype: torch.dtype, partition_size: int | None) -> None:
-    case = PagedCase((1, 1, 1), (9, 40, 77), num_kv_heads=2, queries_per_kv=4, head_dim=64, block_size=16, dtype=dtype)
+    case = PagedCase(
+        (1, 1, 1),
+        (9, 40, 77),
+        num_kv_heads=2,
+        queries_per_kv=4,
+        head_dim=64,
+        block_size=16,
+        dtype=dtype,
+    )
     inputs, expected = _fp8_inputs(case)
     out = poisoned_like(inputs.query)
     paged_decode_attention(inputs, out, DecodeTiles(partition_size_tokens=partition_size))
@@ -54,7 +65,15 @@ def test_decode_kernel_reads_fp8_cache(dtype: torch.dtype, partition_size: int |
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_varlen_kernel_reads_fp8_cache(dtype: torch.dtype) -> None:
-    case = PagedCase((13, 1, 30), (13, 21, 45), num_kv_heads=2, queries_per_kv=2, head_dim=64, block_size=16, dtype=dtype)
+    case = PagedCase(
+        (13, 1, 30),
+        (13, 21, 45),
+        num_kv_heads=2,
+        queries_per_kv=2,
+        head_dim=64,
+        block_size=16,
+        dtype=dtype,
+    )
     inputs, expected = _fp8_inputs(case)
     out = poisoned_like(inputs.query)
     varlen_prefill_attention(inputs, out)
@@ -77,7 +96,9 @@ def test_backends_agree_on_fp8_cache_over_steps() -> None:
     for query_lens, seq_lens in [((40, 30), (40, 30)), ((1, 25), (41, 55)), ((1, 1), (42, 56))]:
         metadata = _metadata_for_step(query_lens, seq_lens, block_order)
         num_tokens = sum(query_lens)
-        query = torch.randn(num_tokens, num_kv_heads * queries_per_kv, head_dim, generator=generator)
+        query = torch.randn(
+            num_tokens, num_kv_heads * queries_per_kv, head_dim, generator=generator
+        )
         key = torch.randn(num_tokens, num_kv_heads, head_dim, generator=generator) * 3
         value = torch.randn(num_tokens, num_kv_heads, head_dim, generator=generator)
         outputs = []

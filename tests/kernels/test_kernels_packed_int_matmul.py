@@ -17,7 +17,9 @@ from ferrite_server.layers.quantization.packed_linear import (
 TILES = PackedMatmulTiles(block_m=16, block_n=32, block_k=32)
 
 
-def _weights(layout: str, bits: int, in_features: int, out_features: int, group_size: int, act_order: bool) -> PackedIntWeights:
+def _weights(
+    layout: str, bits: int, in_features: int, out_features: int, group_size: int, act_order: bool
+) -> PackedIntWeights:
     generator = torch.Generator().manual_seed(in_features + out_features + bits)
     max_code = (1 << bits) - 1
     num_groups = in_features // group_size
@@ -29,14 +31,23 @@ def _weights(layout: str, bits: int, in_features: int, out_features: int, group_
         g_idx = g_idx[torch.randperm(in_features, generator=generator)]
     if layout == "awq":
         return PackedIntWeights(
-            pack_int32(q, 4, 1, AWQ_ORDER), pack_int32(zeros, 4, 1, AWQ_ORDER), scales,
-            g_idx.to(torch.int32), 4, "awq",
+            pack_int32(q, 4, 1, AWQ_ORDER),
+            pack_int32(zeros, 4, 1, AWQ_ORDER),
+            scales,
+            g_idx.to(torch.int32),
+            4,
+            "awq",
         )
     # GPTQ's original format: zero - 1 stored, wrapping 0 to the top code (read back + 1).
     stored_zeros = (zeros - 1) & max_code
     return PackedIntWeights(
-        pack_int32(q, bits, 0), pack_int32(stored_zeros, bits, 1), scales,
-        g_idx.to(torch.int32), bits, "gptq", zero_offset=1,
+        pack_int32(q, bits, 0),
+        pack_int32(stored_zeros, bits, 1),
+        scales,
+        g_idx.to(torch.int32),
+        bits,
+        "gptq",
+        zero_offset=1,
     )
 
 
@@ -49,7 +60,9 @@ def _weights(layout: str, bits: int, in_features: int, out_features: int, group_
 def test_kernel_matches_dequantized_matmul(
     dtype: torch.dtype, layout: str, bits: int, act_order: bool, num_rows: int
 ) -> None:
-    weights = _weights(layout, bits, in_features=96, out_features=80, group_size=16, act_order=act_order)
+    weights = _weights(
+        layout, bits, in_features=96, out_features=80, group_size=16, act_order=act_order
+    )
     x = torch.randn(num_rows, 96, generator=torch.Generator().manual_seed(num_rows)).to(dtype)
     reference = x.float() @ dequantize_packed(weights, torch.float32).t()
     out = packed_int_matmul(x, weights, TILES)
@@ -67,7 +80,9 @@ def test_dequantization_reads_gptq_zeros_plus_one_and_awq_slot_order() -> None:
         qzeros=torch.tensor([[0x00000002]], dtype=torch.int32),  # column 0 stores 2, others 0
         scales=torch.ones(1, 8, dtype=torch.float16),
         g_idx=torch.zeros(8, dtype=torch.int32),
-        bits=4, layout="gptq", zero_offset=1,
+        bits=4,
+        layout="gptq",
+        zero_offset=1,
     )
     assert gptq.qweight[0, 0].item() == 0x76543210
     dequantized = dequantize_packed(gptq, torch.float32)  # [N 8, K 8]
@@ -79,7 +94,8 @@ def test_dequantization_reads_gptq_zeros_plus_one_and_awq_slot_order() -> None:
         qzeros=torch.zeros(1, 1, dtype=torch.int32),
         scales=torch.ones(1, 8, dtype=torch.float16),
         g_idx=torch.zeros(1, dtype=torch.int32),
-        bits=4, layout="awq",
+        bits=4,
+        layout="awq",
     )
     assert dequantize_packed(awq, torch.float32).reshape(-1).tolist() == list(range(8))
 

@@ -26,13 +26,17 @@ def _per_tensor(weight: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Te
     return parts, fp8.float() * scale
 
 
-def _blocks(weight: torch.Tensor, block: tuple[int, int]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def _blocks(
+    weight: torch.Tensor, block: tuple[int, int]
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     rows, cols = weight.shape
     block_n, block_k = block
     grid = weight.float().reshape(rows // block_n, block_n, cols // block_k, block_k)
     scales = grid.abs().amax(dim=(1, 3)) / FP8_MAX  # [N / bn, K / bk]
     fp8 = to_fp8(grid, scales[:, None, :, None]).reshape(rows, cols)
-    return {"weight": fp8, "weight_scale_inv": scales}, dequantize_blocks(fp8, scales, block, torch.float32)
+    return {"weight": fp8, "weight_scale_inv": scales}, dequantize_blocks(
+        fp8, scales, block, torch.float32
+    )
 
 
 def write_fp8_checkpoints(
@@ -52,17 +56,30 @@ def write_fp8_checkpoints(
     config = json.loads((source_dir / "config.json").read_text())
     quantization_config: dict = {"quant_method": "fp8", "activation_scheme": "static"}
     if block is not None:
-        quantization_config = {"quant_method": "fp8", "activation_scheme": "dynamic", "weight_block_size": list(block)}
+        quantization_config = {
+            "quant_method": "fp8",
+            "activation_scheme": "dynamic",
+            "weight_block_size": list(block),
+        }
     name = "fp8-block" if block else "fp8-tensor"
-    fp8_dir = _write(out_dir / name, source_dir, quantized, {**config, "quantization_config": quantization_config})
+    fp8_dir = _write(
+        out_dir / name,
+        source_dir,
+        quantized,
+        {**config, "quantization_config": quantization_config},
+    )
     float_dir = _write(out_dir / f"{name}-dequantized", source_dir, dequantized, config)
     return fp8_dir, float_dir
 
 
-def _write(directory: Path, source_dir: Path, tensors: dict[str, torch.Tensor], config: dict) -> Path:
+def _write(
+    directory: Path, source_dir: Path, tensors: dict[str, torch.Tensor], config: dict
+) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     if (source_dir / "generation_config.json").is_file():
         shutil.copy(source_dir / "generation_config.json", directory / "generation_config.json")
     (directory / "config.json").write_text(json.dumps(config))
-    save_file({name: t.contiguous() for name, t in tensors.items()}, directory / "model.safetensors")
+    save_file(
+        {name: t.contiguous() for name, t in tensors.items()}, directory / "model.safetensors"
+    )
     return directory

@@ -92,7 +92,12 @@ class PackedCheckpoints:
 
 
 def write_packed_checkpoints(
-    source_dir: Path, out_dir: Path, scheme: PackedScheme, group_size: int, bits: int = 4, seed: int = 0
+    source_dir: Path,
+    out_dir: Path,
+    scheme: PackedScheme,
+    group_size: int,
+    bits: int = 4,
+    seed: int = 0,
 ) -> PackedCheckpoints:
     generator = torch.Generator().manual_seed(seed)
     tensors = load_file(source_dir / "model.safetensors")
@@ -114,25 +119,48 @@ def write_packed_checkpoints(
         else:
             g_idx = torch.arange(num_inputs) // group_size
         known[prefix] = rtn_quantize(tensor, bits, g_idx, min_zero=1 if scheme == "gptq" else 0)
-        parts = gptq_tensors(known[prefix], bits) if scheme == "gptq" else awq_tensors(known[prefix])
+        parts = (
+            gptq_tensors(known[prefix], bits) if scheme == "gptq" else awq_tensors(known[prefix])
+        )
         quantized.update({f"{prefix}.{part}": value for part, value in parts.items()})
         dequantized[name] = known[prefix].dequantized()
     config = json.loads((source_dir / "config.json").read_text())
     quantization_config = (
-        {"quant_method": "gptq", "bits": bits, "group_size": group_size, "desc_act": True, "sym": False}
+        {
+            "quant_method": "gptq",
+            "bits": bits,
+            "group_size": group_size,
+            "desc_act": True,
+            "sym": False,
+        }
         if scheme == "gptq"
-        else {"quant_method": "awq", "bits": 4, "group_size": group_size, "zero_point": True, "version": "gemm"}
+        else {
+            "quant_method": "awq",
+            "bits": 4,
+            "group_size": group_size,
+            "zero_point": True,
+            "version": "gemm",
+        }
     )
-    quantized_dir = _write(out_dir / scheme, source_dir, quantized, {**config, "quantization_config": quantization_config})
+    quantized_dir = _write(
+        out_dir / scheme,
+        source_dir,
+        quantized,
+        {**config, "quantization_config": quantization_config},
+    )
     float_dir = _write(out_dir / f"{scheme}-dequantized", source_dir, dequantized, config)
     return PackedCheckpoints(quantized_dir, float_dir, known)
 
 
-def _write(directory: Path, source_dir: Path, tensors: dict[str, torch.Tensor], config: dict) -> Path:
+def _write(
+    directory: Path, source_dir: Path, tensors: dict[str, torch.Tensor], config: dict
+) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     for extra in ("generation_config.json",):
         if (source_dir / extra).is_file():
             shutil.copy(source_dir / extra, directory / extra)
     (directory / "config.json").write_text(json.dumps(config))
-    save_file({name: t.contiguous() for name, t in tensors.items()}, directory / "model.safetensors")
+    save_file(
+        {name: t.contiguous() for name, t in tensors.items()}, directory / "model.safetensors"
+    )
     return directory

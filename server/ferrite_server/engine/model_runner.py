@@ -35,7 +35,6 @@ from ferrite_server.models.config import (
 )
 from ferrite_server.models.interface import CausalLM, KVCache
 from ferrite_server.weights import (
-    CheckpointLayout,
     TensorParallelRank,
     iter_checkpoint_tensors,
     load_named_tensors,

@@ -87,7 +87,11 @@ def _packed_int_matmul_kernel(
         w = ((q - zeros).to(tl.float32) * scales.to(tl.float32)).to(x.dtype)  # [BLOCK_K, BLOCK_N]
         acc += tl.dot(x, w, input_precision=DOT_PRECISION)
     out_offsets = rows[:, None].to(tl.int64) * stride_om + cols[None, :]
-    tl.store(out_ptr + out_offsets, acc.to(out_ptr.dtype.element_ty), mask=row_mask[:, None] & col_mask[None, :])
+    tl.store(
+        out_ptr + out_offsets,
+        acc.to(out_ptr.dtype.element_ty),
+        mask=row_mask[:, None] & col_mask[None, :],
+    )
 
 
 @dataclass(frozen=True)
@@ -148,4 +152,3 @@ def _check_args(x: torch.Tensor, weights: PackedIntWeights) -> None:
             raise ValueError(f"{name} rows must be contiguous")
     if weights.out_features % pack != 0:
         raise ValueError(f"{weights.out_features} output features are not a multiple of {pack}")
-

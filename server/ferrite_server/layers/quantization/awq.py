@@ -36,7 +36,9 @@ def awq_dims(group_size: int) -> dict[str, ShardedDims]:
     pack = pack_factor(AWQ_BITS)
     return {
         "qweight": ShardedDims(output_dim=1, output_divisor=pack, input_dim=0),
-        "qzeros": ShardedDims(output_dim=1, output_divisor=pack, input_dim=0, input_divisor=group_size),
+        "qzeros": ShardedDims(
+            output_dim=1, output_divisor=pack, input_dim=0, input_divisor=group_size
+        ),
         "scales": ShardedDims(output_dim=1, input_dim=0, input_divisor=group_size),
     }
 
@@ -61,15 +63,21 @@ class AwqMethod:
             )
         groups = in_local // group_size
         dims = awq_dims(group_size)
-        layer.qweight = sharded_parameter(shape, dims["qweight"], (in_local, out_local // pack), torch.int32)
-        layer.qzeros = sharded_parameter(shape, dims["qzeros"], (groups, out_local // pack), torch.int32)
+        layer.qweight = sharded_parameter(
+            shape, dims["qweight"], (in_local, out_local // pack), torch.int32
+        )
+        layer.qzeros = sharded_parameter(
+            shape, dims["qzeros"], (groups, out_local // pack), torch.int32
+        )
         layer.scales = sharded_parameter(shape, dims["scales"], (groups, out_local), torch.float16)
         layer.awq_group_size = group_size
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
         qweight = layer.qweight.data
         in_local = qweight.shape[0]
-        g_idx = torch.arange(in_local, dtype=torch.int32, device=qweight.device) // layer.awq_group_size
+        g_idx = (
+            torch.arange(in_local, dtype=torch.int32, device=qweight.device) // layer.awq_group_size
+        )
         layer.register_buffer("g_idx", g_idx, persistent=False)
         layer.packed = PackedIntWeights(
             qweight=qweight,

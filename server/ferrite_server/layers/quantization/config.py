@@ -10,6 +10,7 @@ before any weight is read.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Union, get_args
@@ -95,13 +96,14 @@ def _on_the_fly(requested: QuantizeName | None) -> QuantizationConfig | None:
     if requested in ("gptq", "awq"):
         raise QuantizationConfigError(
             f"--quantize {requested} only serves {requested.upper()} checkpoints (config.json with "
-            f"quantization_config.quant_method \"{requested}\"); this checkpoint has float "
+            f'quantization_config.quant_method "{requested}"); this checkpoint has float '
             "weights, which can be quantized at load time with --quantize bitsandbytes, "
             "bitsandbytes-nf4, bitsandbytes-fp4 or fp8"
         )
     if requested == "fp8":
         return QuantizationConfig("fp8", Fp8Params(), prequantized=False)
     kind = {"bitsandbytes": "int8", "bitsandbytes-nf4": "nf4", "bitsandbytes-fp4": "fp4"}[requested]
+    _require_bitsandbytes()
     return QuantizationConfig(requested, BnbParams(kind), prequantized=False)  # type: ignore[arg-type]
 
 
@@ -177,12 +179,22 @@ def _fp8(qc: dict[str, Any]) -> QuantizationConfig:
     return QuantizationConfig("fp8", params, prequantized=True)
 
 
+def _require_bitsandbytes() -> None:
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise QuantizationConfigError(
+            "bitsandbytes quantization needs the `bitsandbytes` package (pip install bitsandbytes)"
+        )
+
+
 def _bitsandbytes(qc: dict[str, Any]) -> QuantizationConfig:
     _refuse_skipped_modules(qc, "bitsandbytes")
+    _require_bitsandbytes()
     if qc.get("load_in_8bit"):
         return QuantizationConfig("bitsandbytes", BnbParams("int8"), prequantized=True)
     if not qc.get("load_in_4bit"):
-        raise QuantizationConfigError("bitsandbytes checkpoint is neither load_in_8bit nor load_in_4bit")
+        raise QuantizationConfigError(
+            "bitsandbytes checkpoint is neither load_in_8bit nor load_in_4bit"
+        )
     kind = str(qc.get("bnb_4bit_quant_type", "fp4"))
     if kind not in ("nf4", "fp4"):
         raise QuantizationConfigError(f"bitsandbytes 4-bit type {kind!r} is not nf4 or fp4")

@@ -83,10 +83,14 @@ class Fp8CheckpointMethod:
         layer.fp8_part_sizes = shape.local_output_sizes
         if self.params.static_input_scales:
             per_part = ShardedDims(per_part=True)
-            layer.input_scale = sharded_parameter(shape, per_part, (shape.num_parts,), torch.float32)
+            layer.input_scale = sharded_parameter(
+                shape, per_part, (shape.num_parts,), torch.float32
+            )
         if self.params.block_size is None:
             per_part = ShardedDims(per_part=True)
-            layer.weight_scale = sharded_parameter(shape, per_part, (shape.num_parts,), torch.float32)
+            layer.weight_scale = sharded_parameter(
+                shape, per_part, (shape.num_parts,), torch.float32
+            )
             return
         block_n, block_k = self.params.block_size
         _check_blocks(shape, block_n, block_k)
@@ -118,7 +122,9 @@ class Fp8CheckpointMethod:
         if layer.block_scales is None:
             return apply_per_channel(layer, x, bias)
         assert self.params.block_size is not None
-        weight = dequantize_blocks(layer.weight, layer.block_scales, self.params.block_size, x.dtype)
+        weight = dequantize_blocks(
+            layer.weight, layer.block_scales, self.params.block_size, x.dtype
+        )
         return torch.nn.functional.linear(x, weight, bias)
 
 

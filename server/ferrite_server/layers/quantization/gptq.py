@@ -66,8 +66,12 @@ class GptqMethod:
             )
         groups = num_groups(shape.input_size, self.params.group_size)
         dims = gptq_dims(self.params.bits)
-        layer.qweight = sharded_parameter(shape, dims["qweight"], (in_local // pack, out_local), torch.int32)
-        layer.qzeros = sharded_parameter(shape, dims["qzeros"], (groups, out_local // pack), torch.int32)
+        layer.qweight = sharded_parameter(
+            shape, dims["qweight"], (in_local // pack, out_local), torch.int32
+        )
+        layer.qzeros = sharded_parameter(
+            shape, dims["qzeros"], (groups, out_local // pack), torch.int32
+        )
         layer.scales = sharded_parameter(shape, dims["scales"], (groups, out_local), torch.float16)
         layer.g_idx = sharded_parameter(shape, dims["g_idx"], (in_local,), torch.int32)
 

@@ -70,9 +70,7 @@ def packed_kernel_available(device: torch.device) -> bool:
     return bool(triton.knobs.runtime.interpret)
 
 
-def packed_int_linear(
-    x: torch.Tensor, weights: PackedIntWeights, use_kernel: bool
-) -> torch.Tensor:
+def packed_int_linear(x: torch.Tensor, weights: PackedIntWeights, use_kernel: bool) -> torch.Tensor:
     """x [M, K] -> [M, N] in x's dtype."""
     if use_kernel and x.shape[0] < DEQUANT_MIN_TOKENS:
         from ferrite_server.kernels.packed_int_matmul import packed_int_matmul
