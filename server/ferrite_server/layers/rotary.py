@@ -83,3 +83,19 @@ def apply_rotary(
     x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
 ) -> torch.Tensor:  # x [T, heads, head_dim], cos / sin [T, head_dim] -> [T, heads, head_dim]
     return x * cos[:, None, :] + _rotate_half(x) * sin[:, None, :]
+
+
+def rotate_query_key(
+    query: torch.Tensor,  # [T, num_heads, head_dim]
+    key: torch.Tensor,  # [T, num_kv_heads, head_dim]
+    cos: torch.Tensor,  # [T, head_dim]
+    sin: torch.Tensor,  # [T, head_dim]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoPE on query and key: one fused in-place kernel on CUDA (kernels/rotary.py), the torch
+    expression elsewhere. The inputs may be views of a fused QKV output that is not used again."""
+    if query.is_cuda:
+        from ferrite_server.kernels.rotary import rotate_query_key_
+
+        rotate_query_key_(query, key, cos, sin)
+        return query, key
+    return apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)

@@ -25,7 +25,7 @@ from ferrite_server.layers.linear import (
 )
 from ferrite_server.layers.norm import RMSNorm
 from ferrite_server.layers.placement import LayerPlacement
-from ferrite_server.layers.rotary import RotaryEmbedding, apply_rotary
+from ferrite_server.layers.rotary import RotaryEmbedding, rotate_query_key
 from ferrite_server.models.config import DecoderConfig, HfConfig, decoder_config_from_hf
 from ferrite_server.models.interface import KVCache
 from ferrite_server.weights import CheckpointLayout, PackedWeight
@@ -67,8 +67,12 @@ class LlamaAttention(nn.Module):
         kv_size = self.num_kv_heads * self.head_dim
         query, key, value = self.qkv_proj(hidden).split([q_size, kv_size, kv_size], dim=-1)
         cos, sin = cos_sin
-        query = apply_rotary(query.view(-1, self.num_heads, self.head_dim), cos, sin)
-        key = apply_rotary(key.view(-1, self.num_kv_heads, self.head_dim), cos, sin)
+        query, key = rotate_query_key(
+            query.view(-1, self.num_heads, self.head_dim),
+            key.view(-1, self.num_kv_heads, self.head_dim),
+            cos,
+            sin,
+        )
         value = value.view(-1, self.num_kv_heads, self.head_dim)
         key_cache, value_cache = kv_cache
         self.backend.write_kv(key, value, key_cache, value_cache, attn_metadata.slot_mapping)
@@ -112,8 +116,8 @@ class LlamaDecoderLayer(nn.Module):
         attn_metadata: AttentionMetadata,
     ) -> torch.Tensor:  # [T, H]
         attended = self.self_attn(self.input_layernorm(hidden), cos_sin, kv_cache, attn_metadata)
-        hidden = hidden + attended
-        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+        normed, hidden = self.post_attention_layernorm.add_and_norm(attended, hidden)
+        return hidden + self.mlp(normed)
 
 
 class LlamaModel(nn.Module):

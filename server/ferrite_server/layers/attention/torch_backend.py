@@ -1,7 +1,9 @@
 """The PyTorch reference attention backend: gather each sequence's KV blocks, then SDPA.
 
-Correct on any device and simple enough to be the reference every kernel is tested against;
-it loops over sequences in Python, so it is not meant to be fast on a GPU. With an fp8 KV cache
+Correct on any device and simple enough to be the reference every kernel is tested against.
+Prompt chunks loop over their sequences in Python (few per step); decode tokens (one query
+each, most of a busy batch) are attended in one padded SDPA call over all their contexts, so
+batching pays on the CPU, where this backend is the one in use. With an fp8 KV cache
 (kv_quant.py) new rows are quantized on write and gathered rows are widened and rescaled.
 """
 
@@ -17,6 +19,7 @@ from ferrite_server.layers.attention.kv_quant import (
     is_fp8_cache,
     quantize_kv,
 )
+from ferrite_server.layers.attention.torch_decode_batch import DecodeBatch
 
 
 class TorchAttentionBackend:
@@ -24,6 +27,9 @@ class TorchAttentionBackend:
 
     def __init__(self, kv_quant: KVCacheQuant = KVCacheQuant()) -> None:
         self.kv_quant = kv_quant
+        # One step's metadata is shared by every layer: its decode gather indices are built
+        # for the first layer and reused by the others.
+        self._decode_batch: tuple[AttentionMetadata, DecodeBatch | None] | None = None
 
     def write_kv(
         self,
@@ -53,7 +59,12 @@ class TorchAttentionBackend:
     ) -> torch.Tensor:  # [T, num_heads, head_dim]
         output = torch.empty_like(query)
         block_size = key_cache.shape[1]
+        decode_batch = self._decode_batch_for(metadata, block_size)
+        if decode_batch is not None:
+            decode_batch.attend(query, key_cache, value_cache, scale, output, self._widen)
         for seq_index in range(metadata.num_seqs):
+            if decode_batch is not None and decode_batch.includes(seq_index):
+                continue
             query_start = metadata.query_start_loc_cpu[seq_index]
             query_end = metadata.query_start_loc_cpu[seq_index + 1]
             seq_len = metadata.seq_lens_cpu[seq_index]
@@ -67,11 +78,16 @@ class TorchAttentionBackend:
         return output
 
     def _widen(self, rows: torch.Tensor, dtype: torch.dtype, is_key: bool) -> torch.Tensor:
-        """Gathered cache rows [seq_len, kv_heads, D] in the query's dtype (fp8: times scale)."""
+        """Gathered cache rows [..., D] in the query's dtype (fp8: widened times the scale)."""
         if not is_fp8_cache(rows):
             return rows
         scale = self.kv_quant.k_scale if is_key else self.kv_quant.v_scale
         return rows.to(dtype) * scale
+
+    def _decode_batch_for(self, metadata: AttentionMetadata, block_size: int) -> DecodeBatch | None:
+        if self._decode_batch is None or self._decode_batch[0] is not metadata:
+            self._decode_batch = (metadata, DecodeBatch.plan(metadata, block_size))
+        return self._decode_batch[1]
 
 
 def _gather_context(

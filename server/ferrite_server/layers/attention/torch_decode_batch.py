@@ -1,0 +1,83 @@
+"""All of a step's decode tokens attended in one padded SDPA call (the torch backend's fast path).
+
+A decode token is a sequence with one query row that sees its whole context, so the contexts can
+be gathered from the paged cache side by side, padded to the longest, and masked: one gather and
+one SDPA per layer instead of one per sequence. Padding keys are masked out, so each row's
+softmax covers exactly its own context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ferrite_server.layers.attention.backend import AttentionMetadata
+
+# (gathered cache rows, query dtype, is_key) -> rows as attention reads them.
+Widen = Callable[[torch.Tensor, torch.dtype, bool], torch.Tensor]
+# Below this many decode sequences the per-sequence loop is as cheap, and it needs no padding.
+MIN_BATCHED_DECODES = 2
+
+
+@dataclass(frozen=True)
+class DecodeBatch:
+    seq_indices: frozenset[int]  # which of the step's sequences are decodes
+    query_rows: torch.Tensor  # [S] int64: the decode tokens' rows in the step's query
+    block_tables: torch.Tensor  # [S, num_blocks] blocks covering the longest context
+    key_mask: torch.Tensor  # [S, 1, 1, max_len] bool: True where a key is in the context
+    max_len: int
+
+    @staticmethod
+    def plan(metadata: AttentionMetadata, block_size: int) -> DecodeBatch | None:
+        """The step's decode sequences, or None when there are too few to batch."""
+        starts = metadata.query_start_loc_cpu
+        decodes = [s for s in range(metadata.num_seqs) if starts[s + 1] - starts[s] == 1]
+        if len(decodes) < MIN_BATCHED_DECODES:
+            return None
+        device = metadata.block_tables.device
+        seq_lens = [metadata.seq_lens_cpu[s] for s in decodes]
+        max_len = max(seq_lens)
+        num_blocks = -(-max_len // block_size)
+        index = torch.tensor(decodes, dtype=torch.int64, device=device)
+        lens = torch.tensor(seq_lens, dtype=torch.int64, device=device)
+        positions = torch.arange(max_len, device=device)
+        return DecodeBatch(
+            seq_indices=frozenset(decodes),
+            query_rows=torch.tensor([starts[s] for s in decodes], dtype=torch.int64, device=device),
+            # Entries past a sequence's own blocks are 0 (a real block): read, then masked.
+            block_tables=metadata.block_tables.index_select(0, index)[:, :num_blocks].long(),
+            key_mask=(positions[None, :] < lens[:, None])[:, None, None, :],
+            max_len=max_len,
+        )
+
+    def includes(self, seq_index: int) -> bool:
+        return seq_index in self.seq_indices
+
+    def attend(
+        self,
+        query: torch.Tensor,  # [T, num_heads, D]
+        key_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, D]
+        value_cache: torch.Tensor,
+        scale: float,
+        output: torch.Tensor,  # [T, num_heads, D]: the decode rows are written
+        widen: Widen | None = None,
+    ) -> None:
+        num_heads, num_kv_heads = query.shape[1], key_cache.shape[2]
+        keys = self._gather(key_cache)  # [S, num_kv_heads, max_len, D]
+        values = self._gather(value_cache)
+        if widen is not None:  # e.g. an fp8 cache: to the query's dtype, times its scale
+            keys, values = widen(keys, query.dtype, True), widen(values, query.dtype, False)
+        queries = query.index_select(0, self.query_rows)[:, :, None, :]  # [S, num_heads, 1, D]
+        attended = F.scaled_dot_product_attention(
+            queries, keys, values, attn_mask=self.key_mask, scale=scale,
+            enable_gqa=num_heads != num_kv_heads,
+        )  # [S, num_heads, 1, D]
+        output.index_copy_(0, self.query_rows, attended[:, :, 0, :])
+
+    def _gather(self, cache: torch.Tensor) -> torch.Tensor:
+        # [S, num_blocks, block_size, kv_heads, D] -> [S, max_len, kv_heads, D] -> [S, kv_heads, max_len, D]
+        gathered = cache[self.block_tables].flatten(1, 2)[:, : self.max_len]
+        return gathered.transpose(1, 2)
