@@ -24,6 +24,7 @@ from tests.support.torch_threads import single_threaded_torch
 
 # Both run bitsandbytes' CPU matmuls on the same codes; int8 activations round per call.
 LOGIT_TOLERANCE = {"int8": 2e-2, "nf4": 1e-3}
+MEAN_LOGIT_BOUND = {"bitsandbytes": 0.1, "bitsandbytes-nf4": 0.25, "bitsandbytes-fp4": 0.4}
 
 
 @pytest.fixture(autouse=True)
@@ -64,3 +65,22 @@ def test_prequantized_checkpoint_matches_transformers(tmp_path: Path, kind: str)
         expected = hf_model(prompt[None]).logits[0].float()
     got = prompt_logits(runner, prompt.tolist())
     assert (got - expected).abs().max().item() < LOGIT_TOLERANCE[kind]
+
+
+@pytest.mark.parametrize("quantize", ["bitsandbytes", "bitsandbytes-nf4", "bitsandbytes-fp4"])
+def test_on_the_fly_bitsandbytes_keeps_a_tiny_model_close(tmp_path: Path, quantize: str) -> None:
+    """Every bitsandbytes flavour quantizes a float checkpoint at load on CPU; its logits stay
+    within rounding of the float model's: on average within MEAN_LOGIT_BOUND x their spread
+    (fp4's floating-point codes fit Gaussian weights worse than nf4's normal quantiles)."""
+    from dataclasses import replace
+
+    model_dir = write_tiny_model(tmp_path / "float", TinyModelSpec(seed=7))
+    config = shard_config(model_dir)
+    reference = ModelRunner.load(config)
+    quantized = ModelRunner.load(replace(config, quantize=quantize))  # type: ignore[arg-type]
+    assert quantized.facts.quantization == quantize
+    assert not hasattr(quantized.model.model.layers[0].mlp.down_proj, "weight")  # float freed
+    prompt = torch.randint(6, TINY_VOCAB_SIZE, (24,), generator=torch.Generator().manual_seed(2))
+    expected = prompt_logits(reference, prompt.tolist())
+    difference = (prompt_logits(quantized, prompt.tolist()) - expected).abs().mean().item()
+    assert 0 < difference < MEAN_LOGIT_BOUND[quantize] * expected.std().item()

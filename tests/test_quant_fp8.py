@@ -76,6 +76,11 @@ def test_fp8_weights_and_kv_cache_keep_logits_close(tmp_path: Path) -> None:
     quantized = ModelRunner.load(replace(config, quantize="fp8", kv_cache_dtype="fp8"))
     assert quantized.facts.quantization == "fp8"
     assert quantized.kv_cache_spec(16).dtype == torch.float8_e4m3fn
+    # KV sizing counts one byte per element (the reference stores float32: four).
+    assert (
+        4 * quantized.kv_cache_spec(16).bytes_per_block
+        == reference.kv_cache_spec(16).bytes_per_block
+    )
     layer = quantized.model.model.layers[0].mlp.down_proj
     assert layer.weight.dtype == FP8_DTYPE and not layer.use_scaled_mm  # CPU: the fallback
     prompt = torch.randint(6, TINY_VOCAB_SIZE, (40,), generator=torch.Generator().manual_seed(2))
