@@ -39,7 +39,7 @@ AWQ = QuantizationConfig("awq", AwqParams(group_size=GROUP_SIZE), True)
 
 def _placement(rank: int, quantization: QuantizationConfig) -> LayerPlacement:
     tp = TensorParallelRank(rank, WORLD_SIZE)
-    return LayerPlacement(torch.float32, torch.device("cpu"), tp, quantization)
+    return LayerPlacement(torch.float32, torch.device("cpu"), tp, quantization=quantization)
 
 
 def _known(out_features: int, in_features: int, act_order: bool, seed: int) -> KnownQuantized:
@@ -161,3 +161,29 @@ def test_fp8_block_scales_slice_with_their_blocks(rank: int) -> None:
     _load(row, {"weight": weight, "weight_scale_inv": scales}, None)
     assert torch.equal(row.weight_scale_inv.data, scales[:, 2 * rank : 2 * rank + 2])
     assert torch.equal(row.weight.data.float(), weight[:, 32 * rank : 32 * rank + 32].float())
+
+
+@pytest.mark.parametrize("rank", [0, 1, 2, 3])
+def test_replicated_kv_heads_take_their_heads_packed_slice(rank: int) -> None:
+    """4 ranks, 2 KV heads: ranks 0-1 keep KV head 0, ranks 2-3 KV head 1 (HeadPartition)."""
+    heads = AttentionHeads(num_heads=4, num_kv_heads=2, head_dim=8)  # q 32, k 16, v 16 outputs
+    placement = LayerPlacement(
+        torch.float32, torch.device("cpu"), TensorParallelRank(rank, 4), quantization=GPTQ
+    )
+    layer = QKVParallelLinear(48, heads, bias=False, placement=placement)
+    g_idx = act_order_g_idx(48, GROUP_SIZE, torch.Generator().manual_seed(6))
+    parts = {}
+    for seed, (shard_id, out_features) in enumerate((("q", 32), ("k", 16), ("v", 16))):
+        weight = torch.randn(out_features, 48, generator=torch.Generator().manual_seed(seed))
+        parts[shard_id] = rtn_quantize(weight, 4, g_idx, min_zero=1)
+        _load(layer, gptq_tensors(parts[shard_id], 4), shard_id)
+    layer.quant_method.process_weights_after_loading(layer)
+    kv_head = rank // 2
+    expected = torch.cat(
+        [
+            parts["q"].dequantized()[8 * rank : 8 * rank + 8],
+            parts["k"].dequantized()[8 * kv_head : 8 * kv_head + 8],
+            parts["v"].dequantized()[8 * kv_head : 8 * kv_head + 8],
+        ]
+    )
+    assert torch.equal(dequantize_packed(layer.packed, torch.float32), expected)

@@ -164,13 +164,37 @@ pub struct Args {
     #[arg(long, env)]
     pub shard_uds_path: Option<PathBuf>,
 
-    /// torch.distributed rendezvous address of the shards
+    /// torch.distributed rendezvous address of the shards (multi-node: node 0's address, reachable from every node)
     #[arg(long, env, default_value = "127.0.0.1")]
     pub master_addr: String,
 
-    /// torch.distributed rendezvous port of the shards
+    /// torch.distributed rendezvous port of the shards (on the master address)
     #[arg(long, env, default_value_t = 29500)]
     pub master_port: u16,
+
+    /// Number of nodes (hosts) the shards span; each runs --num-shard of them (tensor parallelism over all)
+    #[arg(long, env, default_value_t = 1)]
+    pub nnodes: u32,
+
+    /// This node's index among --nnodes; node 0 runs rank 0 (the rendezvous) and the router
+    #[arg(long, env, default_value_t = 0)]
+    pub node_rank: u32,
+
+    /// Seconds a tensor-parallel collective may wait for the other ranks before the shards exit with an error
+    #[arg(long, env, default_value_t = 120)]
+    pub collective_timeout_s: u64,
+
+    /// Seconds the shards wait at start-up for every rank (on every node) to join
+    #[arg(long, env, default_value_t = 900)]
+    pub rendezvous_timeout_s: u64,
+
+    /// Multi-node, nodes other than 0: first TCP port of this node's shard gRPC servers (its Nth shard on port + N; 0: any free port)
+    #[arg(long, env, default_value_t = 0)]
+    pub shard_grpc_port: u16,
+
+    /// Multi-node, nodes other than 0: this node's address as node 0 reaches it (default: the local address on the route to --master-addr)
+    #[arg(long, env)]
+    pub advertise_addr: Option<String>,
 
     /// Require `Authorization: Bearer <key>` on generating routes (default: no authentication)
     #[arg(long, env, hide_env_values = true)]
@@ -246,6 +270,8 @@ mod tests {
         assert_eq!(args.port, 3000);
         assert_eq!(args.dtype, Dtype::Auto);
         assert_eq!(args.master_port, 29500);
+        assert_eq!((args.nnodes, args.node_rank), (1, 0));
+        assert_eq!(args.collective_timeout_s, 120);
         assert!(!args.json_output);
     }
 

@@ -7,7 +7,9 @@ pub mod logs;
 pub mod model;
 pub mod plan;
 pub mod readiness;
+pub mod shard_plan;
 pub mod supervisor;
+pub mod topology;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -170,7 +172,18 @@ async fn start_and_supervise(
             Err(interrupt) => return interrupted(interrupt),
         }
     }
-    supervisor.spawn(&plan.router)?;
+    let Some(router) = &plan.router else {
+        let topology = plan.topology;
+        logger.info(&format!(
+            "node {} of {} is ready: its shards (ranks {}..{}) serve the router on node 0",
+            topology.node_rank,
+            topology.nnodes,
+            topology.ranks().start,
+            topology.ranks().end - 1
+        ));
+        return interrupted(supervisor.supervise().await);
+    };
+    supervisor.spawn(router)?;
     let wait = readiness::wait_for_router(&plan.router_probe_host, plan.router_port);
     let what = "still waiting for the router to warm up and answer /health";
     if let Err(interrupt) = supervisor.race(with_progress(logger, what, wait)).await {

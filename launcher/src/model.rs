@@ -12,6 +12,7 @@ pub struct ModelFacts {
     pub max_position_embeddings: Option<u32>,
     pub num_attention_heads: Option<u32>,
     pub num_key_value_heads: Option<u32>,
+    pub intermediate_size: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]

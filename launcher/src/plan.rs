@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use crate::args::Args;
 use crate::model::ModelFacts;
+use crate::shard_plan::ShardPlanner;
+use crate::topology::Topology;
 
 /// Longest unix socket path Linux accepts (`sun_path` is 108 bytes including the NUL).
 pub const MAX_UDS_PATH_BYTES: usize = 107;
@@ -39,12 +41,18 @@ pub enum PlanError {
         value: u32,
         max_position_embeddings: u32,
     },
-    #[error("--num-shard ({num_shard}) must divide the model's {what} ({count})")]
+    #[error("{shards} must divide the model's {what} ({count})")]
     ShardsDoNotDivide {
-        num_shard: u32,
+        shards: String,
         what: &'static str,
         count: u32,
     },
+    #[error("{shards} must divide the model's key/value heads ({count}) or be a multiple of them (each then replicated)")]
+    KvHeadsDoNotSplit { shards: String, count: u32 },
+    #[error("--nnodes must be at least 1, got 0")]
+    NoNodes,
+    #[error("--node-rank ({node_rank}) must be less than --nnodes ({nnodes})")]
+    NodeRankOutOfRange { node_rank: u32, nnodes: u32 },
     #[error("--port ({0}) and --master-port ({0}) are the same port")]
     PortClash(u16),
     #[error("shard socket path {path} is {length_bytes} bytes, over the {MAX_UDS_PATH_BYTES}-byte unix socket limit: choose a shorter --shard-uds-path")]
@@ -78,8 +86,10 @@ pub struct Programs {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LaunchPlan {
+    pub topology: Topology,
     pub shards: Vec<ShardSpec>,
-    pub router: ProcessSpec,
+    /// None on nodes other than 0 (multi-node): node 0's router reaches their shards over TCP.
+    pub router: Option<ProcessSpec>,
     /// Address the launcher probes for the router's `/health` (a wildcard bind -> loopback).
     pub router_probe_host: String,
     pub router_port: u16,
@@ -87,9 +97,8 @@ pub struct LaunchPlan {
 
 /// Checks that need no model: run before preparing it, so mistakes fail in milliseconds.
 pub fn check_args(args: &Args, launcher_pid: u32) -> Result<(), PlanError> {
-    if args.num_shard == 0 {
-        return Err(PlanError::NoShards(0));
-    }
+    let topology = Topology::from_args(args);
+    topology.check()?;
     if args.api_key.as_deref() == Some("") {
         return Err(PlanError::EmptyApiKey);
     }
@@ -111,7 +120,8 @@ pub fn check_args(args: &Args, launcher_pid: u32) -> Result<(), PlanError> {
         }
     }
     check_token_limits(args)?;
-    let last_socket = shard_uds_path(&uds_prefix(args, launcher_pid), args.num_shard - 1);
+    let last_rank = topology.ranks().end - 1;
+    let last_socket = shard_uds_path(&uds_prefix(args, launcher_pid), last_rank);
     let length_bytes = last_socket.as_os_str().len();
     if length_bytes > MAX_UDS_PATH_BYTES {
         return Err(PlanError::SocketPathTooLong {
@@ -173,21 +183,7 @@ pub fn check_model(args: &Args, facts: &ModelFacts) -> Result<(), PlanError> {
             }
         }
     }
-    for (what, count) in [
-        ("attention heads", facts.num_attention_heads),
-        ("key/value heads", facts.num_key_value_heads),
-    ] {
-        if let Some(count) = count {
-            if count % args.num_shard != 0 {
-                return Err(PlanError::ShardsDoNotDivide {
-                    num_shard: args.num_shard,
-                    what,
-                    count,
-                });
-            }
-        }
-    }
-    Ok(())
+    Topology::from_args(args).check_model(facts)
 }
 
 /// The `ferrite-server prepare-model` call that turns `--model-id` into a local directory.
@@ -221,12 +217,24 @@ pub fn build_plan(
 ) -> Result<LaunchPlan, PlanError> {
     check_args(args, launcher_pid)?;
     check_model(args, facts)?;
-    let prefix = uds_prefix(args, launcher_pid);
-    let shards: Vec<ShardSpec> = (0..args.num_shard)
-        .map(|rank| shard_spec(args, model_dir, programs, &prefix, rank))
+    let topology = Topology::from_args(args);
+    let shard_planner = ShardPlanner {
+        args,
+        model_dir,
+        program: &programs.server,
+        uds_prefix: uds_prefix(args, launcher_pid),
+        topology,
+    };
+    let shards: Vec<ShardSpec> = topology
+        .ranks()
+        .map(|rank| shard_planner.spec(rank))
         .collect();
+    let router = topology
+        .runs_router()
+        .then(|| router_spec(args, model_dir, programs, &shards));
     Ok(LaunchPlan {
-        router: router_spec(args, model_dir, programs, &shards),
+        topology,
+        router,
         shards,
         router_probe_host: probe_host(&args.hostname),
         router_port: args.port,
@@ -245,57 +253,6 @@ fn uds_prefix(args: &Args, launcher_pid: u32) -> PathBuf {
     args.shard_uds_path
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("/tmp/ferrite-server-{launcher_pid}")))
-}
-
-fn shard_spec(
-    args: &Args,
-    model_dir: &Path,
-    programs: &Programs,
-    prefix: &Path,
-    rank: u32,
-) -> ShardSpec {
-    let uds_path = shard_uds_path(prefix, rank);
-    let mut argv = vec![
-        "serve".to_string(),
-        "--model-id".into(),
-        model_dir.display().to_string(),
-        "--uds-path".into(),
-        uds_path.display().to_string(),
-        "--dtype".into(),
-        args.dtype.as_flag().into(),
-        "--attention-backend".into(),
-        args.attention_backend.as_flag().into(),
-        "--kv-cache-dtype".into(),
-        args.kv_cache_dtype.as_flag().into(),
-    ];
-    push_opt(
-        &mut argv,
-        "--quantize",
-        args.quantize.map(|quantize| quantize.as_flag()).as_ref(),
-    );
-    push_opt(
-        &mut argv,
-        "--kv-cache-memory",
-        args.kv_cache_memory.as_ref(),
-    );
-    let mut env = python_env();
-    // The standard torch.distributed rendezvous variables (the only config passed by env).
-    env.extend([
-        ("RANK".to_string(), rank.to_string()),
-        ("WORLD_SIZE".to_string(), args.num_shard.to_string()),
-        ("LOCAL_RANK".to_string(), rank.to_string()),
-        ("MASTER_ADDR".to_string(), args.master_addr.clone()),
-        ("MASTER_PORT".to_string(), args.master_port.to_string()),
-    ]);
-    ShardSpec {
-        process: ProcessSpec {
-            name: format!("shard-{rank}"),
-            program: programs.server.clone(),
-            args: argv,
-            env,
-        },
-        uds_path,
-    }
 }
 
 fn router_spec(
@@ -370,14 +327,14 @@ fn router_spec(
     }
 }
 
-fn push_opt<T: ToString>(argv: &mut Vec<String>, flag: &str, value: Option<&T>) {
+pub(crate) fn push_opt<T: ToString>(argv: &mut Vec<String>, flag: &str, value: Option<&T>) {
     if let Some(value) = value {
         argv.push(flag.to_string());
         argv.push(value.to_string());
     }
 }
 
-fn python_env() -> Vec<(String, String)> {
+pub(crate) fn python_env() -> Vec<(String, String)> {
     // Log lines must reach the launcher as they happen, not when a pipe buffer fills.
     vec![("PYTHONUNBUFFERED".to_string(), "1".to_string())]
 }

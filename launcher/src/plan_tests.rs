@@ -21,6 +21,7 @@ fn smollm_facts() -> ModelFacts {
         max_position_embeddings: Some(8192),
         num_attention_heads: Some(9),
         num_key_value_heads: Some(3),
+        intermediate_size: Some(1536),
     }
 }
 
@@ -56,6 +57,7 @@ fn shards_get_rank_world_size_and_rendezvous_env() {
         assert_eq!(env_value(&shard.process, "RANK"), Some(rank.as_str()));
         assert_eq!(env_value(&shard.process, "LOCAL_RANK"), Some(rank.as_str()));
         assert_eq!(env_value(&shard.process, "WORLD_SIZE"), Some("3"));
+        assert_eq!(env_value(&shard.process, "LOCAL_WORLD_SIZE"), Some("3"));
         assert_eq!(env_value(&shard.process, "MASTER_ADDR"), Some("127.0.0.1"));
         assert_eq!(env_value(&shard.process, "MASTER_PORT"), Some("29600"));
         assert_eq!(
@@ -124,7 +126,7 @@ fn router_gets_tokenizer_sockets_and_limits() {
         "--json-output",
     ])
     .expect("valid");
-    let router = &plan.router;
+    let router = plan.router.as_ref().expect("node 0 runs the router");
     assert_eq!(router.program, PathBuf::from("/venv/bin/ferrite-router"));
     assert_eq!(
         flag_value(router, "--tokenizer-dir"),
@@ -167,6 +169,8 @@ fn router_lists_every_rank_socket_in_rank_order() {
     let plan = plan(&["--num-shard", "3", "--shard-uds-path", "/run/s"]).expect("valid");
     let sockets: Vec<&str> = plan
         .router
+        .as_ref()
+        .expect("router")
         .args
         .windows(2)
         .filter(|pair| pair[0] == "--shard-uds-path")
@@ -179,7 +183,7 @@ fn router_lists_every_rank_socket_in_rank_order() {
 fn a_hub_model_keeps_its_id_for_the_api() {
     let plan = plan(&["--model-id", "HuggingFaceTB/SmolLM2-135M-Instruct"]).expect("valid");
     assert_eq!(
-        flag_value(&plan.router, "--model-id"),
+        flag_value(plan.router.as_ref().expect("router"), "--model-id"),
         Some("HuggingFaceTB/SmolLM2-135M-Instruct")
     );
 }
@@ -265,15 +269,94 @@ fn limits_beyond_the_model_are_refused() {
 #[test]
 fn shard_count_must_divide_the_heads() {
     let error = plan(&["--num-shard", "2"]).expect_err("9 heads over 2 shards");
-    let message = error.to_string();
-    assert!(
-        message.contains("(2)") && message.contains("(9)"),
-        "{message}"
+    assert_eq!(
+        error.to_string(),
+        "--num-shard (2) must divide the model's attention heads (9)"
     );
     assert!(
         plan(&["--num-shard", "3"]).is_ok(),
         "9 query and 3 kv heads split 3 ways"
     );
+}
+
+#[test]
+fn nodes_other_than_0_run_their_ranks_on_tcp_and_no_router() {
+    let flags = [
+        "--num-shard",
+        "3",
+        "--nnodes",
+        "2",
+        "--node-rank",
+        "1",
+        "--master-addr",
+        "10.0.0.1",
+        "--shard-grpc-port",
+        "29600",
+        "--advertise-addr",
+        "10.0.0.2",
+        "--collective-timeout-s",
+        "30",
+    ];
+    let error = plan(&flags).expect_err("6 ranks do not divide 9 heads");
+    assert!(error.to_string().contains("(3 x 2 = 6)"), "{error}");
+    let plan = build_plan(
+        &args(&flags),
+        Path::new("/m"),
+        &ModelFacts::default(),
+        &programs(),
+        42,
+    )
+    .expect("valid");
+    assert_eq!(plan.router, None);
+    for (index, shard) in plan.shards.iter().enumerate() {
+        let rank = (3 + index).to_string();
+        let local_rank = index.to_string();
+        let port = (29600 + index).to_string();
+        let process = &shard.process;
+        assert_eq!(process.name, format!("shard-{rank}"));
+        assert_eq!(env_value(process, "RANK"), Some(rank.as_str()));
+        assert_eq!(env_value(process, "LOCAL_RANK"), Some(local_rank.as_str()));
+        assert_eq!(env_value(process, "WORLD_SIZE"), Some("6"));
+        assert_eq!(env_value(process, "MASTER_ADDR"), Some("10.0.0.1"));
+        assert_eq!(flag_value(process, "--grpc-tcp-port"), Some(port.as_str()));
+        assert_eq!(flag_value(process, "--advertise-addr"), Some("10.0.0.2"));
+        assert_eq!(flag_value(process, "--collective-timeout-s"), Some("30"));
+    }
+    assert_eq!(
+        check_args(&args(&["--nnodes", "2", "--node-rank", "2"]), 1),
+        Err(PlanError::NodeRankOutOfRange {
+            node_rank: 2,
+            nnodes: 2
+        })
+    );
+}
+
+#[test]
+fn node_0_serves_its_ranks_on_unix_sockets_only_and_runs_the_router() {
+    let plan = build_plan(
+        &args(&[
+            "--num-shard",
+            "2",
+            "--nnodes",
+            "2",
+            "--shard-grpc-port",
+            "29600",
+        ]),
+        Path::new("/m"),
+        &ModelFacts::default(),
+        &programs(),
+        42,
+    )
+    .expect("valid");
+    let router = plan.router.as_ref().expect("node 0 runs the router");
+    assert_eq!(
+        flag_value(router, "--shard-uds-path"),
+        Some("/tmp/ferrite-server-42-0")
+    );
+    for shard in &plan.shards {
+        assert_eq!(env_value(&shard.process, "WORLD_SIZE"), Some("4"));
+        assert_eq!(flag_value(&shard.process, "--grpc-tcp-port"), None);
+    }
 }
 
 #[test]

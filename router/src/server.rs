@@ -38,7 +38,8 @@ where
 {
     let tokenizer = Arc::new(TextTokenizer::from_dir(&args.tokenizer_dir)?);
     let connect_timeout = Duration::from_secs(args.shard_connect_timeout_s);
-    let shard = GrpcShardClient::connect(&args.shard_uds_paths, connect_timeout).await?;
+    // Node 0's sockets; ranks on other nodes (multi-node) are found through rank 0's Info.
+    let shard = GrpcShardClient::connect_group(&args.shard_uds_paths, connect_timeout).await?;
     let config = handshake(&args, &shard).await?;
     let submitter = start_scheduler(Arc::new(shard), config.scheduler_config());
     let state = AppState::new(&config, tokenizer, Arc::new(submitter));
@@ -57,7 +58,7 @@ where
 /// Info, Clear (forget requests of a previous router), Warmup, then the final limits.
 async fn handshake(args: &RouterArgs, shard: &GrpcShardClient) -> anyhow::Result<RouterConfig> {
     let info = shard.info().await.context("shard Info failed")?;
-    tracing::info!(model = %info.model_id, dtype = %info.dtype, device = %info.device, "shard ready");
+    tracing::info!(model = %info.model_id, dtype = %info.dtype, device = %info.device, ranks = shard.num_ranks(), "shard ready");
     let plan = config::plan_warmup(args, &info)?;
     shard.clear().await.context("shard Clear failed")?;
     let warmup = shard

@@ -4,7 +4,9 @@
     ferrite-server prepare-model [--model-id ID] [--revision REV] [--cache-dir DIR]
 
 `serve` loads the model, then serves gRPC (so Health answers only once loaded), and exits
-cleanly on SIGTERM / SIGINT with its socket removed. `prepare-model` prints the prepared
+cleanly on SIGTERM / SIGINT with its socket removed. Tensor-parallel ranks (WORLD_SIZE > 1)
+join their group while loading, exchange their gRPC endpoints before serving, and exit with
+status 1 when the group breaks (a collective failed or timed out). `prepare-model` prints the prepared
 model directory as the last line of stdout (the launcher reads it).
 """
 
@@ -19,15 +21,18 @@ import signal
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, get_args
 
 from ferrite_server.config import (
     DEFAULT_BLOCK_SIZE_TOKENS,
     DistributedConfig,
+    DistributedTimeouts,
     KVCacheDtypeName,
     QuantizeName,
     ShardConfig,
+    TcpListen,
 )
 
 if TYPE_CHECKING:
@@ -68,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "GPTQ/AWQ checkpoint; default: the checkpoint's quantization_config")
     serve.add_argument("--kv-cache-dtype", choices=list(get_args(KVCacheDtypeName)),
                        default="auto", help="fp8: store K/V as float8 e4m3 with a scale")
+    _add_tensor_parallel_flags(serve)
     _add_log_level(serve)
     prepare = commands.add_parser("prepare-model", help="resolve a model into a local directory")
     prepare.add_argument("--model-id", default=None, help="hub id or directory; default: bundled SmolLM2")
@@ -75,6 +81,21 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--cache-dir", type=Path, default=DEFAULT_MODEL_CACHE_DIR)
     _add_log_level(prepare)
     return parser
+
+
+def _add_tensor_parallel_flags(parser: argparse.ArgumentParser) -> None:
+    defaults = DistributedTimeouts()
+    parser.add_argument("--collective-timeout-s", type=float, default=defaults.collective_s,
+                        help="tensor parallelism: longest wait of one collective before the "
+                             "shard gives up and exits")
+    parser.add_argument("--rendezvous-timeout-s", type=float, default=defaults.rendezvous_s,
+                        help="tensor parallelism: how long to wait for every rank to join")
+    parser.add_argument("--grpc-tcp-port", type=int, default=None,
+                        help="multi-node: also serve gRPC on this TCP port (0: any free port) "
+                             "for a router on another node")
+    parser.add_argument("--advertise-addr", default=None,
+                        help="multi-node: address to listen on and give the router; default: "
+                             "this host's address on the route to MASTER_ADDR")
 
 
 def _add_log_level(parser: argparse.ArgumentParser) -> None:
@@ -99,6 +120,13 @@ def configure_logging(level: str) -> None:
 
 
 def shard_config_from_args(args: argparse.Namespace) -> ShardConfig:
+    distributed = DistributedConfig.from_environ()
+    tcp_listen = None
+    if args.grpc_tcp_port is not None:
+        from ferrite_server.endpoints import route_source_address
+
+        host = args.advertise_addr or route_source_address(distributed.master_addr)
+        tcp_listen = TcpListen(host=host, port=args.grpc_tcp_port)
     return ShardConfig(
         model_id=args.model_id,
         uds_path=args.uds_path,
@@ -106,7 +134,11 @@ def shard_config_from_args(args: argparse.Namespace) -> ShardConfig:
         attention_backend=args.attention_backend,
         kv_cache_memory_bytes=args.kv_cache_memory,
         block_size_tokens=args.block_size,
-        distributed=DistributedConfig.from_environ(),
+        distributed=distributed,
+        distributed_timeouts=DistributedTimeouts(
+            collective_s=args.collective_timeout_s, rendezvous_s=args.rendezvous_timeout_s
+        ),
+        tcp_listen=tcp_listen,
         quantize=args.quantize,
         kv_cache_dtype=args.kv_cache_dtype,
     )
@@ -141,24 +173,38 @@ def _prepare_model(args: argparse.Namespace) -> int:
 
 
 async def _serve(config: ShardConfig) -> int:
-    # Imported here: torch and the models are heavy, and `prepare-model` does not need them.
-    from ferrite_server.engine.errors import EngineError
-    from ferrite_server.service import ShardService, serve_until_stopped
-
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     # The engine thread both loads and steps the model: per-thread device state (e.g. the
-    # current CUDA device) set during load stays valid for the steps.
+    # current CUDA device) set during load stays valid for the steps. Collectives run there too.
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+    loaded = await _load(config, worker, stop)
+    if isinstance(loaded, int):
+        return loaded
+    engine, info = loaded
+    try:
+        return await _serve_loaded(config, engine, info, worker, stop)
+    finally:
+        worker.shutdown(wait=True)
+
+
+async def _load(
+    config: ShardConfig, worker: ThreadPoolExecutor, stop: asyncio.Event
+) -> tuple[Engine, EngineInfo] | int:
+    """The loaded engine, or the exit status when loading failed."""
+    # Imported here: torch and the models are heavy, and `prepare-model` does not need them.
+    from ferrite_server.engine.errors import EngineError
+
     logger.info("loading %s (rank %d of %d)", config.model_id,
                 config.distributed.rank, config.distributed.world_size)
-    load = loop.run_in_executor(worker, _load_engine, config)
+    load = asyncio.get_running_loop().run_in_executor(worker, _load_engine, config)
     stopped = asyncio.ensure_future(stop.wait())
     await asyncio.wait({load, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
     if not load.done():
-        # A load cannot be interrupted and the worker thread would be joined at exit.
+        # A load cannot be interrupted (nor a rendezvous) and the worker would be joined at exit.
         logger.info("stop requested while loading; exiting")
         logging.shutdown()
         os._exit(0)
@@ -171,13 +217,78 @@ async def _serve(config: ShardConfig) -> int:
         logger.exception("failed to load %s", config.model_id)
         return 1
     logger.info("loaded %s: %s", config.model_id, info)
+    return engine, info
+
+
+async def _serve_loaded(
+    config: ShardConfig,
+    engine: Engine,
+    info: EngineInfo,
+    worker: ThreadPoolExecutor,
+    stop: asyncio.Event,
+) -> int:
+    """Bind, tell the other ranks where this rank listens, serve until stopped; exit status."""
+    from ferrite_server.engine.distributed import leave_tensor_parallel
+    from ferrite_server.engine.errors import CollectiveError
+    from ferrite_server.engine.group_watchdog import GroupWatchdog
+    from ferrite_server.service import ShardService, bind_server, serve_bound_until_stopped
+
+    loop = asyncio.get_running_loop()
+    server, tcp_port = bind_server(config.uds_path, config.tcp_listen)
+    group = engine.tensor_parallel_group
+    if group.is_parallel:
+        try:
+            info = await _with_rank_endpoints(config, info, engine, tcp_port, worker)
+        except CollectiveError as error:
+            logger.error("cannot exchange endpoints with the other ranks: %s", error)
+            return 1
+    failures: list[Exception] = []
+
+    def on_fatal_error(error: Exception) -> None:
+        failures.append(error)
+        stop.set()
+
+    def on_group_lost(reason: str) -> None:  # called on the watchdog's thread
+        lost = CollectiveError(f"lost contact with the tensor-parallel group: {reason}")
+        loop.call_soon_threadsafe(on_fatal_error, lost)
+
+    watchdog = GroupWatchdog(group.heartbeat_group, on_group_lost) if group.is_parallel else None
+    if watchdog is not None:
+        watchdog.start()
+    service = ShardService(engine, info, worker, on_fatal_error)
     try:
-        await serve_until_stopped(ShardService(engine, info, worker), config.uds_path, stop)
+        await serve_bound_until_stopped(server, service, config.uds_path, stop)
     finally:
-        stopped.cancel()
-        worker.shutdown(wait=True)
+        if watchdog is not None:
+            watchdog.stop()
+    if failures:
+        logger.error("exiting: the tensor-parallel group is broken (%s)", failures[0])
+        # Not a normal return: the broken group's C++ destructors may abort at interpreter
+        # exit (SIGABRT instead of this status), and the engine thread may still be blocked
+        # in a collective that would be joined.
+        logging.shutdown()
+        os._exit(1)
+    await loop.run_in_executor(worker, leave_tensor_parallel)
     logger.info("stopped")
     return 0
+
+
+async def _with_rank_endpoints(
+    config: ShardConfig,
+    info: EngineInfo,
+    engine: Engine,
+    tcp_port: int | None,
+    worker: ThreadPoolExecutor,
+) -> EngineInfo:
+    """`info` with every rank's endpoint (a collective: every rank exchanges once)."""
+    from ferrite_server.endpoints import exchange_endpoints, own_endpoint
+
+    group = engine.tensor_parallel_group
+    own = own_endpoint(config, tcp_port)
+    loop = asyncio.get_running_loop()
+    endpoints = await loop.run_in_executor(worker, exchange_endpoints, group, own)
+    logger.info("rank %d serves at %s; rank endpoints: %s", group.rank, own, endpoints)
+    return replace(info, rank_endpoints=endpoints)
 
 
 def _load_engine(config: ShardConfig) -> tuple[Engine, EngineInfo]:

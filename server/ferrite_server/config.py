@@ -1,7 +1,8 @@
 """The shard's one typed, immutable configuration, built at the edge (cli.py).
 
 This is the only module that reads environment variables: the standard torch.distributed ones
-(RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, LOCAL_RANK). Everything else arrives as flags.
+(RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, LOCAL_RANK, LOCAL_WORLD_SIZE). Everything else
+arrives as flags.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class DistributedConfig:
     local_rank: int = 0
     master_addr: str = "127.0.0.1"
     master_port: int = 29500
+    local_world_size: int = 1  # ranks on this node (they share its CPU cores)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> "DistributedConfig":
@@ -38,7 +40,27 @@ class DistributedConfig:
             local_rank=int(env.get("LOCAL_RANK", env.get("RANK", "0"))),
             master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
             master_port=int(env.get("MASTER_PORT", "29500")),
+            local_world_size=int(env.get("LOCAL_WORLD_SIZE", env.get("WORLD_SIZE", "1"))),
         )
+
+
+@dataclass(frozen=True)
+class DistributedTimeouts:
+    """How long a tensor-parallel group waits (flags, not environment)."""
+
+    # One collective (all-reduce, all-gather): a rank that died or fell out of step turns into
+    # an error, and the shard exits, within this time.
+    collective_s: float = 120.0
+    # Start-up: how long rank 0 waits for every rank (on every node) to join.
+    rendezvous_s: float = 900.0
+
+
+@dataclass(frozen=True)
+class TcpListen:
+    """Multi-node: serve gRPC on TCP too, for a router on another node."""
+
+    host: str  # address to bind and advertise; must be reachable from the router's node
+    port: int  # 0: any free port
 
 
 @dataclass(frozen=True)
@@ -51,6 +73,8 @@ class ShardConfig:
     block_size_tokens: int = DEFAULT_BLOCK_SIZE_TOKENS
     device: str | None = None  # None: cuda:<local_rank> when CUDA is available, else cpu
     distributed: DistributedConfig = DistributedConfig()
+    distributed_timeouts: DistributedTimeouts = DistributedTimeouts()
+    tcp_listen: TcpListen | None = None  # None: the unix socket only
     # None: the checkpoint's own quantization_config, if any (layers/quantization/config.py).
     quantize: QuantizeName | None = None
     kv_cache_dtype: KVCacheDtypeName = "auto"  # auto: the compute dtype; fp8: e4m3 with a scale

@@ -130,6 +130,7 @@ def info_to_proto(info: engine.EngineInfo) -> pb.InfoResponse:
         supports_chunked_prefill=info.supports_chunked_prefill,
         supports_prompt_logprobs=info.supports_prompt_logprobs,
         max_top_n_tokens=info.max_top_n_tokens,
+        rank_endpoints=info.rank_endpoints,
     )
 
 

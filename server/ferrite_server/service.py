@@ -4,7 +4,9 @@ runs every engine call on ONE dedicated worker thread.
 Why one thread: steps must never overlap (the engine owns one KV cache and one batch), and
 the asyncio loop must stay free so Health / Info answer while a long step runs. Typed engine
 errors become gRPC status codes in `_engine_call`, the one place that maps them; no exception
-escapes to take the process down.
+escapes to take the process down. The one exception is deliberate: a failed tensor-parallel
+collective (`CollectiveError`) leaves the ranks out of step, so the service reports it through
+`on_fatal_error` and the shard exits (the launcher then reports it and stops the rest).
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ from typing import Protocol, TypeVar
 import grpc
 
 from ferrite_server import proto_convert as convert
+from ferrite_server.config import TcpListen
+from ferrite_server.endpoints import host_port
 from ferrite_server.engine.errors import (
+    CollectiveError,
     InsufficientMemoryError,
     InvalidStepError,
     NotWarmedUpError,
@@ -62,10 +67,17 @@ def status_for_error(error: Exception) -> tuple[grpc.StatusCode, str]:
 
 
 class ShardService(shard_pb2_grpc.ShardServicer):
-    def __init__(self, engine: ShardEngine, info: EngineInfo, worker: ThreadPoolExecutor) -> None:
+    def __init__(
+        self,
+        engine: ShardEngine,
+        info: EngineInfo,
+        worker: ThreadPoolExecutor,
+        on_fatal_error: Callable[[Exception], None] | None = None,
+    ) -> None:
         self._engine = engine
         self._info = convert.info_to_proto(info)  # fixed once loaded; answered without the worker
         self._worker = worker
+        self._on_fatal_error = on_fatal_error
 
     async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.InfoResponse:
         return self._info
@@ -128,7 +140,10 @@ class ShardService(shard_pb2_grpc.ShardServicer):
             return await asyncio.get_running_loop().run_in_executor(self._worker, work)
         except Exception as error:  # noqa: BLE001 - every failure becomes a status
             code, message = status_for_error(error)
-            if code == grpc.StatusCode.INTERNAL:
+            if isinstance(error, CollectiveError) and self._on_fatal_error is not None:
+                logger.error("the tensor-parallel group is broken: %s", message)
+                self._on_fatal_error(error)
+            elif code == grpc.StatusCode.INTERNAL:
                 logger.exception("engine call failed: %s", message)
             else:
                 logger.warning("rejected call (%s): %s", code.name, message)
@@ -136,8 +151,12 @@ class ShardService(shard_pb2_grpc.ShardServicer):
             raise
 
 
-async def serve_until_stopped(service: ShardService, uds_path: Path, stop: asyncio.Event) -> None:
-    """Serve gRPC on unix socket `uds_path` until `stop` is set; remove the socket after."""
+def bind_server(
+    uds_path: Path, tcp_listen: TcpListen | None = None
+) -> tuple[grpc.aio.Server, int | None]:
+    """A gRPC server bound to unix socket `uds_path` (and `tcp_listen`), not started yet, and
+    the TCP port it got (None without TCP). Binding first lets a rank learn its port (0: any
+    free port) and tell the others before it answers anything."""
     if uds_path.is_socket():
         # Left by a killed predecessor; binding would fail with "address in use".
         logger.warning("removing stale socket %s", uds_path)
@@ -148,8 +167,27 @@ async def serve_until_stopped(service: ShardService, uds_path: Path, stop: async
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ]
     )
-    shard_pb2_grpc.add_ShardServicer_to_server(service, server)
     server.add_insecure_port(f"unix://{uds_path}")
+    tcp_port = None
+    if tcp_listen is not None:
+        address = host_port(tcp_listen.host, tcp_listen.port)
+        tcp_port = server.add_insecure_port(address)
+        if tcp_port == 0:  # grpc answers 0 instead of raising when it cannot bind
+            raise OSError(f"cannot listen for gRPC on {address}")
+    return server, tcp_port
+
+
+async def serve_until_stopped(service: ShardService, uds_path: Path, stop: asyncio.Event) -> None:
+    """Serve gRPC on unix socket `uds_path` until `stop` is set; remove the socket after."""
+    server, _ = bind_server(uds_path)
+    await serve_bound_until_stopped(server, service, uds_path, stop)
+
+
+async def serve_bound_until_stopped(
+    server: grpc.aio.Server, service: ShardService, uds_path: Path, stop: asyncio.Event
+) -> None:
+    """Start `server` (from bind_server) with `service`, until `stop` is set."""
+    shard_pb2_grpc.add_ShardServicer_to_server(service, server)
     await server.start()
     logger.info("serving on unix://%s", uds_path)
     try:

@@ -9,6 +9,11 @@ Why per-parameter loaders: a parameter knows its own layout. A fused qkv project
 checkpoint's separate q / k / v tensors into slices of one matrix; a tensor-parallel layer
 keeps only its rank's slice (`TensorParallelRank.shard`). The checkpoint walker below stays
 generic: it only maps names.
+
+Tensor parallelism: a rank must never hold a whole weight it keeps a slice of. The walker hands
+each tensor over as a `CheckpointSlice` (safetensors' lazy slice: shape known, nothing read
+yet); loaders registered with `takes_slices=True` read only their rows / columns
+(`narrow_loaded`, `TensorParallelRank.shard`), other loaders get the whole tensor read.
 """
 
 from __future__ import annotations
@@ -22,15 +27,19 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from ferrite_server.checkpoint_slice import CheckpointSlice, Loaded, narrow_loaded, read_loaded
 from ferrite_server.engine.errors import UnsupportedModelError
 
 SINGLE_FILE_NAME = "model.safetensors"
 INDEX_FILE_NAME = "model.safetensors.index.json"
 # Attribute under which a parameter carries its loader.
 _LOADER_ATTRIBUTE = "weight_loader"
+# Attribute marking a loader that accepts a CheckpointSlice (reads only what it keeps).
+_TAKES_SLICES_ATTRIBUTE = "weight_loader_takes_slices"
 
 ShardId = str | int | None
 # loader(param, loaded_tensor, shard_id): copies (its slice of) a checkpoint tensor into param.
+# Loaders attached with takes_slices=True may receive a CheckpointSlice instead of a tensor.
 WeightLoader = Callable[[nn.Parameter, torch.Tensor, ShardId], None]
 
 
@@ -45,27 +54,28 @@ class TensorParallelRank:
     rank: int = 0
     world_size: int = 1
 
-    def shard(self, tensor: torch.Tensor, dim: int) -> torch.Tensor:
-        """This rank's slice of `tensor` along `dim` (the whole tensor when world_size is 1)."""
+    def shard(self, tensor: Loaded, dim: int) -> torch.Tensor:
+        """This rank's slice of `tensor` along `dim` (the whole tensor when world_size is 1);
+        of a CheckpointSlice only that slice is read."""
         if self.world_size == 1:
-            return tensor
+            return read_loaded(tensor)
         size = tensor.shape[dim]
         if size % self.world_size != 0:
             raise CheckpointError(
                 f"dimension {dim} of size {size} does not split over {self.world_size} ranks"
             )
         slice_size = size // self.world_size
-        return tensor.narrow(dim, self.rank * slice_size, slice_size)
+        return narrow_loaded(tensor, dim, self.rank * slice_size, slice_size)
 
 
-def copy_checked(target: torch.Tensor, loaded: torch.Tensor, what: str) -> None:
+def copy_checked(target: torch.Tensor, loaded: Loaded, what: str) -> None:
     """Copy with dtype/device conversion, refusing shape mismatches (never broadcast)."""
     if tuple(target.shape) != tuple(loaded.shape):
         raise CheckpointError(
             f"{what}: checkpoint shape {tuple(loaded.shape)} != "
             f"parameter shape {tuple(target.shape)}"
         )
-    target.copy_(loaded)
+    target.copy_(read_loaded(loaded))
 
 
 def default_weight_loader(param: nn.Parameter, loaded: torch.Tensor, shard_id: ShardId) -> None:
@@ -75,13 +85,24 @@ def default_weight_loader(param: nn.Parameter, loaded: torch.Tensor, shard_id: S
     copy_checked(param.data, loaded, "parameter")
 
 
-def attach_weight_loader(param: nn.Parameter, loader: WeightLoader) -> None:
+def attach_weight_loader(
+    param: nn.Parameter, loader: WeightLoader, takes_slices: bool = False
+) -> None:
+    """`takes_slices`: the loader accepts a CheckpointSlice and reads only what it keeps."""
     setattr(param, _LOADER_ATTRIBUTE, loader)
+    setattr(param, _TAKES_SLICES_ATTRIBUTE, takes_slices)
 
 
 def weight_loader_of(param: nn.Parameter) -> WeightLoader:
     loader: WeightLoader = getattr(param, _LOADER_ATTRIBUTE, default_weight_loader)
     return loader
+
+
+def _loader_input(param: nn.Parameter, loaded: Loaded) -> Loaded:
+    """What `param`'s loader is handed: the lazy slice if it reads slices, else the tensor.
+    The default loader copies the whole tensor either way, so it reads lazily too."""
+    takes_slices = getattr(param, _TAKES_SLICES_ATTRIBUTE, not hasattr(param, _LOADER_ATTRIBUTE))
+    return loaded if takes_slices else read_loaded(loaded)
 
 
 def checkpoint_files(model_dir: Path) -> list[Path]:
@@ -106,11 +127,20 @@ def iter_checkpoint_tensors(
     model_dir: Path, device: torch.device
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor) for every tensor of the checkpoint, read on `device` when it is a GPU."""
+    for name, lazy in iter_checkpoint_slices(model_dir, device):
+        yield name, lazy.read()
+
+
+def iter_checkpoint_slices(
+    model_dir: Path, device: torch.device
+) -> Iterator[tuple[str, CheckpointSlice]]:
+    """(name, lazy slice) for every tensor of the checkpoint; reads happen on `device` when it
+    is a GPU. A slice is only valid until the next one is requested (its file may close)."""
     read_device = str(device) if device.type == "cuda" else "cpu"
     for path in checkpoint_files(model_dir):
         with safe_open(str(path), framework="pt", device=read_device) as handle:
             for name in handle.keys():
-                yield name, handle.get_tensor(name)
+                yield name, CheckpointSlice(name, handle.get_slice(name))
 
 
 @dataclass(frozen=True)
@@ -150,7 +180,7 @@ class CheckpointLayout:
 
 
 def load_named_tensors(
-    module: nn.Module, tensors: Iterable[tuple[str, torch.Tensor]], layout: CheckpointLayout
+    module: nn.Module, tensors: Iterable[tuple[str, Loaded]], layout: CheckpointLayout
 ) -> None:
     """Hand each checkpoint tensor to its parameter's loader; every parameter must be filled."""
     params = dict(module.named_parameters())  # tied parameters appear once
@@ -163,7 +193,8 @@ def load_named_tensors(
         if param is None:
             raise CheckpointError(f"checkpoint tensor {name!r} matches no model parameter")
         try:
-            weight_loader_of(param)(param, tensor, shard_id)
+            loader_input = _loader_input(param, tensor)
+            weight_loader_of(param)(param, loader_input, shard_id)  # type: ignore[arg-type]
         except CheckpointError as error:
             raise CheckpointError(f"{name}: {error}") from error
         loaded[param_name].add(shard_id)
@@ -177,4 +208,4 @@ def load_named_tensors(
 def load_checkpoint(
     module: nn.Module, model_dir: Path, device: torch.device, layout: CheckpointLayout
 ) -> None:
-    load_named_tensors(module, iter_checkpoint_tensors(model_dir, device), layout)
+    load_named_tensors(module, iter_checkpoint_slices(model_dir, device), layout)

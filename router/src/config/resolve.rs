@@ -267,7 +267,8 @@ fn model_facts(args: &RouterArgs, info: &proto::InfoResponse) -> ModelFacts {
         } else {
             info.kv_cache_dtype.clone()
         },
-        num_shards: args.shard_uds_paths.len(),
+        // Multi-node: the router is given node 0's sockets; the group counts every rank.
+        num_shards: args.shard_uds_paths.len().max(info.world_size as usize),
         block_size: info.block_size as usize,
         max_position_embeddings: info.max_position_embeddings as usize,
         tokenizer_dir: args.tokenizer_dir.clone(),

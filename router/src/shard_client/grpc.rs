@@ -1,21 +1,23 @@
-//! The real `ShardClient`: gRPC over unix sockets, one channel per rank. Every call goes to all
-//! ranks at once (tensor-parallel ranks must run the same step together); rank 0's answer is
-//! returned, and any rank's failure fails the call.
+//! The real `ShardClient`: gRPC over unix sockets (TCP for ranks on other nodes), one channel
+//! per rank. Every call goes to all ranks at once (tensor-parallel ranks must run the same step
+//! together); any rank's failure fails the call, ranks that answer differently fail it too
+//! (`agreement.rs`), else rank 0's answer is returned.
+
+mod discovery;
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use futures::future::join_all;
-use hyper_util::rt::TokioIo;
-use tokio::net::UnixStream;
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint, Uri};
-use tower::service_fn;
+use tonic::transport::Channel;
 
 use crate::proto;
 use crate::proto::shard_client::ShardClient as ShardStub;
 
+use super::agreement::{self, RankAgreement};
+use super::endpoint::ShardEndpoint;
 use super::{ShardClient, ShardError, ShardResult};
 
 /// Step requests and answers (prompt logprobs, top tokens of large batches) can exceed tonic's
@@ -33,14 +35,30 @@ impl GrpcShardClient {
     /// Connects to every rank's socket, retrying each until `timeout` has passed (shards
     /// create their sockets only once the model is loaded).
     pub async fn connect(socket_paths: &[PathBuf], timeout: Duration) -> ShardResult<Self> {
-        if socket_paths.is_empty() {
+        let endpoints: Vec<ShardEndpoint> = socket_paths
+            .iter()
+            .map(|path| ShardEndpoint::Unix(path.clone()))
+            .collect();
+        Self::connect_endpoints(&endpoints, timeout).await
+    }
+
+    /// Connects to every endpoint (rank 0 first), retrying each until `timeout` has passed.
+    pub async fn connect_endpoints(
+        endpoints: &[ShardEndpoint],
+        timeout: Duration,
+    ) -> ShardResult<Self> {
+        if endpoints.is_empty() {
             return Err(ShardError::Transport("no shard socket given".into()));
         }
         let deadline = Instant::now() + timeout;
-        let ranks = join_all(socket_paths.iter().map(|path| connect_rank(path, deadline)))
-            .await
-            .into_iter()
-            .collect::<ShardResult<Vec<_>>>()?;
+        let ranks = join_all(
+            endpoints
+                .iter()
+                .map(|endpoint| connect_rank(endpoint, deadline)),
+        )
+        .await
+        .into_iter()
+        .collect::<ShardResult<Vec<_>>>()?;
         Ok(Self { ranks })
     }
 
@@ -48,10 +66,12 @@ impl GrpcShardClient {
         self.ranks.len()
     }
 
-    /// Sends `request` to every rank concurrently; rank 0's answer, or the first failure.
+    /// Sends `request` to every rank concurrently; rank 0's answer when every rank answered
+    /// and all agree, else the first failure.
     async fn broadcast<Req, Resp, Call, Fut>(&self, request: Req, call: Call) -> ShardResult<Resp>
     where
         Req: Clone,
+        Resp: RankAgreement,
         Call: Fn(ShardStub<Channel>, Req) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
@@ -59,41 +79,39 @@ impl GrpcShardClient {
             .ranks
             .iter()
             .map(|stub| call(stub.clone(), request.clone()));
-        let mut rank0_answer = None;
+        let mut answers = Vec::with_capacity(self.ranks.len());
         for (rank, answer) in join_all(calls).await.into_iter().enumerate() {
             match answer {
-                Ok(response) if rank == 0 => rank0_answer = Some(response.into_inner()),
-                Ok(_) => {}
+                Ok(response) => answers.push(response.into_inner()),
                 Err(status) => return Err(shard_error(rank, &status)),
             }
         }
-        rank0_answer.ok_or_else(|| ShardError::Transport("no rank answered".into()))
+        agreement::check(&answers)?;
+        answers
+            .into_iter()
+            .next()
+            .ok_or_else(|| ShardError::Transport("no rank answered".into()))
     }
 }
 
-async fn connect_rank(path: &Path, deadline: Instant) -> ShardResult<ShardStub<Channel>> {
-    // The URI is required by tonic but unused: the connector always dials the socket.
-    let endpoint = Endpoint::from_static("http://[::]:50051");
+async fn connect_rank(
+    endpoint: &ShardEndpoint,
+    deadline: Instant,
+) -> ShardResult<ShardStub<Channel>> {
     loop {
-        let socket_path = path.to_path_buf();
-        let connector = service_fn(move |_: Uri| {
-            let socket_path = socket_path.clone();
-            async move { UnixStream::connect(socket_path).await.map(TokioIo::new) }
-        });
-        match endpoint.connect_with_connector(connector).await {
+        match endpoint.connect().await {
             Ok(channel) => {
                 return Ok(ShardStub::new(channel)
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES))
             }
             Err(error) if Instant::now() + CONNECT_RETRY_INTERVAL < deadline => {
-                tracing::debug!(path = %path.display(), %error, "shard not reachable yet");
+                tracing::debug!(%endpoint, %error, "shard not reachable yet");
                 tokio::time::sleep(CONNECT_RETRY_INTERVAL).await;
             }
             Err(error) => {
                 return Err(ShardError::Transport(format!(
-                    "cannot connect to the shard at {}: {error}",
-                    path.display()
+                    "cannot connect to the shard at {endpoint}: {error}"
                 )))
             }
         }

@@ -1,7 +1,10 @@
 //! Talking to the shards. `ShardClient` is the seam the scheduler drives: the real
-//! implementation (`grpc.rs`) sends every call to every rank over unix-socket gRPC and returns
-//! rank 0's answer; tests use an in-process fake.
+//! implementation (`grpc.rs`) sends every call to every rank over gRPC (unix sockets, TCP for
+//! ranks on other nodes), checks that the ranks agree (`agreement.rs`) and returns rank 0's
+//! answer; tests use an in-process fake.
 
+pub mod agreement;
+pub mod endpoint;
 pub mod grpc;
 
 use std::future::Future;
@@ -16,6 +19,9 @@ pub enum ShardError {
     Status(String),
     #[error("shard unreachable: {0}")]
     Transport(String),
+    /// Tensor-parallel ranks answered the same call differently: they fell out of step.
+    #[error("shard ranks disagree: {0}")]
+    Disagreement(String),
 }
 
 pub type ShardResult<T> = Result<T, ShardError>;

@@ -44,6 +44,7 @@ from ferrite_server.engine.types import (
     WarmupResult,
 )
 from ferrite_server.engine.warmup import WarmupShape, run_warmup_step
+from ferrite_server.layers.parallel_group import TensorParallelGroup
 from ferrite_server.models.interface import KVCache
 
 MAX_TOP_N_TOKENS = 20
@@ -58,7 +59,10 @@ class Engine:
         self._batch = BatchState()
         self._kv_caches: list[KVCache] | None = None
         self._limits: StepLimits | None = None
-        self._seed_source = random.Random()  # seeds requests that bring none
+        # Seeds requests that bring none. Tensor-parallel ranks draw the same seeds (rank 0's
+        # stream, and every rank sees the same requests in the same order), so they sample the
+        # same tokens.
+        self._seed_source = random.Random(runner.group.rank0_value(random.getrandbits(63)))
         facts = runner.facts
         self._stop = StopCriteria(
             eos_token_ids=frozenset(facts.eos_token_ids),
@@ -68,6 +72,10 @@ class Engine:
     @classmethod
     def load(cls, config: ShardConfig) -> Engine:
         return cls(ModelRunner.load(config), config)
+
+    @property
+    def tensor_parallel_group(self) -> TensorParallelGroup:
+        return self._runner.group
 
     def info(self) -> EngineInfo:
         facts = self._runner.facts
@@ -113,7 +121,10 @@ class Engine:
         else:
             budget_bytes = cpu_kv_cache_bytes(configured_bytes)
         spec = self._runner.kv_cache_spec(self._block_size)
-        num_blocks = max(budget_bytes, 0) // spec.bytes_per_block
+        # The router has one block table per request for all ranks: every rank holds as many
+        # blocks as the one with the least memory.
+        local_blocks = max(budget_bytes, 0) // spec.bytes_per_block
+        num_blocks = self._runner.group.min_over_ranks(local_blocks)
         needed_blocks = spec.num_blocks_for_tokens(max_total_tokens)
         if num_blocks < needed_blocks:
             raise InsufficientMemoryError(

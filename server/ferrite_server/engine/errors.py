@@ -19,3 +19,11 @@ class UnsupportedModelError(EngineError):
 
 class InsufficientMemoryError(EngineError):
     """Warmup found too little memory for the KV cache the limits need (RESOURCE_EXHAUSTED)."""
+
+
+class CollectiveError(EngineError):
+    """A tensor-parallel collective failed or timed out (a rank died or fell out of step).
+
+    Fatal: the ranks no longer agree on which collective comes next, so the shard exits and the
+    launcher reports it (gRPC INTERNAL for the call that hit it).
+    """

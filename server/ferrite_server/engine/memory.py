@@ -66,3 +66,16 @@ def cuda_kv_cache_bytes(device: torch.device, peak_activation_bytes: int) -> int
 def model_memory_bytes(module: torch.nn.Module) -> int:
     tensors = {id(t): t for t in [*module.parameters(), *module.buffers()]}
     return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def anonymous_resident_bytes() -> int:
+    """This process's anonymous resident memory (RssAnon: heap, tensors on CPU; not mapped
+    files such as an open safetensors checkpoint), or 0 where /proc does not say."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0

@@ -4,6 +4,10 @@ Device: `config.device`, else cuda:<local_rank> when CUDA is available, else cpu
 Dtype "auto": bfloat16 on CPU; on GPU the checkpoint's dtype, except that a float32 checkpoint
 runs in bfloat16 (float16 where bfloat16 is unsupported) — GPU serving is half precision, and
 --dtype float32 still asks for full precision explicitly.
+
+Tensor parallelism (world size > 1): the runner joins the group first (engine/distributed.py),
+then every layer is built with this rank's share and loads only its slices of the checkpoint;
+`facts` then describe this rank (its weight bytes, its KV heads).
 """
 
 from __future__ import annotations
@@ -15,13 +19,15 @@ from pathlib import Path
 import torch
 
 from ferrite_server.config import ShardConfig
-from ferrite_server.engine.errors import UnsupportedModelError
+from ferrite_server.engine.distributed import check_tensor_parallel, init_tensor_parallel
 from ferrite_server.engine.forward_inputs import ForwardInputs
 from ferrite_server.engine.kv_cache import KVCacheSpec
-from ferrite_server.engine.memory import model_memory_bytes
+from ferrite_server.engine.memory import anonymous_resident_bytes, model_memory_bytes
 from ferrite_server.layers.attention.kv_quant import KVCacheQuant
 from ferrite_server.layers.attention.selector import create_attention_backend
+from ferrite_server.layers.head_partition import HeadPartition
 from ferrite_server.layers.linear import process_weights_after_loading
+from ferrite_server.layers.parallel_group import TensorParallelGroup
 from ferrite_server.layers.placement import LayerPlacement
 from ferrite_server.layers.quantization.config import QuantizationConfig, resolve_quantization
 from ferrite_server.models import model_family
@@ -34,11 +40,7 @@ from ferrite_server.models.config import (
     read_hf_config,
 )
 from ferrite_server.models.interface import CausalLM, KVCache
-from ferrite_server.weights import (
-    TensorParallelRank,
-    iter_checkpoint_tensors,
-    load_named_tensors,
-)
+from ferrite_server.weights import iter_checkpoint_slices, load_named_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +58,8 @@ class ModelFacts:
     dtype: torch.dtype
     device: torch.device
     attention_backend: str
-    model_memory_bytes: int
+    model_memory_bytes: int  # this rank's parameters and buffers
+    num_local_kv_heads: int  # KV heads this rank computes and caches
     quantization: str = ""  # "" when the weights are not quantized
     kv_cache_dtype: torch.dtype | None = None  # None: the compute dtype
 
@@ -89,34 +92,49 @@ def resolve_dtype(requested: str, device: torch.device, hf: HfConfig) -> torch.d
 
 
 class ModelRunner:
-    def __init__(self, model: CausalLM, facts: ModelFacts) -> None:
+    def __init__(
+        self, model: CausalLM, facts: ModelFacts, group: TensorParallelGroup | None = None
+    ) -> None:
         self.model = model
         self.facts = facts
+        self.group = group if group is not None else TensorParallelGroup()
 
     @classmethod
     def load(cls, config: ShardConfig, random_weights: bool = False) -> ModelRunner:
         """Build the model and load its checkpoint (`random_weights`: fill with noise instead,
         for benchmarks of large shapes whose speed does not depend on the values)."""
-        if config.distributed.world_size != 1:
-            raise UnsupportedModelError("tensor parallelism (world size > 1) is not implemented")
         model_dir = Path(config.model_id)
         hf = read_hf_config(model_dir)
         architecture = architecture_of(hf)
         family = model_family(architecture)
         model_config = family.config_from_hf(hf)
+        check_tensor_parallel(model_config, config.distributed.world_size)
         # Refuses impossible combinations before any weight is read.
         quantization = resolve_quantization(config.quantize, hf)
         device = resolve_device(config)
         dtype = resolve_dtype(config.dtype, device, hf)
         kv_quant = KVCacheQuant.from_name(config.kv_cache_dtype)
         backend = create_attention_backend(config.attention_backend, device, kv_quant)
-        placement = LayerPlacement(dtype, device, TensorParallelRank(), quantization)
+        group = init_tensor_parallel(config, device)
+        placement = replace(
+            LayerPlacement.for_group(dtype, device, group), quantization=quantization
+        )
+        resident_before_bytes = anonymous_resident_bytes()
         model = family(model_config, backend, placement)
         if random_weights:
             _fill_with_noise(model)  # type: ignore[arg-type]
         else:
             _load_weights(model, model_dir, device, quantization)  # type: ignore[arg-type]
         process_weights_after_loading(model)  # type: ignore[arg-type]
+        weight_bytes = model_memory_bytes(model)  # type: ignore[arg-type]
+        # Read by the tests of tensor parallelism (each rank ~1/N of the weights); one line.
+        logger.info(
+            "rank %d of %d holds %d weight bytes; anonymous resident memory grew by %d bytes "
+            "while loading",
+            group.rank, group.world_size, weight_bytes,
+            anonymous_resident_bytes() - resident_before_bytes,
+        )
+        heads = HeadPartition.of(model_config.num_heads, model_config.num_kv_heads, placement.tp)
         facts = ModelFacts(
             model_id=str(config.model_id),
             architecture=architecture,
@@ -125,23 +143,24 @@ class ModelRunner:
             dtype=dtype,
             device=device,
             attention_backend=backend.name,
-            model_memory_bytes=model_memory_bytes(model),  # type: ignore[arg-type]
+            model_memory_bytes=weight_bytes,
+            num_local_kv_heads=heads.num_kv_heads,
             quantization=quantization.name if quantization is not None else "",
             kv_cache_dtype=kv_quant.cache_dtype(dtype),
         )
         logger.info(
             "weights: %.1f MiB on %s (%s, quantization: %s); KV cache dtype: %s",
-            facts.model_memory_bytes / 2**20, device, facts.dtype_name,
-            facts.quantization or "none", str(facts.kv_cache_dtype).removeprefix("torch."),
+            weight_bytes / 2**20, device, facts.dtype_name, facts.quantization or "none",
+            str(facts.kv_cache_dtype).removeprefix("torch."),
         )
-        return cls(model, facts)
+        return cls(model, facts, group)
 
     def kv_cache_spec(self, block_size: int) -> KVCacheSpec:
         config = self.facts.config
         return KVCacheSpec(
             num_layers=config.num_layers,
             block_size=block_size,
-            num_kv_heads=config.num_kv_heads,
+            num_kv_heads=self.facts.num_local_kv_heads,
             head_dim=config.head_dim,
             dtype=self.facts.kv_cache_dtype or self.facts.dtype,
         )
@@ -162,11 +181,11 @@ def _load_weights(
     model: CausalLM, model_dir: Path, device: torch.device, quantization: QuantizationConfig | None
 ) -> None:
     layout = model.checkpoint_layout()
-    tensors = iter_checkpoint_tensors(model_dir, device)
+    tensors = iter_checkpoint_slices(model_dir, device)
     if quantization is not None:
         suffixes = layout.ignored_suffixes + quantization.ignored_checkpoint_suffixes
         layout = replace(layout, ignored_suffixes=suffixes)
-        tensors = quantization.checkpoint_tensors(tensors)
+        tensors = quantization.checkpoint_tensors(tensors)  # type: ignore[assignment]
     load_named_tensors(model, tensors, layout)  # type: ignore[arg-type]
 
 

@@ -44,14 +44,14 @@ class LlamaAttention(nn.Module):
         self, config: DecoderConfig, backend: AttentionBackend, placement: LayerPlacement
     ) -> None:
         super().__init__()
-        world_size = placement.tp.world_size
-        self.num_heads = config.num_heads // world_size
-        self.num_kv_heads = config.num_kv_heads // world_size
+        heads = AttentionHeads(config.num_heads, config.num_kv_heads, config.head_dim)
+        self.qkv_proj = QKVParallelLinear(config.hidden_size, heads, config.qkv_bias, placement)
+        # This rank's heads (tensor parallelism; all of them on one rank).
+        self.num_heads = self.qkv_proj.partition.num_heads
+        self.num_kv_heads = self.qkv_proj.partition.num_kv_heads
         self.head_dim = config.head_dim
         self.scale = config.head_dim**-0.5
         self.backend = backend
-        heads = AttentionHeads(config.num_heads, config.num_kv_heads, config.head_dim)
-        self.qkv_proj = QKVParallelLinear(config.hidden_size, heads, config.qkv_bias, placement)
         self.o_proj = RowParallelLinear(
             config.num_heads * config.head_dim, config.hidden_size, config.o_bias, placement
         )

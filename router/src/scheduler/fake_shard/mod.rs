@@ -209,6 +209,7 @@ impl ShardClient for FakeShard {
             supports_chunked_prefill: true,
             supports_prompt_logprobs: true,
             max_top_n_tokens: 10,
+            rank_endpoints: Vec::new(),
         })
     }
 

@@ -1,6 +1,6 @@
 //! The client against fake shard ranks served over real unix sockets.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -18,6 +18,10 @@ struct FakeRank {
     rank: usize,
     fail_prefill: bool,
     prefill_calls: Arc<AtomicUsize>,
+    /// Added to every token id this rank answers: non-zero makes it fall out of step.
+    token_offset: u32,
+    world_size: u32,
+    rank_endpoints: Vec<String>,
 }
 
 #[tonic::async_trait]
@@ -26,9 +30,12 @@ impl Shard for FakeRank {
         &self,
         _: Request<proto::InfoRequest>,
     ) -> Result<Response<proto::InfoResponse>, Status> {
-        let model_id = format!("rank{}", self.rank);
+        // The device differs per rank, as on GPUs; everything else describes the one model.
         Ok(Response::new(proto::InfoResponse {
-            model_id,
+            model_id: "fake".into(),
+            device: format!("rank{}", self.rank),
+            world_size: self.world_size,
+            rank_endpoints: self.rank_endpoints.clone(),
             ..Default::default()
         }))
     }
@@ -42,10 +49,10 @@ impl Shard for FakeRank {
         &self,
         request: Request<proto::WarmupRequest>,
     ) -> Result<Response<proto::WarmupResponse>, Status> {
-        // Echo something rank-specific so the test can tell whose answer came back.
-        let num_blocks = request.into_inner().max_batch_size + self.rank as u32;
+        // Memory is rank-specific (not compared), so the test can tell whose answer came back.
         Ok(Response::new(proto::WarmupResponse {
-            num_blocks,
+            num_blocks: request.into_inner().max_batch_size,
+            model_memory_bytes: self.rank as u64,
             ..Default::default()
         }))
     }
@@ -63,6 +70,10 @@ impl Shard for FakeRank {
             .iter()
             .map(|chunk| proto::Generation {
                 request_id: chunk.request_id,
+                tokens: vec![proto::GeneratedToken {
+                    token_id: 100 + self.token_offset,
+                    ..Default::default()
+                }],
                 ..Default::default()
             })
             .collect();
@@ -124,12 +135,13 @@ async fn every_rank_gets_the_call_and_rank0_answers() {
         .await
         .expect("connect");
     assert_eq!(client.num_ranks(), 2);
-    assert_eq!(client.info().await.expect("info").model_id, "rank0");
+    assert_eq!(client.info().await.expect("info").device, "rank0");
     let warmup = client.warmup(proto::WarmupRequest {
         max_batch_size: 7,
         ..Default::default()
     });
-    assert_eq!(warmup.await.expect("warmup").num_blocks, 7);
+    let warmup = warmup.await.expect("warmup");
+    assert_eq!((warmup.num_blocks, warmup.model_memory_bytes), (7, 0));
 
     let chunk = proto::PrefillChunk {
         request_id: 42,
@@ -183,7 +195,7 @@ async fn any_rank_failing_fails_the_call() {
         other => panic!("expected a status error, got {other:?}"),
     }
     // The connection survives a failed step.
-    assert_eq!(client.info().await.expect("info").model_id, "rank0");
+    assert_eq!(client.info().await.expect("info").device, "rank0");
 }
 
 #[tokio::test]
@@ -199,7 +211,7 @@ async fn connect_waits_for_a_socket_that_appears_later() {
         .await
         .expect("join")
         .expect("connect after retries");
-    assert_eq!(client.info().await.expect("info").model_id, "rank0");
+    assert_eq!(client.info().await.expect("info").device, "rank0");
 }
 
 #[tokio::test]
@@ -213,6 +225,9 @@ async fn connect_gives_up_at_the_deadline() {
         "{error}"
     );
 }
+
+#[path = "fanout_tests.rs"]
+mod fanout;
 
 #[test]
 fn unavailable_is_transport_other_codes_are_step_failures() {

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
+from ferrite_server.checkpoint_slice import Loaded, read_loaded
 from ferrite_server.weights import CheckpointError
 
 _QUANT_STATE_MARK = ".quant_state."
@@ -80,11 +81,16 @@ class _PendingWeight:
 
 
 def dequantize_bnb_checkpoint(
-    tensors: Iterable[tuple[str, torch.Tensor]],
+    tensors: Iterable[tuple[str, Loaded]],
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Pass ordinary tensors through; emit each quantized `P.weight` dequantized to float32."""
+    """Pass ordinary tensors through; emit each quantized `P.weight` dequantized to float32.
+
+    Every tensor is read whole here (its dtype tells a quantized weight apart), so ranks of a
+    tensor-parallel group read the whole bitsandbytes checkpoint.
+    """
     pending: dict[str, _PendingWeight] = {}
-    for name, tensor in tensors:
+    for name, loaded in tensors:
+        tensor = read_loaded(loaded)
         classified = _classify(name, tensor)
         if classified is None:
             yield name, tensor

@@ -15,8 +15,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Union, get_args
 
-import torch
 
+from ferrite_server.checkpoint_slice import Loaded
 from ferrite_server.config import QuantizeName
 from ferrite_server.engine.errors import UnsupportedModelError
 from ferrite_server.layers.quantization.awq import AWQ_BITS, AwqMethod, AwqParams
@@ -60,8 +60,8 @@ class QuantizationConfig:
         return _FP8_UNUSED_SUFFIXES if self.name == "fp8" and self.prequantized else ()
 
     def checkpoint_tensors(
-        self, tensors: Iterable[tuple[str, torch.Tensor]]
-    ) -> Iterator[tuple[str, torch.Tensor]]:
+        self, tensors: Iterable[tuple[str, Loaded]]
+    ) -> Iterator[tuple[str, Loaded]]:
         """The checkpoint's tensors as the layers' loaders take them."""
         if isinstance(self.params, BnbParams) and self.prequantized:
             return dequantize_bnb_checkpoint(tensors)

@@ -25,6 +25,7 @@ from typing import Literal, Protocol
 import torch
 from torch import nn
 
+from ferrite_server.checkpoint_slice import Loaded, narrow_loaded, read_loaded
 from ferrite_server.weights import (
     CheckpointError,
     ShardId,
@@ -50,6 +51,21 @@ class LinearShape:
     tp: TensorParallelRank = field(default_factory=TensorParallelRank)
     # Checkpoint shard ids of the fused parts, in order ((None,) for an unfused layer).
     part_ids: tuple[ShardId, ...] = (None,)
+    # Column-parallel: (start, length) of each part's output features this rank keeps.
+    # None: rank r keeps the r-th equal slice (KV heads replicated over ranks need their own).
+    output_slices: tuple[tuple[int, int], ...] | None = None
+
+    @property
+    def part_slices(self) -> tuple[tuple[int, int], ...]:
+        """(start, length) of each part's output features on this rank."""
+        if self.output_slices is not None:
+            return self.output_slices
+        if self.split == "row":
+            return tuple((0, size) for size in self.output_sizes)
+        world_size, rank = self.tp.world_size, self.tp.rank
+        return tuple(
+            (rank * (size // world_size), size // world_size) for size in self.output_sizes
+        )
 
     @property
     def local_input_size(self) -> int:
@@ -59,9 +75,7 @@ class LinearShape:
 
     @property
     def local_output_sizes(self) -> tuple[int, ...]:
-        if self.split == "column":
-            return tuple(size // self.tp.world_size for size in self.output_sizes)
-        return self.output_sizes
+        return tuple(length for _, length in self.part_slices)
 
     @property
     def local_output_size(self) -> int:
@@ -105,29 +119,46 @@ def load_sharded(
     shape: LinearShape,
     dims: ShardedDims,
     param: nn.Parameter,
-    loaded: torch.Tensor,
+    loaded: Loaded,
     shard_id: ShardId,
 ) -> None:
-    """Copy this rank's slice of checkpoint tensor `loaded` (fused part `shard_id`) into param."""
+    """Copy this rank's slice of checkpoint tensor `loaded` (fused part `shard_id`) into param;
+    of a lazy CheckpointSlice only that slice is read."""
     part = shape.part_index(shard_id)
     if dims.per_part:
-        if loaded.numel() != 1:
-            raise CheckpointError(f"expected a per-tensor scalar, got shape {tuple(loaded.shape)}")
-        param.data[part].copy_(loaded.reshape(()))
+        scalar = read_loaded(loaded)
+        if scalar.numel() != 1:
+            raise CheckpointError(f"expected a per-tensor scalar, got shape {tuple(scalar.shape)}")
+        param.data[part].copy_(scalar.reshape(()))
         return
     target = param.data
-    if dims.output_dim is not None:
+    whole_output = shape.num_parts == 1 and shape.part_slices[0] == (0, shape.output_sizes[0])
+    if dims.output_dim is not None and not whole_output:
         local_sizes = shape.local_output_sizes
         offset = _slice_count(sum(local_sizes[:part]), dims.output_divisor, "fused offset")
         length = _slice_count(local_sizes[part], dims.output_divisor, "output slice")
         target = target.narrow(dims.output_dim, offset, length)
         if shape.split == "column":
-            loaded = shape.tp.shard(loaded, dims.output_dim)
-    elif shape.num_parts > 1:
+            start = _slice_count(shape.part_slices[part][0], dims.output_divisor, "output start")
+            _check_full_size(loaded, dims, shape.output_sizes[part])
+            loaded = narrow_loaded(loaded, dims.output_dim, start, length)
+    elif dims.output_dim is None and shape.num_parts > 1:
+        loaded = read_loaded(loaded)
         _check_shared_across_parts(param, loaded, part)
     if dims.input_dim is not None and shape.split == "row":
         loaded = shape.tp.shard(loaded, dims.input_dim)
     copy_checked(target, loaded, f"part {part}" if shape.num_parts > 1 else "linear parameter")
+
+
+def _check_full_size(loaded: Loaded, dims: ShardedDims, output_size: int) -> None:
+    """The checkpoint tensor covers the part's full output (a slice of it could hide a bug)."""
+    assert dims.output_dim is not None
+    expected = -(-output_size // dims.output_divisor)  # block scales round up: ceil(N / block)
+    if loaded.shape[dims.output_dim] != expected:
+        raise CheckpointError(
+            f"checkpoint dimension {dims.output_dim} has {loaded.shape[dims.output_dim]} "
+            f"elements, {expected} expected for {output_size} output features"
+        )
 
 
 def _check_shared_across_parts(param: nn.Parameter, loaded: torch.Tensor, part: int) -> None:
@@ -151,7 +182,7 @@ def sharded_parameter(
     def loader(target: nn.Parameter, loaded: torch.Tensor, shard_id: ShardId) -> None:
         load_sharded(shape, dims, target, loaded, shard_id)
 
-    attach_weight_loader(param, loader)
+    attach_weight_loader(param, loader, takes_slices=True)
     if dims.output_dim is None and not dims.per_part:
         setattr(param, _LOADED_PARTS_ATTRIBUTE, set())
     return param

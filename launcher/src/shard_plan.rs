@@ -1,0 +1,85 @@
+//! One shard process per rank of this node: its flags, the standard torch.distributed
+//! variables (the one configuration passed through the environment) and its socket.
+
+use std::path::{Path, PathBuf};
+
+use crate::args::Args;
+use crate::plan::{push_opt, python_env, shard_uds_path, ProcessSpec, ShardSpec};
+use crate::topology::Topology;
+
+pub struct ShardPlanner<'a> {
+    pub args: &'a Args,
+    pub model_dir: &'a Path,
+    pub program: &'a Path,
+    pub uds_prefix: PathBuf,
+    pub topology: Topology,
+}
+
+impl ShardPlanner<'_> {
+    /// The shard of global rank `rank` (one of `topology.ranks()`).
+    pub fn spec(&self, rank: u32) -> ShardSpec {
+        let args = self.args;
+        let local_rank = rank - self.topology.ranks().start;
+        let uds_path = shard_uds_path(&self.uds_prefix, rank);
+        let mut argv = vec![
+            "serve".to_string(),
+            "--model-id".into(),
+            self.model_dir.display().to_string(),
+            "--uds-path".into(),
+            uds_path.display().to_string(),
+            "--dtype".into(),
+            args.dtype.as_flag().into(),
+            "--attention-backend".into(),
+            args.attention_backend.as_flag().into(),
+            "--collective-timeout-s".into(),
+            args.collective_timeout_s.to_string(),
+            "--rendezvous-timeout-s".into(),
+            args.rendezvous_timeout_s.to_string(),
+            "--kv-cache-dtype".into(),
+            args.kv_cache_dtype.as_flag().into(),
+        ];
+        push_opt(
+            &mut argv,
+            "--quantize",
+            args.quantize.map(|quantize| quantize.as_flag()).as_ref(),
+        );
+        push_opt(
+            &mut argv,
+            "--kv-cache-memory",
+            args.kv_cache_memory.as_ref(),
+        );
+        if !self.topology.runs_router() {
+            // The router on node 0 reaches this node's shards over TCP.
+            let port = match args.shard_grpc_port {
+                0 => 0,
+                first => u32::from(first) + local_rank,
+            };
+            push_opt(&mut argv, "--grpc-tcp-port", Some(&port));
+            push_opt(&mut argv, "--advertise-addr", args.advertise_addr.as_ref());
+        }
+        let mut env = python_env();
+        env.extend([
+            ("RANK".to_string(), rank.to_string()),
+            (
+                "WORLD_SIZE".to_string(),
+                self.topology.world_size().to_string(),
+            ),
+            ("LOCAL_RANK".to_string(), local_rank.to_string()),
+            (
+                "LOCAL_WORLD_SIZE".to_string(),
+                self.topology.shards_per_node.to_string(),
+            ),
+            ("MASTER_ADDR".to_string(), args.master_addr.clone()),
+            ("MASTER_PORT".to_string(), args.master_port.to_string()),
+        ]);
+        ShardSpec {
+            process: ProcessSpec {
+                name: format!("shard-{rank}"),
+                program: self.program.to_path_buf(),
+                args: argv,
+                env,
+            },
+            uds_path,
+        }
+    }
+}
