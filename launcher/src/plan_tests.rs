@@ -98,6 +98,19 @@ fn shard_flags_carry_dtype_backend_and_kv_memory() {
 }
 
 #[test]
+fn shard_flags_carry_quantization() {
+    let quantized =
+        plan(&["--quantize", "bitsandbytes-nf4", "--kv-cache-dtype", "fp8"]).expect("valid");
+    let shard = &quantized.shards[0].process;
+    assert_eq!(flag_value(shard, "--quantize"), Some("bitsandbytes-nf4"));
+    assert_eq!(flag_value(shard, "--kv-cache-dtype"), Some("fp8"));
+    let plain = plan(&[]).expect("valid");
+    let shard = &plain.shards[0].process;
+    assert_eq!(flag_value(shard, "--quantize"), None);
+    assert_eq!(flag_value(shard, "--kv-cache-dtype"), Some("auto"));
+}
+
+#[test]
 fn router_gets_tokenizer_sockets_and_limits() {
     let plan = plan(&[
         "--port",

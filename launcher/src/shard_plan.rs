@@ -35,7 +35,14 @@ impl ShardPlanner<'_> {
             args.collective_timeout_s.to_string(),
             "--rendezvous-timeout-s".into(),
             args.rendezvous_timeout_s.to_string(),
+            "--kv-cache-dtype".into(),
+            args.kv_cache_dtype.as_flag().into(),
         ];
+        push_opt(
+            &mut argv,
+            "--quantize",
+            args.quantize.map(|quantize| quantize.as_flag()).as_ref(),
+        );
         push_opt(
             &mut argv,
             "--kv-cache-memory",

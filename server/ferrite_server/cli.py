@@ -23,12 +23,14 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 from ferrite_server.config import (
     DEFAULT_BLOCK_SIZE_TOKENS,
     DistributedConfig,
     DistributedTimeouts,
+    KVCacheDtypeName,
+    QuantizeName,
     ShardConfig,
     TcpListen,
     TracingConfig,
@@ -68,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="bytes of KV cache (e.g. 2GiB); default: derived from free memory")
     serve.add_argument("--block-size", type=int, default=DEFAULT_BLOCK_SIZE_TOKENS,
                        help="tokens per KV block")
+    serve.add_argument("--quantize", choices=list(get_args(QuantizeName)), default=None,
+                       help="quantize the weights at load (bitsandbytes*, fp8) or load a "
+                       "GPTQ/AWQ checkpoint; default: the checkpoint's quantization_config")
+    serve.add_argument("--kv-cache-dtype", choices=list(get_args(KVCacheDtypeName)),
+                       default="auto", help="fp8: store K/V as float8 e4m3 with a scale")
     _add_tensor_parallel_flags(serve)
     serve.add_argument("--otlp-endpoint", default=None,
                        help="OTLP/gRPC collector to export step spans to (default: tracing off)")
@@ -133,6 +140,8 @@ def shard_config_from_args(args: argparse.Namespace) -> ShardConfig:
         ),
         tcp_listen=tcp_listen,
         tracing=TracingConfig(otlp_endpoint=args.otlp_endpoint, otlp_service_name=args.otlp_service_name),
+        quantize=args.quantize,
+        kv_cache_dtype=args.kv_cache_dtype,
     )
 
 

@@ -42,6 +42,8 @@ pub struct ModelFacts {
     pub device_type: String,
     pub attention_backend: String,
     pub quantization: Option<String>,
+    /// `auto` or `fp8`.
+    pub kv_cache_dtype: String,
     pub num_shards: usize,
     pub block_size: usize,
     pub max_position_embeddings: usize,

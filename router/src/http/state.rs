@@ -115,7 +115,8 @@ fn info(config: &RouterConfig) -> Info {
         kv_block_size: config.model.block_size,
         kv_num_blocks: config.batching.num_blocks,
         attention_backend: config.model.attention_backend.clone(),
-        quantization: config.model.quantization.clone(),
+        quantize: config.model.quantization.clone(),
+        kv_cache_dtype: config.model.kv_cache_dtype.clone(),
         num_shards: config.model.num_shards,
     }
 }

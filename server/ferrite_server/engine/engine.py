@@ -90,6 +90,8 @@ class Engine:
             max_position_embeddings=facts.config.max_position_embeddings,
             world_size=self._config.distributed.world_size,
             attention_backend=facts.attention_backend,
+            quantization=facts.quantization,
+            kv_cache_dtype=facts.kv_cache_dtype_name,
             max_top_n_tokens=MAX_TOP_N_TOKENS,
         )
 

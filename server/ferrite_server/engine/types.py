@@ -123,6 +123,7 @@ class EngineInfo:
     world_size: int
     attention_backend: str
     quantization: str = ""
+    kv_cache_dtype: str = "auto"  # "auto" (the compute dtype) or "fp8"
     supports_chunked_prefill: bool = True
     supports_prompt_logprobs: bool = True
     max_top_n_tokens: int = 20
