@@ -54,10 +54,8 @@ pub fn traced_request<T>(message: T) -> tonic::Request<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::test_exporter::with_recorded_spans;
     use axum::http::HeaderValue;
-    use opentelemetry::trace::TracerProvider as _;
-    use opentelemetry_sdk::trace::SdkTracerProvider;
-    use tracing_subscriber::layer::SubscriberExt;
 
     /// The trace context carried by gRPC metadata, as the shard reads it.
     fn metadata_parent(metadata: &MetadataMap) -> Option<Context> {
@@ -94,11 +92,7 @@ mod tests {
 
     #[test]
     fn a_traced_span_travels_in_the_metadata_as_the_parent() {
-        // No exporter: spans still get real ids, and nothing leaves the test.
-        let provider = SdkTracerProvider::builder().build();
-        let subscriber = tracing_subscriber::registry()
-            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
-        tracing::subscriber::with_default(subscriber, || {
+        let _recorded = with_recorded_spans(|| {
             let span = tracing::info_span!("shard_step");
             let expected = span.context().span().span_context().clone();
             let request = span.in_scope(|| traced_request(()));

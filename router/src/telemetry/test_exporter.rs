@@ -44,7 +44,19 @@ pub fn recording_subscriber() -> (impl tracing::Subscriber + Send + Sync, Record
 
 /// Runs `work` under `recording_subscriber()`.
 pub fn with_recorded_spans(work: impl FnOnce()) -> RecordingExporter {
-    let (subscriber, exporter) = recording_subscriber();
-    tracing::subscriber::with_default(subscriber, work);
+    let (_guard, exporter) = record_spans_on_this_thread();
+    work();
     exporter
+}
+
+/// Makes `recording_subscriber()` this thread's default until the guard drops (for async tests
+/// on a current-thread runtime).
+pub fn record_spans_on_this_thread() -> (tracing::subscriber::DefaultGuard, RecordingExporter) {
+    let (subscriber, exporter) = recording_subscriber();
+    let guard = tracing::subscriber::set_default(subscriber);
+    // Tests on other threads (without this subscriber) may have registered a callsite while
+    // this one was being set, caching "never" for it; recompute every callsite's interest now
+    // that this subscriber is known, so its spans are not silently disabled.
+    tracing::callsite::rebuild_interest_cache();
+    (guard, exporter)
 }

@@ -7,7 +7,7 @@ use opentelemetry_sdk::trace::SpanData;
 
 use super::*;
 use crate::metrics::steps::StepMethod;
-use crate::telemetry::test_exporter::recording_subscriber;
+use crate::telemetry::test_exporter::record_spans_on_this_thread;
 
 fn traced(prompt: Vec<u32>, max_new_tokens: u32, span: tracing::Span) -> GenerationRequest {
     GenerationRequest {
@@ -31,8 +31,7 @@ fn span_id_of(spans: &[SpanData], name: &str, parent: SpanId) -> SpanId {
 
 #[tokio::test]
 async fn phases_and_steps_form_one_tree_per_request() {
-    let (subscriber, exporter) = recording_subscriber();
-    let _default = tracing::subscriber::set_default(subscriber);
+    let (_default, exporter) = record_spans_on_this_thread();
     let fake = fake(4, 64);
     let handle = spawn_scheduler(fake.clone(), config(&fake, 64, 8));
     let first = tracing::info_span!("request", which = "first");
