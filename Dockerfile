@@ -79,5 +79,6 @@ ENV MODEL_CACHE_DIR=/data/ferrite/models
 ENV HOSTNAME=0.0.0.0
 ENV PORT=80
 VOLUME /data
-EXPOSE 80
+# The API, and the metrics-only listener (--prometheus-port).
+EXPOSE 80 9000
 ENTRYPOINT ["ferrite-launcher"]

@@ -185,7 +185,7 @@ def image_running(image: str, launcher_args: list[str]) -> Iterator[ImageRun]:
                 process = subprocess.Popen(
                     ["buildah", "run", "--isolation", "chroot", container_name, "--",
                      "ferrite-launcher", "--hostname", "127.0.0.1", "--port", str(port),
-                     *launcher_args],
+                     "--prometheus-port", str(free_port()), *launcher_args],
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,

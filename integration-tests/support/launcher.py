@@ -30,6 +30,8 @@ class RunningFerrite:
     base_url: str
     process: subprocess.Popen
     log_path: Path
+    # The metrics-only listener (--prometheus-port); None when the test chose its own port.
+    prometheus_url: str | None = None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -62,20 +64,27 @@ def stop(server: RunningFerrite, timeout_s: float = 60.0) -> int:
 def running_ferrite(
     args: Sequence[str] = (), env: dict[str, str] | None = None, wait: bool = True
 ) -> Iterator[RunningFerrite]:
-    """Run `ferrite-launcher --port <free> *args` until the block ends."""
+    """Run `ferrite-launcher --port <free> --prometheus-port <free> *args` until the block ends
+    (free ports, so that runs side by side never collide on the default metrics port 9000)."""
     port = free_port()
+    metrics_args: list[str] = []
+    prometheus_url = None
+    if "--prometheus-port" not in args:
+        prometheus_port = free_port()
+        metrics_args = ["--prometheus-port", str(prometheus_port)]
+        prometheus_url = f"http://127.0.0.1:{prometheus_port}"
     with tempfile.TemporaryDirectory(prefix="ferrite-it-") as tmp:
         log_path = Path(tmp) / "launcher.log"
         with open(log_path, "wb") as log_file:
             process = subprocess.Popen(
                 ["ferrite-launcher", "--hostname", "127.0.0.1", "--port", str(port),
-                 "--shard-uds-path", f"{tmp}/shard", *args],
+                 "--shard-uds-path", f"{tmp}/shard", *metrics_args, *args],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **(env or {})},
                 start_new_session=True,
             )
-            server = RunningFerrite(f"http://127.0.0.1:{port}", process, log_path)
+            server = RunningFerrite(f"http://127.0.0.1:{port}", process, log_path, prometheus_url)
             try:
                 if wait:
                     wait_until_ready(server)

@@ -15,12 +15,70 @@ pub enum Dtype {
     Float16,
 }
 
+/// Lowest level the launcher and its children log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
 /// Attention implementation the shards use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AttentionBackend {
     Auto,
     Torch,
     Triton,
+}
+
+/// Weight quantization of the shards (TGI's `--quantize` names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Quantize {
+    /// LLM.int8 through bitsandbytes, at load time
+    Bitsandbytes,
+    /// 4-bit NormalFloat through bitsandbytes, at load time
+    BitsandbytesNf4,
+    /// 4-bit float through bitsandbytes, at load time
+    BitsandbytesFp4,
+    /// float8 e4m3 weights: quantized at load time, or an FP8 checkpoint
+    Fp8,
+    /// a GPTQ checkpoint (detected without the flag)
+    Gptq,
+    /// an AWQ checkpoint (detected without the flag)
+    Awq,
+}
+
+impl Quantize {
+    pub fn as_flag(self) -> &'static str {
+        match self {
+            Quantize::Bitsandbytes => "bitsandbytes",
+            Quantize::BitsandbytesNf4 => "bitsandbytes-nf4",
+            Quantize::BitsandbytesFp4 => "bitsandbytes-fp4",
+            Quantize::Fp8 => "fp8",
+            Quantize::Gptq => "gptq",
+            Quantize::Awq => "awq",
+        }
+    }
+}
+
+/// How the shards store the KV cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KvCacheDtype {
+    /// the compute dtype
+    Auto,
+    /// float8 e4m3 with a per-tensor scale (half the memory of 16-bit)
+    Fp8,
+}
+
+impl KvCacheDtype {
+    pub fn as_flag(self) -> &'static str {
+        match self {
+            KvCacheDtype::Auto => "auto",
+            KvCacheDtype::Fp8 => "fp8",
+        }
+    }
 }
 
 impl Dtype {
@@ -71,6 +129,14 @@ pub struct Args {
     /// Attention implementation; auto = triton on CUDA, torch on CPU
     #[arg(long, env, value_enum, default_value_t = AttentionBackend::Auto)]
     pub attention_backend: AttentionBackend,
+
+    /// Quantize the weights (default: none, or the checkpoint's own quantization_config)
+    #[arg(long, env, value_enum)]
+    pub quantize: Option<Quantize>,
+
+    /// KV cache storage; fp8 halves its memory per token
+    #[arg(long, env, value_enum, default_value_t = KvCacheDtype::Auto)]
+    pub kv_cache_dtype: KvCacheDtype,
 
     /// Address the HTTP server binds to
     #[arg(long, env, default_value = "0.0.0.0")]
@@ -152,9 +218,21 @@ pub struct Args {
     #[arg(long, env)]
     pub json_output: bool,
 
-    /// OpenTelemetry OTLP/gRPC endpoint for traces, passed to the router (default: tracing off)
+    /// OpenTelemetry OTLP/gRPC endpoint (e.g. http://localhost:4317) the router and shards export traces to (default: tracing off)
     #[arg(long, env)]
     pub otlp_endpoint: Option<String>,
+
+    /// Service name prefix of the exported spans: <name>.router and <name>.shard
+    #[arg(long, env, default_value = "ferrite")]
+    pub otlp_service_name: String,
+
+    /// Port of the router's second, metrics-only listener (GET /metrics)
+    #[arg(long, env, default_value_t = 9000)]
+    pub prometheus_port: u16,
+
+    /// Lowest log level of the launcher, router and shards (RUST_LOG, when set, refines the router's)
+    #[arg(long, env, value_enum, default_value_t = LogLevel::Info)]
+    pub log_level: LogLevel,
 
     /// Seconds in-flight requests get to finish on shutdown before children are killed
     #[arg(long, env, default_value_t = 10)]

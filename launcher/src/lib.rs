@@ -5,6 +5,7 @@ pub mod args;
 pub mod child;
 pub mod logs;
 pub mod model;
+pub mod observability;
 pub mod plan;
 pub mod readiness;
 pub mod shard_plan;
@@ -50,7 +51,7 @@ enum LaunchError {
 /// The `ferrite-launcher` program.
 pub fn launch() -> ExitCode {
     let args = Args::parse();
-    let logger = Logger::new(args.json_output);
+    let logger = Logger::new(args.json_output).with_level(args.log_level);
     // One thread is plenty for supervising, and it keeps every fork on the main thread, which
     // the parent-death signal set by `setpriv` is tied to.
     let runtime = match tokio::runtime::Builder::new_current_thread()

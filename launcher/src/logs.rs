@@ -8,6 +8,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use crate::args::LogLevel;
+
 /// Lines of a dead child's output kept for its death report.
 pub const TAIL_LINES: usize = 20;
 /// Progress bars redraw with '\r' many times a second; forward at most one redraw this often.
@@ -34,6 +36,8 @@ pub struct Logger {
     json_output: bool,
     /// Tests keep the tail bookkeeping but print nothing.
     silent: bool,
+    /// The launcher's own lines below this level are dropped (children filter their own).
+    min_level: LogLevel,
 }
 
 impl Logger {
@@ -41,7 +45,12 @@ impl Logger {
         Self {
             json_output,
             silent: false,
+            min_level: LogLevel::Info,
         }
+    }
+
+    pub fn with_level(self, min_level: LogLevel) -> Self {
+        Self { min_level, ..self }
     }
 
     #[cfg(test)]
@@ -49,15 +58,20 @@ impl Logger {
         Self {
             json_output,
             silent: true,
+            min_level: LogLevel::Info,
         }
     }
 
     pub fn info(&self, message: &str) {
-        self.launcher_line("INFO", message);
+        if self.min_level <= LogLevel::Info {
+            self.launcher_line("INFO", message);
+        }
     }
 
     pub fn warn(&self, message: &str) {
-        self.launcher_line("WARN", message);
+        if self.min_level <= LogLevel::Warn {
+            self.launcher_line("WARN", message);
+        }
     }
 
     /// Errors go to stderr (everything else to stdout), so `2>` captures why the launcher failed.

@@ -55,6 +55,8 @@ pub enum PlanError {
     NodeRankOutOfRange { node_rank: u32, nnodes: u32 },
     #[error("--port ({0}) and --master-port ({0}) are the same port")]
     PortClash(u16),
+    #[error("--prometheus-port ({port}) is also {other}: choose another port")]
+    PrometheusPortClash { port: u16, other: &'static str },
     #[error("shard socket path {path} is {length_bytes} bytes, over the {MAX_UDS_PATH_BYTES}-byte unix socket limit: choose a shorter --shard-uds-path")]
     SocketPathTooLong { path: String, length_bytes: usize },
     #[error("--api-key is empty: omit it to run without authentication")]
@@ -104,6 +106,14 @@ pub fn check_args(args: &Args, launcher_pid: u32) -> Result<(), PlanError> {
     }
     if is_loopback_or_wildcard(&args.master_addr) && args.port == args.master_port {
         return Err(PlanError::PortClash(args.port));
+    }
+    for (other, port) in [("--port", args.port), ("--master-port", args.master_port)] {
+        if args.prometheus_port == port {
+            return Err(PlanError::PrometheusPortClash {
+                port: args.prometheus_port,
+                other,
+            });
+        }
     }
     for (flag, value) in [
         ("--max-input-tokens", args.max_input_tokens),
@@ -312,7 +322,7 @@ fn router_spec(
     for origin in &args.cors_allow_origin {
         push_opt(&mut argv, "--cors-allow-origin", Some(origin));
     }
-    push_opt(&mut argv, "--otlp-endpoint", args.otlp_endpoint.as_ref());
+    argv.extend(crate::observability::router_flags(args));
     if args.json_output {
         argv.push("--json-output".into());
     }

@@ -98,6 +98,19 @@ fn shard_flags_carry_dtype_backend_and_kv_memory() {
 }
 
 #[test]
+fn shard_flags_carry_quantization() {
+    let quantized =
+        plan(&["--quantize", "bitsandbytes-nf4", "--kv-cache-dtype", "fp8"]).expect("valid");
+    let shard = &quantized.shards[0].process;
+    assert_eq!(flag_value(shard, "--quantize"), Some("bitsandbytes-nf4"));
+    assert_eq!(flag_value(shard, "--kv-cache-dtype"), Some("fp8"));
+    let plain = plan(&[]).expect("valid");
+    let shard = &plain.shards[0].process;
+    assert_eq!(flag_value(shard, "--quantize"), None);
+    assert_eq!(flag_value(shard, "--kv-cache-dtype"), Some("auto"));
+}
+
+#[test]
 fn router_gets_tokenizer_sockets_and_limits() {
     let plan = plan(&[
         "--port",
@@ -387,5 +400,62 @@ fn ipv6_and_named_hosts_are_probed_where_bound() {
             .expect("valid")
             .router_probe_host,
         "127.0.0.5"
+    );
+}
+
+#[test]
+fn telemetry_flags_reach_router_and_shards() {
+    let plan = plan(&[
+        "--otlp-endpoint",
+        "http://127.0.0.1:4317",
+        "--otlp-service-name",
+        "prod",
+        "--prometheus-port",
+        "9100",
+        "--log-level",
+        "warn",
+        "--json-output",
+    ])
+    .expect("valid");
+    let router = plan.router.as_ref().expect("node 0 runs the router");
+    assert_eq!(
+        flag_value(router, "--otlp-endpoint"),
+        Some("http://127.0.0.1:4317")
+    );
+    assert_eq!(
+        flag_value(router, "--otlp-service-name"),
+        Some("prod.router")
+    );
+    assert_eq!(flag_value(router, "--prometheus-port"), Some("9100"));
+    assert_eq!(flag_value(router, "--log-level"), Some("warn"));
+    let shard = &plan.shards[0].process;
+    assert_eq!(
+        flag_value(shard, "--otlp-endpoint"),
+        Some("http://127.0.0.1:4317")
+    );
+    assert_eq!(flag_value(shard, "--otlp-service-name"), Some("prod.shard"));
+    assert_eq!(flag_value(shard, "--log-level"), Some("WARNING"));
+    assert!(shard.args.iter().any(|arg| arg == "--json-output"));
+}
+
+#[test]
+fn without_an_endpoint_no_child_is_asked_to_trace() {
+    let plan = plan(&[]).expect("valid");
+    let router = plan.router.as_ref().expect("node 0 runs the router");
+    assert_eq!(flag_value(router, "--prometheus-port"), Some("9000"));
+    assert_eq!(flag_value(router, "--log-level"), Some("info"));
+    for spec in std::iter::once(router).chain(plan.shards.iter().map(|s| &s.process)) {
+        assert!(!spec.args.iter().any(|arg| arg.starts_with("--otlp")));
+    }
+}
+
+#[test]
+fn the_metrics_port_cannot_be_the_api_port() {
+    assert_eq!(
+        plan(&["--port", "8080", "--prometheus-port", "8080"]),
+        Err(PlanError::PrometheusPortClash {
+            port: 8080,
+            other: "--port"
+        })
     );
 }

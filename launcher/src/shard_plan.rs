@@ -35,12 +35,20 @@ impl ShardPlanner<'_> {
             args.collective_timeout_s.to_string(),
             "--rendezvous-timeout-s".into(),
             args.rendezvous_timeout_s.to_string(),
+            "--kv-cache-dtype".into(),
+            args.kv_cache_dtype.as_flag().into(),
         ];
+        push_opt(
+            &mut argv,
+            "--quantize",
+            args.quantize.map(|quantize| quantize.as_flag()).as_ref(),
+        );
         push_opt(
             &mut argv,
             "--kv-cache-memory",
             args.kv_cache_memory.as_ref(),
         );
+        argv.extend(crate::observability::shard_flags(args));
         if !self.topology.runs_router() {
             // The router on node 0 reaches this node's shards over TCP.
             let port = match args.shard_grpc_port {

@@ -18,6 +18,7 @@ pub mod scheduler;
 pub mod server;
 pub mod shard_client;
 pub mod stop;
+pub mod telemetry;
 pub mod tokenizer;
 pub mod validation;
 

@@ -11,23 +11,8 @@ use crate::http::{app, AppState};
 use crate::scheduler::interface::{RequestSubmitter, SchedulerConfig};
 use crate::shard_client::grpc::GrpcShardClient;
 use crate::shard_client::ShardClient;
+use crate::telemetry::{self, TelemetrySettings};
 use crate::tokenizer::TextTokenizer;
-
-pub fn init_tracing(json_output: bool, log_filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(log_filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colour only on a terminal: under the launcher the lines go through a pipe into its log.
-    let to_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(to_terminal);
-    if json_output {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
 
 /// Runs the router. `start_scheduler` creates the scheduler over the connected shards (a
 /// parameter so this function does not depend on the scheduler's construction).
@@ -43,6 +28,13 @@ where
     let config = handshake(&args, &shard).await?;
     let submitter = start_scheduler(Arc::new(shard), config.scheduler_config());
     let state = AppState::new(&config, tokenizer, Arc::new(submitter));
+    let metrics_listener = match config.server.prometheus_port {
+        Some(port) => Some(
+            crate::http::metrics_listener::spawn(&config.server.hostname, port, state.clone())
+                .await?,
+        ),
+        None => None,
+    };
 
     let address = (config.server.hostname.as_str(), config.server.port);
     let listener = tokio::net::TcpListener::bind(address)
@@ -52,6 +44,9 @@ where
     axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown_signal())
         .await?;
+    if let Some(metrics_listener) = metrics_listener {
+        metrics_listener.abort();
+    }
     Ok(())
 }
 
@@ -97,14 +92,29 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-/// The `ferrite-router` program: parse flags, start tracing, serve until shut down.
+/// The `ferrite-router` program: parse flags, start logs and traces, serve until shut down,
+/// then flush the spans still queued.
 pub fn main_from_args() -> anyhow::Result<()> {
     use clap::Parser;
 
     let args = RouterArgs::parse();
-    init_tracing(args.json_output, &args.log_filter);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(run(args, start_scheduler))
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let settings = TelemetrySettings {
+        json_output: args.json_output,
+        log_filter: args.effective_log_filter(),
+        otlp_endpoint: args.otlp_endpoint.clone(),
+        otlp_service_name: args.otlp_service_name.clone(),
+    };
+    // Inside the runtime: the OTLP exporter's gRPC channel lives on it.
+    let telemetry = runtime.block_on(async { telemetry::init(&settings) })?;
+    if let Some(endpoint) = &settings.otlp_endpoint {
+        tracing::info!(%endpoint, service_name = %settings.otlp_service_name, "exporting traces");
+    }
+    let result = runtime.block_on(run(args, start_scheduler));
+    telemetry.shutdown();
+    result
 }
 
 /// The one place the binary creates the scheduler.

@@ -23,15 +23,19 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 from ferrite_server.config import (
     DEFAULT_BLOCK_SIZE_TOKENS,
     DistributedConfig,
     DistributedTimeouts,
+    KVCacheDtypeName,
+    QuantizeName,
     ShardConfig,
     TcpListen,
+    TracingConfig,
 )
+from ferrite_server.log_format import JsonLineFormatter, OneLineFormatter
 
 if TYPE_CHECKING:
     from ferrite_server.engine.engine import Engine
@@ -66,7 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="bytes of KV cache (e.g. 2GiB); default: derived from free memory")
     serve.add_argument("--block-size", type=int, default=DEFAULT_BLOCK_SIZE_TOKENS,
                        help="tokens per KV block")
+    serve.add_argument("--quantize", choices=list(get_args(QuantizeName)), default=None,
+                       help="quantize the weights at load (bitsandbytes*, fp8) or load a "
+                       "GPTQ/AWQ checkpoint; default: the checkpoint's quantization_config")
+    serve.add_argument("--kv-cache-dtype", choices=list(get_args(KVCacheDtypeName)),
+                       default="auto", help="fp8: store K/V as float8 e4m3 with a scale")
     _add_tensor_parallel_flags(serve)
+    serve.add_argument("--otlp-endpoint", default=None,
+                       help="OTLP/gRPC collector to export step spans to (default: tracing off)")
+    serve.add_argument("--otlp-service-name", default=TracingConfig.otlp_service_name,
+                       help="service.name of the exported spans")
     _add_log_level(serve)
     prepare = commands.add_parser("prepare-model", help="resolve a model into a local directory")
     prepare.add_argument("--model-id", default=None, help="hub id or directory; default: bundled SmolLM2")
@@ -95,19 +108,13 @@ def _add_log_level(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
                         type=str.upper)
+    parser.add_argument("--json-output", action="store_true", help="log one JSON object per line")
 
 
-class OneLineFormatter(logging.Formatter):
-    """`LEVEL logger: message`, tracebacks folded into the same line so that every record is
-    exactly one line for the launcher, which prefixes and forwards lines."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return super().format(record).replace("\n", " | ")
-
-
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, json_output: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(OneLineFormatter("%(levelname)s %(name)s: %(message)s"))
+    formatter = JsonLineFormatter() if json_output else OneLineFormatter("%(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(formatter)
     logging.basicConfig(level=level, handlers=[handler], force=True)
     logging.captureWarnings(True)
 
@@ -132,12 +139,15 @@ def shard_config_from_args(args: argparse.Namespace) -> ShardConfig:
             collective_s=args.collective_timeout_s, rendezvous_s=args.rendezvous_timeout_s
         ),
         tcp_listen=tcp_listen,
+        tracing=TracingConfig(otlp_endpoint=args.otlp_endpoint, otlp_service_name=args.otlp_service_name),
+        quantize=args.quantize,
+        kv_cache_dtype=args.kv_cache_dtype,
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.json_output)
     if args.command == "serve":
         return asyncio.run(_serve(shard_config_from_args(args)))
     return _prepare_model(args)
@@ -223,6 +233,7 @@ async def _serve_loaded(
     from ferrite_server.engine.errors import CollectiveError
     from ferrite_server.engine.group_watchdog import GroupWatchdog
     from ferrite_server.service import ShardService, bind_server, serve_bound_until_stopped
+    from ferrite_server.tracing import build_tracer
 
     loop = asyncio.get_running_loop()
     server, tcp_port = bind_server(config.uds_path, config.tcp_listen)
@@ -246,12 +257,14 @@ async def _serve_loaded(
     watchdog = GroupWatchdog(group.heartbeat_group, on_group_lost) if group.is_parallel else None
     if watchdog is not None:
         watchdog.start()
-    service = ShardService(engine, info, worker, on_fatal_error)
+    tracer = build_tracer(config.tracing, config.distributed.rank)
+    service = ShardService(engine, info, worker, on_fatal_error, tracer=tracer)
     try:
         await serve_bound_until_stopped(server, service, config.uds_path, stop)
     finally:
         if watchdog is not None:
             watchdog.stop()
+        tracer.shutdown()  # flushes the spans still queued
     if failures:
         logger.error("exiting: the tensor-parallel group is broken (%s)", failures[0])
         # Not a normal return: the broken group's C++ destructors may abort at interpreter

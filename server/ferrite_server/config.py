@@ -14,6 +14,10 @@ from typing import Literal, Mapping
 
 DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
 AttentionBackendName = Literal["auto", "torch", "triton"]
+QuantizeName = Literal[
+    "bitsandbytes", "bitsandbytes-nf4", "bitsandbytes-fp4", "fp8", "gptq", "awq"
+]
+KVCacheDtypeName = Literal["auto", "fp8"]
 
 DEFAULT_BLOCK_SIZE_TOKENS = 16
 
@@ -60,6 +64,12 @@ class TcpListen:
 
 
 @dataclass(frozen=True)
+class TracingConfig:
+    otlp_endpoint: str | None = None  # OTLP/gRPC collector, e.g. http://localhost:4317; None: off
+    otlp_service_name: str = "ferrite.shard"
+
+
+@dataclass(frozen=True)
 class ShardConfig:
     model_id: Path  # a local directory with config.json + safetensors
     uds_path: Path  # unix socket this shard serves gRPC on
@@ -71,3 +81,7 @@ class ShardConfig:
     distributed: DistributedConfig = DistributedConfig()
     distributed_timeouts: DistributedTimeouts = DistributedTimeouts()
     tcp_listen: TcpListen | None = None  # None: the unix socket only
+    tracing: TracingConfig = TracingConfig()
+    # None: the checkpoint's own quantization_config, if any (layers/quantization/config.py).
+    quantize: QuantizeName | None = None
+    kv_cache_dtype: KVCacheDtypeName = "auto"  # auto: the compute dtype; fp8: e4m3 with a scale

@@ -126,6 +126,7 @@ def info_to_proto(info: engine.EngineInfo) -> pb.InfoResponse:
         world_size=info.world_size,
         attention_backend=info.attention_backend,
         quantization=info.quantization,
+        kv_cache_dtype=info.kv_cache_dtype,
         supports_chunked_prefill=info.supports_chunked_prefill,
         supports_prompt_logprobs=info.supports_prompt_logprobs,
         max_top_n_tokens=info.max_top_n_tokens,

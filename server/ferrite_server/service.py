@@ -30,9 +30,10 @@ from ferrite_server.engine.errors import (
     InvalidStepError,
     NotWarmedUpError,
 )
-from ferrite_server.engine.types import EngineInfo, StepInput, StepOutput, WarmupResult
+from ferrite_server.engine.types import EngineInfo, StepInput, StepOutput, StepTimings, WarmupResult
 from ferrite_server.proto import shard_pb2 as pb
 from ferrite_server.proto import shard_pb2_grpc
+from ferrite_server.tracing import NoTracing, StepTracer
 
 logger = logging.getLogger(__name__)
 
@@ -73,11 +74,13 @@ class ShardService(shard_pb2_grpc.ShardServicer):
         info: EngineInfo,
         worker: ThreadPoolExecutor,
         on_fatal_error: Callable[[Exception], None] | None = None,
+        tracer: StepTracer | None = None,
     ) -> None:
         self._engine = engine
         self._info = convert.info_to_proto(info)  # fixed once loaded; answered without the worker
         self._worker = worker
         self._on_fatal_error = on_fatal_error
+        self._tracer: StepTracer = tracer if tracer is not None else NoTracing()
 
     async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.InfoResponse:
         return self._info
@@ -99,10 +102,12 @@ class ShardService(shard_pb2_grpc.ShardServicer):
         return await self._engine_call(context, work)
 
     async def Prefill(self, request: pb.PrefillRequest, context: grpc.aio.ServicerContext) -> pb.StepResponse:
-        return await self._step(context, lambda: convert.prefill_step_from_proto(request))
+        sizes = {"num_chunks": len(request.chunks), "num_decodes": len(request.decodes)}
+        return await self._step(context, "prefill", sizes, lambda: convert.prefill_step_from_proto(request))
 
     async def Decode(self, request: pb.DecodeRequest, context: grpc.aio.ServicerContext) -> pb.StepResponse:
-        return await self._step(context, lambda: convert.decode_step_from_proto(request))
+        sizes = {"num_chunks": 0, "num_decodes": len(request.decodes)}
+        return await self._step(context, "decode", sizes, lambda: convert.decode_step_from_proto(request))
 
     async def Filter(self, request: pb.FilterRequest, context: grpc.aio.ServicerContext) -> pb.FilterResponse:
         keep_request_ids = tuple(request.keep_request_ids)
@@ -121,15 +126,26 @@ class ShardService(shard_pb2_grpc.ShardServicer):
         return await self._engine_call(context, work)
 
     async def _step(
-        self, context: grpc.aio.ServicerContext, to_step: Callable[[], StepInput]
+        self,
+        context: grpc.aio.ServicerContext,
+        name: str,
+        sizes: dict[str, int],
+        to_step: Callable[[], StepInput],
     ) -> pb.StepResponse:
+        """One Prefill / Decode, in a span under the router's step when it is traced."""
         started_ns = time.perf_counter_ns()
+        timings: list[StepTimings] = []
 
         def work() -> pb.StepResponse:
             output = self._engine.step(to_step())
+            timings.append(output.timings)
             return convert.step_output_to_proto(output, time.perf_counter_ns() - started_ns)
 
-        return await self._engine_call(context, work)
+        metadata = context.invocation_metadata() or ()
+        with self._tracer.step_span(name, metadata, sizes) as span:
+            response = await self._engine_call(context, work)
+            span.record_timings(timings[0])
+        return response
 
     async def _engine_call(
         self, context: grpc.aio.ServicerContext, work: Callable[[], ResultT]

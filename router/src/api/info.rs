@@ -55,8 +55,12 @@ pub struct Info {
     pub kv_num_blocks: usize,
     #[schema(example = "torch")]
     pub attention_backend: String,
-    #[schema(nullable)]
-    pub quantization: Option<String>,
+    /// Quantization of the weights in effect (`--quantize` or the checkpoint's), TGI's name.
+    #[schema(nullable, example = "gptq")]
+    pub quantize: Option<String>,
+    /// How the KV cache stores K/V: `auto` (the compute dtype) or `fp8`.
+    #[schema(example = "auto")]
+    pub kv_cache_dtype: String,
     #[schema(example = 1)]
     pub num_shards: usize,
 }

@@ -88,11 +88,36 @@ pub struct RouterArgs {
     #[arg(long)]
     pub json_output: bool,
 
-    /// Log filter (tracing-subscriber's EnvFilter syntax).
-    #[arg(long, env = "RUST_LOG", default_value = "info")]
-    pub log_filter: String,
+    /// Lowest level logged: trace, debug, info, warn or error.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
 
-    /// OpenTelemetry collector; accepted for the launcher's sake, not used yet.
+    /// Fine-grained log filter (tracing-subscriber's EnvFilter syntax, e.g.
+    /// `info,ferrite_router::request=off`); overrides --log-level when set, as RUST_LOG does.
+    #[arg(long, env = "RUST_LOG")]
+    pub log_filter: Option<String>,
+
+    /// OpenTelemetry collector (OTLP over gRPC, e.g. http://localhost:4317); traces are only
+    /// built and exported when it is set.
     #[arg(long)]
     pub otlp_endpoint: Option<String>,
+
+    /// `service.name` of the exported spans.
+    #[arg(long, default_value = "ferrite.router")]
+    pub otlp_service_name: String,
+
+    /// Also serve /metrics (and nothing else) on this port, e.g. for a scraper on another
+    /// network than the API's.
+    #[arg(long)]
+    pub prometheus_port: Option<u16>,
+}
+
+impl RouterArgs {
+    /// The log filter in force: `--log-filter` / RUST_LOG when given, else `--log-level`.
+    pub fn effective_log_filter(&self) -> String {
+        self.log_filter
+            .clone()
+            .filter(|filter| !filter.trim().is_empty())
+            .unwrap_or_else(|| self.log_level.clone())
+    }
 }

@@ -28,6 +28,8 @@ pub struct ServerConfig {
     pub json_output: bool,
     pub log_filter: String,
     pub otlp_endpoint: Option<String>,
+    /// A second listener serving only /metrics.
+    pub prometheus_port: Option<u16>,
 }
 
 /// What the shard reported about the model (Info), for /info and the limits.
@@ -40,6 +42,8 @@ pub struct ModelFacts {
     pub device_type: String,
     pub attention_backend: String,
     pub quantization: Option<String>,
+    /// `auto` or `fp8`.
+    pub kv_cache_dtype: String,
     pub num_shards: usize,
     pub block_size: usize,
     pub max_position_embeddings: usize,

@@ -240,8 +240,9 @@ fn server_config(args: &RouterArgs) -> ServerConfig {
         cors_allow_origins: args.cors_allow_origin.clone(),
         payload_limit_bytes: args.payload_limit,
         json_output: args.json_output,
-        log_filter: args.log_filter.clone(),
+        log_filter: args.effective_log_filter(),
         otlp_endpoint: args.otlp_endpoint.clone(),
+        prometheus_port: args.prometheus_port,
     }
 }
 
@@ -262,6 +263,11 @@ fn model_facts(args: &RouterArgs, info: &proto::InfoResponse) -> ModelFacts {
         device_type,
         attention_backend: info.attention_backend.clone(),
         quantization: Some(info.quantization.clone()).filter(|q| !q.is_empty()),
+        kv_cache_dtype: if info.kv_cache_dtype.is_empty() {
+            "auto".to_string()
+        } else {
+            info.kv_cache_dtype.clone()
+        },
         // Multi-node: the router is given node 0's sockets; the group counts every rank.
         num_shards: args.shard_uds_paths.len().max(info.world_size as usize),
         block_size: info.block_size as usize,

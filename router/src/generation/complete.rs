@@ -23,6 +23,7 @@ pub struct CompletedGeneration {
     pub prompt_logprobs: Vec<f32>,
     pub seed: Option<u64>,
     pub queue_time: Duration,
+    pub time_to_first_token: Duration,
 }
 
 impl CompletedGeneration {
@@ -110,6 +111,7 @@ pub async fn run_to_completion(
                 prompt_logprobs: processor.prompt_logprobs().to_vec(),
                 seed,
                 queue_time: processor.queue_time(),
+                time_to_first_token: processor.time_to_first_token().unwrap_or_default(),
             });
         }
     }

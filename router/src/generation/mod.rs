@@ -24,6 +24,17 @@ pub enum FinishReason {
     StopSequence,
 }
 
+impl FinishReason {
+    /// TGI's wire name (`details.finish_reason`), also used in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Length => "length",
+            FinishReason::EndOfSequenceToken => "eos_token",
+            FinishReason::StopSequence => "stop_sequence",
+        }
+    }
+}
+
 /// A token with its text. `text` is what the token adds to the output: empty while a
 /// multi-byte character is incomplete, cut at the end of a matched stop sequence; for special
 /// tokens, the token's content (not part of the generated text).

@@ -27,6 +27,7 @@ pub struct TokenProcessor {
     prompt_logprobs: Vec<f32>,
     queue_time: Duration,
     received_at: Instant,
+    first_token_at: Option<Instant>,
     last_token_at: Option<Instant>,
 }
 
@@ -48,6 +49,7 @@ impl TokenProcessor {
             prompt_logprobs: Vec::new(),
             queue_time: Duration::ZERO,
             received_at,
+            first_token_at: None,
             last_token_at: None,
         }
     }
@@ -62,6 +64,7 @@ impl TokenProcessor {
             } => {
                 self.prompt_logprobs = prompt_logprobs;
                 self.queue_time = queue_time;
+                self.metrics.observe_queue_wait(queue_time);
                 Ok(None)
             }
             GenerationEvent::Token { token, finish } if self.finish.is_none() => {
@@ -143,9 +146,11 @@ impl TokenProcessor {
     fn record_latency(&mut self) {
         let now = Instant::now();
         match self.last_token_at {
-            None => self
-                .metrics
-                .observe_time_to_first_token(now - self.received_at),
+            None => {
+                self.first_token_at = Some(now);
+                self.metrics
+                    .observe_time_to_first_token(now - self.received_at);
+            }
             Some(previous) => self.metrics.observe_inter_token_latency(now - previous),
         }
         self.last_token_at = Some(now);
@@ -169,6 +174,12 @@ impl TokenProcessor {
 
     pub fn queue_time(&self) -> Duration {
         self.queue_time
+    }
+
+    /// From arrival to the first token; None before it.
+    pub fn time_to_first_token(&self) -> Option<Duration> {
+        self.first_token_at
+            .map(|at| at.saturating_duration_since(self.received_at))
     }
 }
 

@@ -1,7 +1,7 @@
 //! `POST /generate`: the whole generation in one JSON answer (and the non-streamed half of
 //! `POST /`).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -70,9 +70,10 @@ pub(crate) async fn complete(
     timings.prompt_tokens = valid.input_ids.len();
     timings.generated_tokens = outcome.best.tokens.len() as u32;
     timings.input_characters = input_characters;
-    state
-        .metrics()
-        .request_succeeded(&request_record(&valid, &timings));
+    let mut record = request_record(&valid, &timings);
+    record.time_to_first_token = outcome.best.time_to_first_token;
+    record.finish_reason = outcome.best.finish_reason.as_str();
+    state.request_succeeded(&record);
     let headers = generation_headers(&state.compute_type, &timings);
     Ok((headers, to_response(state.tokenizer(), &valid, outcome)))
 }
@@ -90,6 +91,8 @@ pub(crate) fn request_record(valid: &ValidRequest, timings: &GenerationTimings) 
             .stopping
             .as_ref()
             .map_or(0, |s| s.max_new_tokens),
+        time_to_first_token: Duration::ZERO,
+        finish_reason: "",
     }
 }
 

@@ -62,6 +62,8 @@ impl HealthState {
             input_ids: self.probe_input_ids.clone(),
             parameters,
             received_at: Instant::now(),
+            // Probes are not API requests: no trace of their own.
+            span: tracing::Span::none(),
         };
         let mut events = submitter.submit(request)?;
         while let Some(event) = events.recv().await {

@@ -7,6 +7,7 @@ pub mod generate;
 pub mod headers;
 pub mod health;
 pub mod json;
+pub mod metrics_listener;
 pub mod openapi;
 pub mod ops;
 pub mod sse;
@@ -35,6 +36,10 @@ pub fn app(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_api_key,
+        ))
+        // Outermost: refused (401) requests get their span and id too.
+        .route_layer(middleware::from_fn(
+            crate::telemetry::request_span::trace_request,
         ));
     let operations = Router::new()
         .route("/health", get(ops::health))

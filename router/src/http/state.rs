@@ -8,8 +8,9 @@ use crate::api::info::Info;
 use crate::config::{RouterConfig, ServerConfig};
 use crate::error::ApiError;
 use crate::generation::GenerationContext;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RequestRecord};
 use crate::scheduler::interface::RequestSubmitter;
+use crate::telemetry::request_log;
 use crate::tokenizer::TextTokenizer;
 use crate::validation::Validator;
 
@@ -71,10 +72,17 @@ impl AppState {
         &self.generation.tokenizer
     }
 
+    /// Records a finished request: its metrics and its log line.
+    pub fn request_succeeded(&self, record: &RequestRecord) {
+        self.metrics().request_succeeded(record);
+        request_log::finished(record);
+    }
+
     /// Records a failed request (metric by error type; a generation failure also makes the
     /// next /health run a real generation) and hands the error back for the response.
     pub fn request_failed(&self, error: ApiError) -> ApiError {
         self.metrics().request_failed(error.error_type());
+        request_log::failed(error.error_type(), &error);
         if matches!(error, ApiError::Generation(_)) {
             self.health.mark_failed();
         }
@@ -107,7 +115,8 @@ fn info(config: &RouterConfig) -> Info {
         kv_block_size: config.model.block_size,
         kv_num_blocks: config.batching.num_blocks,
         attention_backend: config.model.attention_backend.clone(),
-        quantization: config.model.quantization.clone(),
+        quantize: config.model.quantization.clone(),
+        kv_cache_dtype: config.model.kv_cache_dtype.clone(),
         num_shards: config.model.num_shards,
     }
 }

@@ -19,7 +19,7 @@ use crate::api::error::ErrorResponse;
 use crate::api::generate::GenerateRequest;
 use crate::api::response::{StreamDetails, StreamResponse, Token};
 use crate::error::ApiError;
-use crate::generation::{TokenProcessor, TokenStep};
+use crate::generation::{FinishReason, TokenProcessor, TokenStep};
 use crate::scheduler::interface::EventReceiver;
 use crate::validation::{Delivery, ValidRequest};
 
@@ -110,10 +110,10 @@ impl StreamRun {
         stream! {
             let mut step = first;
             loop {
-                let last = step.finish.is_some();
+                let finish = step.finish;
                 yield sse::json_event(&self.stream_response(step));
-                if last {
-                    self.record_success();
+                if let Some(finish) = finish {
+                    self.record_success(finish);
                     break;
                 }
                 match next_step(&mut self.events, &mut self.processor).await {
@@ -154,15 +154,16 @@ impl StreamRun {
         }
     }
 
-    fn record_success(&self) {
+    fn record_success(&self, finish: FinishReason) {
         let mut timings = GenerationTimings::new(
             self.valid.received_at.elapsed(),
             self.valid.validation_time,
             self.processor.queue_time(),
         );
         timings.generated_tokens = self.processor.generated_tokens();
-        self.state
-            .metrics()
-            .request_succeeded(&request_record(&self.valid, &timings));
+        let mut record = request_record(&self.valid, &timings);
+        record.time_to_first_token = self.processor.time_to_first_token().unwrap_or_default();
+        record.finish_reason = finish.as_str();
+        self.state.request_succeeded(&record);
     }
 }

@@ -13,7 +13,7 @@ pub const TOKEN_BOUNDS: &[f64] = &[
     16384.0, 32768.0, 65536.0, 131072.0,
 ];
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct HistogramSnapshot {
     /// (upper bound, observations <= bound), cumulative, ascending; `+Inf` is `count`.
     pub buckets: Vec<(f64, u64)>,

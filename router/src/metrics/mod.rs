@@ -1,8 +1,13 @@
 //! The router's Prometheus metrics: TGI's names (dashboards built for TGI keep working) plus
-//! ferrite's latency histograms (TTFT, inter-token) and KV / scheduler gauges (DESIGN.md pain
-//! point 7). Owned by the app state, never global.
+//! ferrite's latency histograms (TTFT, inter-token, queue wait), KV / scheduler gauges and
+//! per-step histograms (DESIGN.md pain point 7). Owned by the app state, never global; the
+//! per-step ones are fed by the scheduler task (`steps.rs`) and read through its stats.
+//!
+//! Prefix caching does not exist yet: its hit / miss counters belong in `render_scheduler`,
+//! read from `SchedulerStats` like the KV gauges, once the scheduler has a prefix cache.
 
-mod histogram;
+pub mod histogram;
+pub mod steps;
 mod text;
 
 use std::collections::BTreeMap;
@@ -25,6 +30,10 @@ pub struct RequestRecord {
     pub input_tokens: usize,
     pub generated_tokens: u32,
     pub max_new_tokens: u32,
+    /// From arrival to the first token (of the first choice to produce one).
+    pub time_to_first_token: Duration,
+    /// `length`, `eos_token` or `stop_sequence` (of the first choice, for several).
+    pub finish_reason: &'static str,
 }
 
 #[derive(Debug)]
@@ -43,6 +52,7 @@ pub struct Metrics {
     max_new_tokens: Histogram,
     time_to_first_token_s: Histogram,
     inter_token_latency_s: Histogram,
+    queue_wait_s: Histogram,
 }
 
 impl Default for Metrics {
@@ -61,6 +71,7 @@ impl Default for Metrics {
             max_new_tokens: Histogram::new(TOKEN_BOUNDS),
             time_to_first_token_s: Histogram::new(SECONDS_BOUNDS),
             inter_token_latency_s: Histogram::new(SECONDS_BOUNDS),
+            queue_wait_s: Histogram::new(SECONDS_BOUNDS),
         }
     }
 }
@@ -105,11 +116,17 @@ impl Metrics {
         self.inter_token_latency_s.observe(elapsed.as_secs_f64());
     }
 
+    /// Once per scheduled sequence, when its prompt is computed: arrival -> first scheduled.
+    pub fn observe_queue_wait(&self, waited: Duration) {
+        self.queue_wait_s.observe(waited.as_secs_f64());
+    }
+
     /// The whole exposition; scheduler gauges come from a fresh `SchedulerStats` snapshot.
     pub fn render(&self, stats: &SchedulerStats) -> String {
         let mut out = PrometheusText::default();
         self.render_requests(&mut out);
         render_scheduler(&mut out, stats);
+        steps::render_steps(&mut out, &stats.steps);
         out.finish()
     }
 
@@ -140,7 +157,13 @@ impl Metrics {
             "err",
             &failures,
         );
-        let histograms = [
+        for (name, help, histogram) in self.request_histograms() {
+            out.histogram(name, help, &histogram.snapshot());
+        }
+    }
+
+    fn request_histograms(&self) -> [(&'static str, &'static str, &Histogram); 11] {
+        [
             (
                 "tgi_request_duration",
                 "End-to-end request time (s)",
@@ -191,10 +214,12 @@ impl Metrics {
                 "Time between consecutive tokens (s)",
                 &self.inter_token_latency_s,
             ),
-        ];
-        for (name, help, histogram) in histograms {
-            out.histogram(name, help, &histogram.snapshot());
-        }
+            (
+                "ferrite_queue_wait_seconds",
+                "Time from arrival to first being scheduled, per sequence (s)",
+                &self.queue_wait_s,
+            ),
+        ]
     }
 }
 
@@ -213,6 +238,16 @@ fn render_scheduler(out: &mut PrometheusText, stats: &SchedulerStats) {
         (
             "tgi_batch_current_size",
             "Requests in the running batch",
+            stats.running_requests as f64,
+        ),
+        (
+            "ferrite_requests_waiting",
+            "Requests waiting for admission (same as tgi_queue_size)",
+            stats.waiting_requests as f64,
+        ),
+        (
+            "ferrite_requests_running",
+            "Requests admitted and holding KV blocks (same as tgi_batch_current_size)",
             stats.running_requests as f64,
         ),
         (

@@ -51,11 +51,44 @@ impl PrometheusText {
 
     pub fn histogram(&mut self, name: &str, help: &str, snapshot: &HistogramSnapshot) {
         self.header(name, help, "histogram");
-        for (bound, count) in &snapshot.buckets {
-            let _ = writeln!(self.out, "{name}_bucket{{le=\"{bound}\"}} {count}");
+        self.histogram_series(name, "", snapshot);
+    }
+
+    /// One histogram family with a label, one series per label value.
+    pub fn labeled_histograms(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: &str,
+        series: &[(&str, &HistogramSnapshot)],
+    ) {
+        self.header(name, help, "histogram");
+        for (label_value, snapshot) in series {
+            self.histogram_series(name, &format!("{label}=\"{label_value}\""), snapshot);
         }
-        let _ = writeln!(self.out, "{name}_bucket{{le=\"+Inf\"}} {}", snapshot.count);
-        let _ = writeln!(self.out, "{name}_sum {}", snapshot.sum);
-        let _ = writeln!(self.out, "{name}_count {}", snapshot.count);
+    }
+
+    /// `labels`: `key="value"` pairs already joined, or empty.
+    fn histogram_series(&mut self, name: &str, labels: &str, snapshot: &HistogramSnapshot) {
+        let prefix = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{labels},")
+        };
+        let braced = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        for (bound, count) in &snapshot.buckets {
+            let _ = writeln!(self.out, "{name}_bucket{{{prefix}le=\"{bound}\"}} {count}");
+        }
+        let _ = writeln!(
+            self.out,
+            "{name}_bucket{{{prefix}le=\"+Inf\"}} {}",
+            snapshot.count
+        );
+        let _ = writeln!(self.out, "{name}_sum{braced} {}", snapshot.sum);
+        let _ = writeln!(self.out, "{name}_count{braced} {}", snapshot.count);
     }
 }

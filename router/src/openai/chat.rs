@@ -8,6 +8,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use tracing::Instrument;
 
 use crate::http::AppState;
 use crate::tokenizer::TextTokenizer;
@@ -45,14 +46,19 @@ async fn chat(
     body: Result<Json<ChatCompletionRequest>, JsonRejection>,
     received_at: Instant,
 ) -> Result<Response, OpenAiError> {
-    let Json(request) = body.map_err(body_rejection)?;
     let tokenizer = Arc::clone(&state.generation.tokenizer);
     let limits = state.validator.limits();
-    let options = check_chat(&request, limits, tokenizer.inner().get_vocab_size(true))?;
-    let template = state.openai.chat_template()?;
-    let messages = template_messages(request.messages)?;
-    let rendered = chat_prompt(Arc::clone(&tokenizer), template, messages).await?;
-    let prompt = with_budget(rendered, options.max_tokens, limits, "messages")?;
+    let (options, prompt) = async {
+        let Json(request) = body.map_err(body_rejection)?;
+        let options = check_chat(&request, limits, tokenizer.inner().get_vocab_size(true))?;
+        let template = state.openai.chat_template()?;
+        let messages = template_messages(request.messages)?;
+        let rendered = chat_prompt(Arc::clone(&tokenizer), template, messages).await?;
+        let prompt = with_budget(rendered, options.max_tokens, limits, "messages")?;
+        Ok::<_, OpenAiError>((options, prompt))
+    }
+    .instrument(tracing::info_span!("validation"))
+    .await?;
     let timing = RequestTiming {
         received_at,
         validation: received_at.elapsed(),

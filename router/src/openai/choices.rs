@@ -77,6 +77,7 @@ impl ChoiceSet {
                     input_ids: prompt.input_ids.clone(),
                     parameters: options.request_parameters(prompt.max_new_tokens, sample),
                     received_at,
+                    span: tracing::Span::current(),
                 };
                 let events = submitter.submit(request)?;
                 choices.push(Choice {
@@ -194,6 +195,22 @@ impl ChoiceSet {
         self.choices
             .get(index)
             .map_or(&[], |choice| choice.processor.prompt_logprobs())
+    }
+
+    /// The shortest time to a first token over the choices.
+    pub fn time_to_first_token(&self) -> Duration {
+        self.choices
+            .iter()
+            .filter_map(|choice| choice.processor.time_to_first_token())
+            .min()
+            .unwrap_or_default()
+    }
+
+    /// Why the first choice ended (None while it runs).
+    pub fn first_finish_reason(&self) -> Option<FinishReason> {
+        self.choices
+            .first()
+            .and_then(|choice| choice.processor.finish())
     }
 
     /// The longest time a choice waited for admission.

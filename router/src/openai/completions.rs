@@ -8,6 +8,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use tracing::Instrument;
 
 use crate::http::AppState;
 use crate::tokenizer::TextTokenizer;
@@ -40,24 +41,29 @@ async fn complete(
     body: Result<Json<CompletionRequest>, JsonRejection>,
     received_at: Instant,
 ) -> Result<Response, OpenAiError> {
-    let Json(request) = body.map_err(body_rejection)?;
     let tokenizer = Arc::clone(&state.generation.tokenizer);
     let limits = state.validator.limits();
-    let options = check_completion(&request, limits, tokenizer.inner().get_vocab_size(true))?;
-    let echo = request.echo.unwrap_or(false);
-    let texts_and_ids = completion_prompts(&state, request.prompt).await?;
-    if texts_and_ids.len() * options.n > MAX_CHOICES {
-        let message = format!(
-            "prompts × `n` must be at most {MAX_CHOICES}. Given: {} × {}",
-            texts_and_ids.len(),
-            options.n
-        );
-        return Err(OpenAiError::invalid("n", message));
+    let (options, echo, prompts) = async {
+        let Json(request) = body.map_err(body_rejection)?;
+        let options = check_completion(&request, limits, tokenizer.inner().get_vocab_size(true))?;
+        let echo = request.echo.unwrap_or(false);
+        let texts_and_ids = completion_prompts(&state, request.prompt).await?;
+        if texts_and_ids.len() * options.n > MAX_CHOICES {
+            let message = format!(
+                "prompts × `n` must be at most {MAX_CHOICES}. Given: {} × {}",
+                texts_and_ids.len(),
+                options.n
+            );
+            return Err(OpenAiError::invalid("n", message));
+        }
+        let prompts = texts_and_ids
+            .into_iter()
+            .map(|prompt| with_budget(prompt, options.max_tokens, limits, "prompt"))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((options, echo, prompts))
     }
-    let prompts = texts_and_ids
-        .into_iter()
-        .map(|prompt| with_budget(prompt, options.max_tokens, limits, "prompt"))
-        .collect::<Result<Vec<_>, _>>()?;
+    .instrument(tracing::info_span!("validation"))
+    .await?;
     let timing = RequestTiming {
         received_at,
         validation: received_at.elapsed(),

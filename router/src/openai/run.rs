@@ -12,6 +12,7 @@ use axum::response::Response;
 use serde::Serialize;
 
 use crate::error::ApiError;
+use crate::generation::FinishReason;
 use crate::http::{sse, AppState};
 use crate::metrics::RequestRecord;
 
@@ -108,7 +109,7 @@ fn done() -> Bytes {
 pub fn succeeded(state: &AppState, set: &ChoiceSet, timing: &RequestTiming) {
     let total = timing.received_at.elapsed();
     let queue = set.queue_time();
-    state.metrics().request_succeeded(&RequestRecord {
+    state.request_succeeded(&RequestRecord {
         total,
         validation: timing.validation,
         queue,
@@ -116,6 +117,8 @@ pub fn succeeded(state: &AppState, set: &ChoiceSet, timing: &RequestTiming) {
         input_tokens: set.prompt_tokens() as usize,
         generated_tokens: set.completion_tokens(),
         max_new_tokens: timing.max_new_tokens,
+        time_to_first_token: set.time_to_first_token(),
+        finish_reason: set.first_finish_reason().map_or("", FinishReason::as_str),
     });
 }
 
@@ -125,6 +128,7 @@ pub fn failed(state: &AppState, error: OpenAiError) -> OpenAiError {
         OpenAiError::Api(error) => OpenAiError::Api(state.request_failed(error)),
         other => {
             state.metrics().request_failed(other.metric_type());
+            crate::telemetry::request_log::failed(other.metric_type(), &other);
             other
         }
     }

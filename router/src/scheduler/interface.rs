@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use crate::metrics::steps::StepMetricsSnapshot;
 use crate::proto;
 
 /// A validated, tokenized request ready to be scheduled.
@@ -20,6 +21,9 @@ pub struct GenerationRequest {
     pub parameters: proto::RequestParameters,
     /// When the HTTP layer accepted the request (queue time is measured from here).
     pub received_at: Instant,
+    /// The API request's span: the scheduler hangs the sequence's queue / prefill / decode
+    /// spans under it. `Span::none()` when nobody traces the request.
+    pub span: tracing::Span,
 }
 
 /// One generated token as the shard reported it.
@@ -41,9 +45,15 @@ pub enum ShardFinish {
 pub enum GenerationEvent {
     /// The prompt is fully computed. `prompt_logprobs` is aligned with the input ids (NaN for
     /// the first) when they were asked for, else empty.
-    PrefillDone { prompt_logprobs: Vec<f32>, queue_time: Duration },
+    PrefillDone {
+        prompt_logprobs: Vec<f32>,
+        queue_time: Duration,
+    },
     /// A new token; `finish` is set on the last one.
-    Token { token: Token, finish: Option<ShardFinish> },
+    Token {
+        token: Token,
+        finish: Option<ShardFinish>,
+    },
     /// The request failed; no more events follow.
     Error(GenerationError),
 }
@@ -54,7 +64,10 @@ pub enum GenerationError {
     #[error("generation failed in the shard: {0}")]
     Shard(String),
     #[error("the request needs {needed_blocks} KV blocks but the cache only has {total_blocks}")]
-    TooLargeForCache { needed_blocks: usize, total_blocks: usize },
+    TooLargeForCache {
+        needed_blocks: usize,
+        total_blocks: usize,
+    },
 }
 
 /// Why `submit` refused a request (mapped to HTTP 429 / 503).
@@ -83,6 +96,8 @@ pub struct SchedulerStats {
     /// Sum over steps of the shard-reported forward time and of the step's wall time.
     pub forward_ns_total: u64,
     pub step_wall_ns_total: u64,
+    /// Per-step histograms by method (prefill / decode).
+    pub steps: StepMetricsSnapshot,
 }
 
 /// The HTTP layer's handle on the scheduler (a trait so HTTP tests can use a fake).

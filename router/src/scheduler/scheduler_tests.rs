@@ -14,6 +14,7 @@ use super::{spawn_scheduler, SchedulerHandle};
 use crate::proto;
 
 mod stress;
+mod traces;
 
 const VOCAB_SIZE: u32 = 1000;
 const EOS_TOKEN_ID: u32 = 999;
@@ -57,6 +58,7 @@ fn request(prompt: Vec<u32>, max_new_tokens: u32, prompt_logprobs: bool) -> Gene
             ..Default::default()
         },
         received_at: Instant::now(),
+        span: tracing::Span::none(),
     }
 }
 

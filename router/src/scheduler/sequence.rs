@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use super::batcher::{ChunkPlan, RunningView, WaitingView};
 use super::interface::{GenerationError, GenerationEvent, GenerationRequest, ShardFinish, Token};
 use crate::proto;
+use crate::telemetry::sequence_trace::SequenceTrace;
 
 pub type EventSender = mpsc::UnboundedSender<GenerationEvent>;
 
@@ -52,6 +53,8 @@ pub struct Sequence {
     /// Prompt logprobs gathered over chunks until PrefillDone is sent.
     prompt_logprobs: Vec<f32>,
     is_prefill_done_sent: bool,
+    /// Its queue / prefill / decode spans under the API request's span.
+    trace: SequenceTrace,
 }
 
 impl Sequence {
@@ -71,7 +74,12 @@ impl Sequence {
             first_scheduled_at: None,
             prompt_logprobs: Vec::new(),
             is_prefill_done_sent: false,
+            trace: SequenceTrace::queued(request.span),
         }
+    }
+
+    pub fn trace(&self) -> &SequenceTrace {
+        &self.trace
     }
 
     pub fn num_generated_tokens(&self) -> usize {
@@ -118,6 +126,7 @@ impl Sequence {
     /// the request's parameters, counting tokens generated before a preemption.
     pub fn prefill_chunk(&mut self, chunk: &ChunkPlan, now: Instant) -> proto::PrefillChunk {
         self.first_scheduled_at.get_or_insert(now);
+        self.trace.scheduled();
         let start = chunk.num_cached_tokens;
         let parameters = (start == 0).then(|| {
             let mut parameters = self.parameters.clone();
@@ -158,6 +167,7 @@ impl Sequence {
         self.num_input_tokens = self.token_ids.len();
         self.num_computed_tokens = 0;
         self.is_decoding = false;
+        self.trace.preempted();
         if !self.is_prefill_done_sent {
             self.prompt_logprobs.clear(); // recomputed from the first token
         }
@@ -204,6 +214,7 @@ impl Sequence {
             return self.outcome_of_send(true);
         }
         self.is_decoding = true;
+        self.trace.prefill_done();
         if !self.send_prefill_done() {
             return if finish.is_some() {
                 FORGOTTEN

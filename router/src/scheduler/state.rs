@@ -12,8 +12,10 @@ use super::budget::BatchLimits;
 use super::interface::GenerationError;
 use super::queue::{WaitingGate, WaitingQueue};
 use super::sequence::{Sequence, SequenceOutcome};
+use crate::metrics::steps::StepMethod;
 use crate::proto;
 use crate::shard_client::ShardError;
+use crate::telemetry::step_trace::StepTrace;
 
 /// The RPC a step sends.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +27,15 @@ pub enum StepRequest {
 /// The requests in a step: request id -> its chunk (None for a decode).
 pub type StepMembers = HashMap<u64, Option<ChunkPlan>>;
 
+impl StepRequest {
+    pub fn method(&self) -> StepMethod {
+        match self {
+            StepRequest::Prefill(_) => StepMethod::Prefill,
+            StepRequest::Decode(_) => StepMethod::Decode,
+        }
+    }
+}
+
 /// A planned step ready to send: the request plus who is in it.
 #[derive(Debug)]
 pub struct PreparedStep {
@@ -32,6 +43,8 @@ pub struct PreparedStep {
     pub members: StepMembers,
     pub num_tokens: usize,
     pub num_preempted: usize,
+    /// Where the step's span goes in the traces of its requests.
+    pub trace: StepTrace,
 }
 
 #[derive(Debug)]
@@ -170,11 +183,19 @@ impl SchedulerState {
                 release_request_ids,
             })
         };
+        // `running` is in admission order, so the oldest traced member comes first.
+        let trace = StepTrace::collect(
+            self.running
+                .iter()
+                .filter(|sequence| members.contains_key(&sequence.request_id))
+                .map(Sequence::trace),
+        );
         PreparedStep {
             request,
             members,
             num_tokens,
             num_preempted: plan.preempted_ids.len(),
+            trace,
         }
     }
 

@@ -5,14 +5,18 @@ use std::sync::{Mutex, MutexGuard};
 
 use super::interface::SchedulerStats;
 use super::queue::WaitingGate;
+use crate::metrics::steps::{StepMethod, StepMetrics, StepObservation};
 
 /// What one step adds to the running totals.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StepRecord {
+    pub method: StepMethod,
+    pub succeeded: bool,
     pub batch_size: usize,
     pub num_tokens: usize,
     pub num_preempted: usize,
     pub forward_ns: u64,
+    pub sampling_ns: u64,
     pub step_wall_ns: u64,
 }
 
@@ -27,6 +31,8 @@ pub struct StateGauges {
 #[derive(Debug, Default)]
 pub struct StatsCell {
     stats: Mutex<SchedulerStats>,
+    /// Histograms lock on their own: observing one never waits on a snapshot of the rest.
+    steps: StepMetrics,
 }
 
 impl StatsCell {
@@ -38,6 +44,15 @@ impl StatsCell {
     }
 
     pub fn record_step(&self, record: &StepRecord) {
+        self.steps.observe(&StepObservation {
+            method: record.method,
+            succeeded: record.succeeded,
+            batch_size: record.batch_size,
+            num_tokens: record.num_tokens,
+            step_wall_ns: record.step_wall_ns,
+            forward_ns: record.forward_ns,
+            sampling_ns: record.sampling_ns,
+        });
         let mut stats = self.lock();
         stats.steps_total += 1;
         stats.last_batch_size = record.batch_size;
@@ -58,6 +73,7 @@ impl StatsCell {
     pub fn snapshot(&self, gate: &WaitingGate) -> SchedulerStats {
         let mut stats = self.lock().clone();
         stats.waiting_requests = gate.num_waiting();
+        stats.steps = self.steps.snapshot();
         stats
     }
 }
@@ -77,14 +93,18 @@ mod tests {
             kv_blocks_free: 7,
         });
         let step = StepRecord {
+            method: StepMethod::Prefill,
+            succeeded: true,
             batch_size: 2,
             num_tokens: 9,
             num_preempted: 1,
             forward_ns: 100,
+            sampling_ns: 10,
             step_wall_ns: 150,
         };
         cell.record_step(&step);
         cell.record_step(&StepRecord {
+            method: StepMethod::Decode,
             batch_size: 1,
             num_tokens: 1,
             ..step
@@ -106,5 +126,9 @@ mod tests {
             (2, 7, 10)
         );
         assert_eq!(stats.waiting_requests, 1);
+        for method in StepMethod::ALL {
+            assert_eq!(stats.steps.method(method).num_steps, 1);
+        }
+        assert_eq!(stats.steps.method(StepMethod::Prefill).tokens.sum, 9.0);
     }
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use super::sequence::Sequence;
 use super::state::{PreparedStep, SchedulerState, StepRequest};
@@ -81,18 +82,31 @@ impl<C: ShardClient> StepLoop<C> {
             members,
             num_tokens,
             num_preempted,
+            trace,
         } = step;
         let batch_size = members.len();
-        let result = self.send(request).await;
-        let mut forward_ns = 0;
+        let method = request.method();
+        let step_span = trace.span(method.as_str(), batch_size, num_tokens);
+        let result = match &step_span {
+            Some(span) => self.send(request).instrument(span.clone()).await,
+            None => self.send(request).await,
+        };
+        let (forward_ns, sampling_ns) = match &result {
+            Ok(proto::StepResponse {
+                timings: Some(timings),
+                ..
+            }) => (timings.forward_ns, timings.sampling_ns),
+            _ => (0, 0),
+        };
+        if let Some(span) = step_span {
+            span.record("forward_ns", forward_ns as i64);
+            span.record("sampling_ns", sampling_ns as i64);
+            // Ends here: applying the results may close the phase span it is a child of.
+            drop(span);
+        }
+        let succeeded = result.is_ok();
         match result {
-            Ok(response) => {
-                forward_ns = response
-                    .timings
-                    .as_ref()
-                    .map_or(0, |timings| timings.forward_ns);
-                self.state.complete(&members, response);
-            }
+            Ok(response) => self.state.complete(&members, response),
             Err(error) => {
                 tracing::error!(%error, batch_size, "shard step failed; failing its requests");
                 self.state.fail_step(&members, &error);
@@ -102,10 +116,13 @@ impl<C: ShardClient> StepLoop<C> {
             }
         }
         self.stats.record_step(&StepRecord {
+            method,
+            succeeded,
             batch_size,
             num_tokens,
             num_preempted,
             forward_ns,
+            sampling_ns,
             step_wall_ns: started_at.elapsed().as_nanos() as u64,
         });
     }

@@ -15,6 +15,7 @@ use tonic::transport::Channel;
 
 use crate::proto;
 use crate::proto::shard_client::ShardClient as ShardStub;
+use crate::telemetry::propagation::traced_request;
 
 use super::agreement::{self, RankAgreement};
 use super::endpoint::ShardEndpoint;
@@ -67,18 +68,19 @@ impl GrpcShardClient {
     }
 
     /// Sends `request` to every rank concurrently; rank 0's answer when every rank answered
-    /// and all agree, else the first failure.
+    /// and all agree, else the first failure. The current span's trace context (a step's
+    /// `shard_step`) rides in each call's metadata.
     async fn broadcast<Req, Resp, Call, Fut>(&self, request: Req, call: Call) -> ShardResult<Resp>
     where
         Req: Clone,
         Resp: RankAgreement,
-        Call: Fn(ShardStub<Channel>, Req) -> Fut,
+        Call: Fn(ShardStub<Channel>, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
         let calls = self
             .ranks
             .iter()
-            .map(|stub| call(stub.clone(), request.clone()));
+            .map(|stub| call(stub.clone(), traced_request(request.clone())));
         let mut answers = Vec::with_capacity(self.ranks.len());
         for (rank, answer) in join_all(calls).await.into_iter().enumerate() {
             match answer {

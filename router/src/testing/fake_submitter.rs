@@ -78,7 +78,13 @@ impl RequestSubmitter for FakeSubmitter {
         if matches!(self.behaviour, Behaviour::QueueFull) {
             return Err(AdmissionError::QueueFull { max_waiting: 2 });
         }
-        self.submitted.lock().expect("lock").push(request.clone());
+        // Recorded without its span: holding the span would keep the request's trace open,
+        // which the real scheduler does only while the request runs.
+        let recorded = GenerationRequest {
+            span: tracing::Span::none(),
+            ..request.clone()
+        };
+        self.submitted.lock().expect("lock").push(recorded);
         let (sender, receiver) = mpsc::unbounded_channel();
         match &self.behaviour {
             Behaviour::Script(script) => {

@@ -50,6 +50,8 @@ impl ValidRequest {
             input_ids: self.input_ids.clone(),
             parameters,
             received_at: self.received_at,
+            // Called inside the request's span (telemetry::request_span).
+            span: tracing::Span::current(),
         }
     }
 
@@ -74,6 +76,7 @@ impl Validator {
         &self.limits
     }
 
+    #[tracing::instrument(name = "validation", skip_all)]
     pub async fn validate(
         &self,
         request: GenerateRequest,

@@ -90,6 +90,8 @@ class Engine:
             max_position_embeddings=facts.config.max_position_embeddings,
             world_size=self._config.distributed.world_size,
             attention_backend=facts.attention_backend,
+            quantization=facts.quantization,
+            kv_cache_dtype=facts.kv_cache_dtype_name,
             max_top_n_tokens=MAX_TOP_N_TOKENS,
         )
 
@@ -154,10 +156,12 @@ class Engine:
             self._batch.forget(request_id)
         plan = plan_step(step, self._batch, self._limits, self._draw_seed)
         generations = list(plan.rejected)
-        forward_ns = sampling_ns = 0
+        forward_start_ns = forward_ns = sampling_ns = 0
         if plan.sequences:
             try:
-                ran, forward_ns, sampling_ns = self._run(plan.sequences, self._kv_caches)
+                ran, forward_start_ns, forward_ns, sampling_ns = self._run(
+                    plan.sequences, self._kv_caches
+                )
             except Exception:
                 # Their state may be half-updated: the step fails as a whole and the shard
                 # forgets its requests, so the router and the shard agree on what exists.
@@ -169,6 +173,7 @@ class Engine:
             forward_ns=forward_ns,
             sampling_ns=sampling_ns,
             total_ns=time.perf_counter_ns() - start_ns,
+            forward_start_ns=forward_start_ns,
         )
         return StepOutput(generations=tuple(generations), timings=timings)
 
@@ -184,7 +189,8 @@ class Engine:
     @torch.inference_mode()
     def _run(
         self, sequences: list[ScheduledSequence], kv_caches: list[KVCache]
-    ) -> tuple[list[Generation], int, int]:
+    ) -> tuple[list[Generation], int, int, int]:
+        """(generations, forward start (perf_counter ns), forward ns, sampling ns)"""
         device = self._runner.facts.device
         inputs = build_forward_inputs(sequences, self._block_size, device)
         forward_start_ns = time.perf_counter_ns()
@@ -204,7 +210,12 @@ class Engine:
             if sequence.wants_prompt_logprobs and not sequence.samples:
                 row = inputs.last_row(index)
                 sequence.state.pending_hidden = hidden[row].clone()
-        return generations, sampling_start_ns - forward_start_ns, end_ns - sampling_start_ns
+        return (
+            generations,
+            forward_start_ns,
+            sampling_start_ns - forward_start_ns,
+            end_ns - sampling_start_ns,
+        )
 
     def _sample(
         self,

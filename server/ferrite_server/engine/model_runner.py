@@ -13,7 +13,7 @@ then every layer is built with this rank's share and loads only its slices of th
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -23,10 +23,13 @@ from ferrite_server.engine.distributed import check_tensor_parallel, init_tensor
 from ferrite_server.engine.forward_inputs import ForwardInputs
 from ferrite_server.engine.kv_cache import KVCacheSpec
 from ferrite_server.engine.memory import anonymous_resident_bytes, model_memory_bytes
+from ferrite_server.layers.attention.kv_quant import KVCacheQuant
 from ferrite_server.layers.attention.selector import create_attention_backend
 from ferrite_server.layers.head_partition import HeadPartition
+from ferrite_server.layers.linear import process_weights_after_loading
 from ferrite_server.layers.parallel_group import TensorParallelGroup
 from ferrite_server.layers.placement import LayerPlacement
+from ferrite_server.layers.quantization.config import QuantizationConfig, resolve_quantization
 from ferrite_server.models import model_family
 from ferrite_server.models.config import (
     DecoderConfig,
@@ -37,7 +40,7 @@ from ferrite_server.models.config import (
     read_hf_config,
 )
 from ferrite_server.models.interface import CausalLM, KVCache
-from ferrite_server.weights import load_checkpoint
+from ferrite_server.weights import iter_checkpoint_slices, load_named_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +60,12 @@ class ModelFacts:
     attention_backend: str
     model_memory_bytes: int  # this rank's parameters and buffers
     num_local_kv_heads: int  # KV heads this rank computes and caches
+    quantization: str = ""  # "" when the weights are not quantized
+    kv_cache_dtype: torch.dtype | None = None  # None: the compute dtype
+
+    @property
+    def kv_cache_dtype_name(self) -> str:
+        return "fp8" if self.kv_cache_dtype == torch.float8_e4m3fn else "auto"
 
     @property
     def dtype_name(self) -> str:
@@ -100,18 +109,23 @@ class ModelRunner:
         family = model_family(architecture)
         model_config = family.config_from_hf(hf)
         check_tensor_parallel(model_config, config.distributed.world_size)
+        # Refuses impossible combinations before any weight is read.
+        quantization = resolve_quantization(config.quantize, hf)
         device = resolve_device(config)
         dtype = resolve_dtype(config.dtype, device, hf)
-        backend = create_attention_backend(config.attention_backend, device)
+        kv_quant = KVCacheQuant.from_name(config.kv_cache_dtype)
+        backend = create_attention_backend(config.attention_backend, device, kv_quant)
         group = init_tensor_parallel(config, device)
-        placement = LayerPlacement.for_group(dtype, device, group)
+        placement = replace(
+            LayerPlacement.for_group(dtype, device, group), quantization=quantization
+        )
         resident_before_bytes = anonymous_resident_bytes()
         model = family(model_config, backend, placement)
-        layout = model.checkpoint_layout()
         if random_weights:
             _fill_with_noise(model)  # type: ignore[arg-type]
         else:
-            load_checkpoint(model, model_dir, device, layout)  # type: ignore[arg-type]
+            _load_weights(model, model_dir, device, quantization)  # type: ignore[arg-type]
+        process_weights_after_loading(model)  # type: ignore[arg-type]
         weight_bytes = model_memory_bytes(model)  # type: ignore[arg-type]
         # Read by the tests of tensor parallelism (each rank ~1/N of the weights); one line.
         logger.info(
@@ -131,6 +145,13 @@ class ModelRunner:
             attention_backend=backend.name,
             model_memory_bytes=weight_bytes,
             num_local_kv_heads=heads.num_kv_heads,
+            quantization=quantization.name if quantization is not None else "",
+            kv_cache_dtype=kv_quant.cache_dtype(dtype),
+        )
+        logger.info(
+            "weights: %.1f MiB on %s (%s, quantization: %s); KV cache dtype: %s",
+            weight_bytes / 2**20, device, facts.dtype_name, facts.quantization or "none",
+            str(facts.kv_cache_dtype).removeprefix("torch."),
         )
         return cls(model, facts, group)
 
@@ -141,7 +162,7 @@ class ModelRunner:
             block_size=block_size,
             num_kv_heads=self.facts.num_local_kv_heads,
             head_dim=config.head_dim,
-            dtype=self.facts.dtype,
+            dtype=self.facts.kv_cache_dtype or self.facts.dtype,
         )
 
     @torch.inference_mode()
@@ -156,8 +177,31 @@ class ModelRunner:
         return self.model.compute_logits(hidden)
 
 
+def _load_weights(
+    model: CausalLM, model_dir: Path, device: torch.device, quantization: QuantizationConfig | None
+) -> None:
+    layout = model.checkpoint_layout()
+    tensors = iter_checkpoint_slices(model_dir, device)
+    if quantization is not None:
+        suffixes = layout.ignored_suffixes + quantization.ignored_checkpoint_suffixes
+        layout = replace(layout, ignored_suffixes=suffixes)
+        tensors = quantization.checkpoint_tensors(tensors)  # type: ignore[assignment]
+    load_named_tensors(model, tensors, layout)  # type: ignore[arg-type]
+
+
 @torch.no_grad()
 def _fill_with_noise(model: torch.nn.Module) -> None:
-    """Small random values everywhere (never zeros: they hide bugs and time differently)."""
-    for parameter in model.parameters():
-        parameter.normal_(0.0, 0.02)
+    """Small random values everywhere (never zeros: they hide bugs and time differently).
+
+    Packed integer weights get random bits; group indices (GPTQ's g_idx) stay valid groups.
+    """
+    for name, parameter in model.named_parameters():
+        if parameter.dtype.is_floating_point:
+            noise = torch.randn(parameter.shape, device=parameter.device) * 0.02
+            parameter.copy_(noise.to(parameter.dtype))
+        elif name.endswith("g_idx"):
+            groups = model.get_submodule(name.rsplit(".", 1)[0]).scales.shape[0]
+            positions = torch.arange(parameter.numel(), device=parameter.device)
+            parameter.copy_(positions * groups // parameter.numel())
+        else:
+            parameter.random_(-(2**31), 2**31 - 1)

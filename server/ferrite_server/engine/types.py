@@ -97,6 +97,9 @@ class StepTimings:
     forward_ns: int = 0
     sampling_ns: int = 0
     total_ns: int = 0
+    # time.perf_counter_ns() when the forward began (sampling follows it at once); 0 when no
+    # forward ran. Lets tracing place forward / sampling spans on the timeline.
+    forward_start_ns: int = 0
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,7 @@ class EngineInfo:
     world_size: int
     attention_backend: str
     quantization: str = ""
+    kv_cache_dtype: str = "auto"  # "auto" (the compute dtype) or "fp8"
     supports_chunked_prefill: bool = True
     supports_prompt_logprobs: bool = True
     max_top_n_tokens: int = 20

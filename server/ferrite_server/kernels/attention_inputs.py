@@ -18,6 +18,9 @@ class PagedAttentionInputs:
     value_cache: torch.Tensor  # [num_blocks, block_size, num_kv_heads, head_dim]
     metadata: AttentionMetadata
     scale: float  # softmax scale, usually head_dim ** -0.5
+    # Per-tensor dequantization scales of an fp8 cache (stored = value / scale); 1.0 otherwise.
+    k_scale: float = 1.0
+    v_scale: float = 1.0
 
     @property
     def num_heads(self) -> int:
@@ -43,6 +46,10 @@ class PagedAttentionInputs:
         """Raise ValueError on shapes/layouts the kernels do not handle."""
         if self.query.dim() != 3 or self.key_cache.dim() != 4:
             raise ValueError("query must be [T, H, D] and caches [blocks, block_size, Hkv, D]")
+        if self.key_cache.dtype not in (self.query.dtype, torch.float8_e4m3fn):
+            raise ValueError(f"cache dtype {self.key_cache.dtype} is neither the query's nor fp8")
+        if self.key_cache.dtype != self.value_cache.dtype:
+            raise ValueError("key_cache and value_cache dtypes differ")
         if self.key_cache.shape != self.value_cache.shape:
             raise ValueError("key_cache and value_cache shapes differ")
         if self.key_cache.stride() != self.value_cache.stride():

@@ -44,7 +44,8 @@ def _decode_partition_kernel(
     value_cache_ptr,
     block_tables_ptr,  # [S, max_blocks] int32
     seq_lens_ptr,  # [S] int32
-    scale_log2,  # softmax scale * log2(e): scores go through exp2
+    scale_log2,  # softmax scale * k_scale * log2(e): scores go through exp2
+    v_scale,  # fp8 cache: V's dequantization scale (1.0 otherwise)
     stride_q_token,
     stride_q_head,
     stride_out_token,
@@ -95,6 +96,7 @@ def _decode_partition_kernel(
         )  # [BLOCK_N] element offset of each token's head row
         kv_mask = valid[:, None] & dim_mask[None, :]
         k = tl.load(key_cache_ptr + rows[:, None] + dims[None, :], mask=kv_mask, other=0.0)
+        k = k.to(q.dtype)  # fp8 cache: widen (its scale is in scale_log2)
         scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
         scores = tl.where(valid[None, :], scores, float("-inf"))  # [BLOCK_G, BLOCK_N]
         m_new = tl.maximum(m_i, tl.max(scores, axis=1))
@@ -102,13 +104,14 @@ def _decode_partition_kernel(
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, axis=1)
         v = tl.load(value_cache_ptr + rows[:, None] + dims[None, :], mask=kv_mask, other=0.0)
+        v = v.to(q.dtype)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
 
     # An empty partition (start >= seq_len) stores nothing; the reduce never reads it.
     # (Made per lane: Triton's interpreter rejects a scalar bool in a mask.)
     head_has_tokens = head_mask & ((group * 0 + start) < seq_len)  # [BLOCK_G]
-    out_rows = acc / tl.maximum(l_i, 1e-30)[:, None]
+    out_rows = acc * (v_scale / tl.maximum(l_i, 1e-30))[:, None]
     store_mask = head_has_tokens[:, None] & dim_mask[None, :]
     if SINGLE_PARTITION:
         out_offsets = seq * stride_out_token + heads[:, None] * stride_out_head + dims[None, :]
@@ -277,7 +280,8 @@ def _launch_partitions(
         inputs.value_cache,
         inputs.metadata.block_tables,
         inputs.metadata.seq_lens,
-        inputs.scale * LOG2_E,
+        inputs.scale * inputs.k_scale * LOG2_E,
+        inputs.v_scale,
         query.stride(0),
         query.stride(1),
         out.stride(0),

@@ -84,6 +84,7 @@ def _attend_tile(
         k = tl.load(key_cache_ptr + kv_offsets, mask=kv_mask, other=0.0)
     else:
         k = tl.load(key_cache_ptr + kv_offsets)
+    k = k.to(q.dtype)  # fp8 cache: widen (its scale is in scale_log2)
     scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
     if CAUSAL_MASK:
         visible = (positions[None, :] <= q_positions[:, None]) & valid[None, :]
@@ -96,6 +97,7 @@ def _attend_tile(
         v = tl.load(value_cache_ptr + kv_offsets, mask=kv_mask, other=0.0)
     else:
         v = tl.load(value_cache_ptr + kv_offsets)
+    v = v.to(q.dtype)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
     return acc, m_new, l_i
 
@@ -110,7 +112,8 @@ def _varlen_attention_kernel(
     seq_lens_ptr,  # [S] int32
     query_start_loc_ptr,  # [S + 1] int32
     num_seqs,
-    scale_log2,
+    scale_log2,  # softmax scale * k_scale * log2(e)
+    v_scale,  # fp8 cache: V's dequantization scale (1.0 otherwise)
     stride_q_token,
     stride_q_head,
     stride_out_token,
@@ -176,7 +179,7 @@ def _varlen_attention_kernel(
             block_size, head_dim, BLOCK_D, BLOCK_N, True, DOT_PRECISION,
         )
 
-    result = acc / tl.maximum(l_i, 1e-30)[:, None]
+    result = acc * (v_scale / tl.maximum(l_i, 1e-30))[:, None]
     out_offsets = (
         token_rows[:, None] * stride_out_token + heads[:, None] * stride_out_head + dims[None, :]
     )
@@ -221,7 +224,8 @@ def varlen_prefill_attention(
         metadata.seq_lens,
         metadata.query_start_loc,
         num_seqs,
-        inputs.scale * LOG2_E,
+        inputs.scale * inputs.k_scale * LOG2_E,
+        inputs.v_scale,
         query.stride(0),
         query.stride(1),
         out.stride(0),

@@ -4,8 +4,13 @@ Megatron-style split: a column-parallel layer keeps a slice of the output featur
 communication needed), a row-parallel layer keeps a slice of the input features (its partial
 outputs are summed across ranks with one all-reduce). Fused layers (qkv, gate_up) are
 column-parallel layers whose output is several checkpoint tensors side by side; their loaders
-put each tensor's rank slice at its offset. With world_size 1 every slice is the whole tensor. Loaders read only their slice
-of the checkpoint (`takes_slices=True`, see weights.py).
+put each tensor's rank slice at its offset. With world_size 1 every slice is the whole tensor.
+Loaders read only their slice of the checkpoint (`takes_slices=True`, see weights.py).
+
+How the weight is stored and multiplied is the layer's quantization method
+(layers/quantization/): the layer describes its shape once (`LinearShape`: sizes, fused parts,
+which features this rank keeps), the method creates the parameters with loaders that slice by
+that shape, and forward() calls the method. Models never branch on quantization.
 """
 
 from __future__ import annotations
@@ -13,33 +18,67 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ferrite_server.layers.head_partition import HeadPartition
 from ferrite_server.layers.placement import LayerPlacement
-from ferrite_server.checkpoint_slice import narrow_loaded
-from ferrite_server.weights import (
-    CheckpointError,
-    ShardId,
-    attach_weight_loader,
-    copy_checked,
+from ferrite_server.layers.quantization.config import linear_method_for
+from ferrite_server.layers.quantization.method import (
+    LinearShape,
+    ParallelSplit,
+    ShardedDims,
+    sharded_parameter,
 )
+from ferrite_server.weights import ShardId
+
+# bias [out]: sliced with the output features of a column-parallel layer, whole otherwise.
+_BIAS_DIMS = ShardedDims(output_dim=0)
+
+
+@dataclass(frozen=True)
+class _LinearParts:
+    """The fused parts of one linear layer: full sizes, shard ids, and what this rank keeps."""
+
+    output_sizes: tuple[int, ...]
+    part_ids: tuple[ShardId, ...] = (None,)
+    # (start, length) of each part's output features on this rank; None: an even split.
+    output_slices: tuple[tuple[int, int], ...] | None = None
 
 
 class _Linear(nn.Module):
-    """y = x W^T (+ b) with W [out_features_local, in_features_local]."""
+    """y = x W^T (+ b); W's storage is up to the quantization method."""
 
     def __init__(
-        self, in_features: int, out_features: int, bias: bool, placement: LayerPlacement
+        self,
+        in_features: int,
+        parts: _LinearParts,
+        split: ParallelSplit,
+        bias: bool,
+        placement: LayerPlacement,
     ) -> None:
         super().__init__()
         self.placement = placement
-        self.weight = placement.empty_parameter(out_features, in_features)
-        self.bias = placement.empty_parameter(out_features) if bias else None
+        self.shape = LinearShape(
+            input_size=in_features,
+            output_sizes=parts.output_sizes,
+            split=split,
+            dtype=placement.dtype,
+            device=placement.device,
+            tp=placement.tp,
+            part_ids=parts.part_ids,
+            output_slices=parts.output_slices,
+        )
+        self.quant_method = linear_method_for(placement.quantization)
+        self.quant_method.create_weights(self, self.shape)
+        local_output_size = self.shape.local_output_size
+        self.bias = (
+            sharded_parameter(self.shape, _BIAS_DIMS, (local_output_size,), placement.dtype)
+            if bias
+            else None
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, in] -> [T, out]
-        return F.linear(x, self.weight, self.bias)
+        return self.quant_method.apply(self, x, self.bias)
 
 
 class ColumnParallelLinear(_Linear):
@@ -48,15 +87,7 @@ class ColumnParallelLinear(_Linear):
     def __init__(
         self, in_features: int, out_features: int, bias: bool, placement: LayerPlacement
     ) -> None:
-        super().__init__(in_features, out_features // placement.tp.world_size, bias, placement)
-        attach_weight_loader(self.weight, self._load, takes_slices=True)
-        if self.bias is not None:
-            attach_weight_loader(self.bias, self._load, takes_slices=True)
-
-    def _load(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: ShardId) -> None:
-        if shard_id is not None:
-            raise CheckpointError("column-parallel parameter is not fused")
-        copy_checked(param.data, self.placement.tp.shard(loaded, 0), "column-parallel")
+        super().__init__(in_features, _LinearParts((out_features,)), "column", bias, placement)
 
 
 class RowParallelLinear(_Linear):
@@ -65,26 +96,15 @@ class RowParallelLinear(_Linear):
     def __init__(
         self, in_features: int, out_features: int, bias: bool, placement: LayerPlacement
     ) -> None:
-        super().__init__(in_features // placement.tp.world_size, out_features, bias, placement)
-        attach_weight_loader(self.weight, self._load_weight, takes_slices=True)
-        if self.bias is not None:
-            attach_weight_loader(self.bias, self._load_bias, takes_slices=True)
+        super().__init__(in_features, _LinearParts((out_features,)), "row", bias, placement)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, in / N] -> [T, out]
         if not self.placement.group.is_parallel:
             return super().forward(x)
-        partial = F.linear(x, self.weight)  # this rank's share of the sum over inputs
+        partial = self.quant_method.apply(self, x, None)  # this rank's share of the sum
         summed = self.placement.group.all_reduce(partial)
         # The bias is whole on every rank: added once, after the sum.
         return summed if self.bias is None else summed + self.bias
-
-    def _load_weight(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: ShardId) -> None:
-        if shard_id is not None:
-            raise CheckpointError("row-parallel parameter is not fused")
-        copy_checked(param.data, self.placement.tp.shard(loaded, 1), "row-parallel")
-
-    def _load_bias(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: ShardId) -> None:
-        copy_checked(param.data, loaded, "row-parallel bias")
 
 
 class MergedColumnParallelLinear(_Linear):
@@ -100,22 +120,15 @@ class MergedColumnParallelLinear(_Linear):
         output_sizes: tuple[int, ...],
         bias: bool,
         placement: LayerPlacement,
-        local_sizes: tuple[int, ...] | None = None,  # default: each output split evenly
+        parts: _LinearParts | None = None,  # default: shard ids 0, 1, ..., even split
     ) -> None:
-        if local_sizes is None:
-            local_sizes = tuple(size // placement.tp.world_size for size in output_sizes)
-        super().__init__(in_features, sum(local_sizes), bias, placement)
-        self.local_sizes = local_sizes
-        attach_weight_loader(self.weight, self._load, takes_slices=True)
-        if self.bias is not None:
-            attach_weight_loader(self.bias, self._load, takes_slices=True)
+        if parts is None:
+            parts = _LinearParts(output_sizes, tuple(range(len(output_sizes))))
+        super().__init__(in_features, parts, "column", bias, placement)
 
-    def _load(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: ShardId) -> None:
-        if not isinstance(shard_id, int) or not 0 <= shard_id < len(self.local_sizes):
-            raise CheckpointError(f"fused parameter needs a shard index, got {shard_id!r}")
-        offset = sum(self.local_sizes[:shard_id])
-        target = param.data.narrow(0, offset, self.local_sizes[shard_id])
-        copy_checked(target, self.placement.tp.shard(loaded, 0), f"fused output {shard_id}")
+    @property
+    def local_sizes(self) -> tuple[int, ...]:
+        return self.shape.local_output_sizes
 
 
 @dataclass(frozen=True)
@@ -134,41 +147,26 @@ class QKVParallelLinear(MergedColumnParallelLinear):
     with this rank's heads only (`HeadPartition`: KV heads replicated when fewer than ranks).
     """
 
-    _SHARD_INDEX = {"q": 0, "k": 1, "v": 2}
-
     def __init__(
         self, hidden_size: int, heads: AttentionHeads, bias: bool, placement: LayerPlacement
     ) -> None:
         partition = HeadPartition.of(heads.num_heads, heads.num_kv_heads, placement.tp)
-        q_size = heads.num_heads * heads.head_dim
-        kv_size = heads.num_kv_heads * heads.head_dim
-        local_kv_size = partition.num_kv_heads * heads.head_dim
-        local_sizes = (partition.num_heads * heads.head_dim, local_kv_size, local_kv_size)
-        super().__init__(hidden_size, (q_size, kv_size, kv_size), bias, placement, local_sizes)
+        head_dim = heads.head_dim
+        q_size, kv_size = heads.num_heads * head_dim, heads.num_kv_heads * head_dim
+        local_q_size = partition.num_heads * head_dim
+        kv_slice = (partition.kv_head_start * head_dim, partition.num_kv_heads * head_dim)
+        parts = _LinearParts(
+            output_sizes=(q_size, kv_size, kv_size),
+            part_ids=("q", "k", "v"),
+            output_slices=((placement.tp.rank * local_q_size, local_q_size), kv_slice, kv_slice),
+        )
+        super().__init__(hidden_size, parts.output_sizes, bias, placement, parts)
         self.heads = heads
         self.partition = partition
 
-    def _load(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: ShardId) -> None:
-        if shard_id not in self._SHARD_INDEX:
-            raise CheckpointError(f"qkv parameter needs shard id q, k or v, got {shard_id!r}")
-        if shard_id == "q":
-            super()._load(param, loaded, 0)
-            return
-        # k / v: this rank's KV heads, which may be shared with other ranks (replication).
-        head_dim = self.heads.head_dim
-        if loaded.shape[0] != self.heads.num_kv_heads * head_dim:
-            raise CheckpointError(
-                f"qkv {shard_id}: checkpoint has {loaded.shape[0]} rows, "
-                f"{self.heads.num_kv_heads} key/value heads of {head_dim} need "
-                f"{self.heads.num_kv_heads * head_dim}"
-            )
-        rows = narrow_loaded(
-            loaded,
-            0,
-            self.partition.kv_head_start * head_dim,
-            self.partition.num_kv_heads * head_dim,
-        )
-        index = self._SHARD_INDEX[str(shard_id)]
-        offset = sum(self.local_sizes[:index])
-        target = param.data.narrow(0, offset, self.local_sizes[index])
-        copy_checked(target, rows, f"qkv {shard_id}")
+
+def process_weights_after_loading(model: nn.Module) -> None:
+    """Let every linear layer's method finish its weights (quantize, rescale) once loaded."""
+    for module in model.modules():
+        if isinstance(module, _Linear):
+            module.quant_method.process_weights_after_loading(module)

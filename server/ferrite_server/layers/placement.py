@@ -1,4 +1,5 @@
-"""Where a layer's parameters live: dtype, device and tensor-parallel rank (and group).
+"""Where a layer's parameters live: dtype, device, tensor-parallel rank (and group) and
+quantization.
 
 Layers allocate their parameters uninitialized (`torch.empty`) directly in the final dtype on
 the final device; the checkpoint's tensors are then copied in by per-parameter weight loaders
@@ -8,12 +9,16 @@ the final device; the checkpoint's tensors are then copied in by per-parameter w
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ferrite_server.layers.parallel_group import TensorParallelGroup
 from ferrite_server.weights import TensorParallelRank
+
+if TYPE_CHECKING:
+    from ferrite_server.layers.quantization.config import QuantizationConfig
 
 
 @dataclass(frozen=True)
@@ -23,6 +28,8 @@ class LayerPlacement:
     tp: TensorParallelRank = field(default_factory=TensorParallelRank)
     # The collectives of `tp`'s group (row-parallel sums, vocabulary gathers).
     group: TensorParallelGroup = field(default_factory=TensorParallelGroup)
+    # How linear layers store their weights (None: unquantized); other layers ignore it.
+    quantization: QuantizationConfig | None = None
 
     @classmethod
     def for_group(

@@ -4,6 +4,7 @@ mod errors;
 mod generate;
 mod ops;
 mod stream;
+mod traces;
 mod with_scheduler;
 
 use std::sync::Arc;

@@ -205,6 +205,7 @@ impl ShardClient for FakeShard {
             world_size: 1,
             attention_backend: "fake".to_string(),
             quantization: String::new(),
+            kv_cache_dtype: "auto".to_string(),
             supports_chunked_prefill: true,
             supports_prompt_logprobs: true,
             max_top_n_tokens: 10,

@@ -14,20 +14,21 @@ import torch
 
 from ferrite_server.engine.errors import UnsupportedModelError
 from ferrite_server.layers.attention.backend import AttentionBackend
+from ferrite_server.layers.attention.kv_quant import KVCacheQuant
 
-BackendFactory = Callable[[torch.device], AttentionBackend]
+BackendFactory = Callable[[torch.device, KVCacheQuant], AttentionBackend]
 
 
-def _torch_backend(device: torch.device) -> AttentionBackend:
+def _torch_backend(device: torch.device, kv_quant: KVCacheQuant) -> AttentionBackend:
     from ferrite_server.layers.attention.torch_backend import TorchAttentionBackend
 
-    return TorchAttentionBackend()
+    return TorchAttentionBackend(kv_quant)
 
 
-def _triton_backend(device: torch.device) -> AttentionBackend:
+def _triton_backend(device: torch.device, kv_quant: KVCacheQuant) -> AttentionBackend:
     from ferrite_server.layers.attention.triton_backend import TritonAttentionBackend
 
-    return TritonAttentionBackend(device)
+    return TritonAttentionBackend(device, kv_quant)
 
 
 def _factories() -> dict[str, BackendFactory]:
@@ -44,8 +45,11 @@ def available_attention_backends() -> tuple[str, ...]:
     return ("auto", *_factories())
 
 
-def create_attention_backend(name: str, device: torch.device) -> AttentionBackend:
-    """The backend called `name` ("auto": the best one available for `device`)."""
+def create_attention_backend(
+    name: str, device: torch.device, kv_quant: KVCacheQuant = KVCacheQuant()
+) -> AttentionBackend:
+    """The backend called `name` ("auto": the best one available for `device`), storing K/V
+    as `kv_quant` says."""
     resolved = _resolve_auto(device) if name == "auto" else name
     factory = _factories().get(resolved)
     if factory is None:
@@ -53,4 +57,4 @@ def create_attention_backend(name: str, device: torch.device) -> AttentionBacken
             f"attention backend {name!r} is not available; choose one of "
             f"{', '.join(available_attention_backends())}"
         )
-    return factory(device)
+    return factory(device, kv_quant)

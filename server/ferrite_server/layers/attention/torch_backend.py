@@ -3,7 +3,8 @@
 Correct on any device and simple enough to be the reference every kernel is tested against.
 Prompt chunks loop over their sequences in Python (few per step); decode tokens (one query
 each, most of a busy batch) are attended in one padded SDPA call over all their contexts, so
-batching pays on the CPU, where this backend is the one in use.
+batching pays on the CPU, where this backend is the one in use. With an fp8 KV cache
+(kv_quant.py) new rows are quantized on write and gathered rows are widened and rescaled.
 """
 
 from __future__ import annotations
@@ -12,13 +13,20 @@ import torch
 import torch.nn.functional as F
 
 from ferrite_server.layers.attention.backend import AttentionMetadata
+from ferrite_server.layers.attention.kv_quant import (
+    KVCacheQuant,
+    as_bytes,
+    is_fp8_cache,
+    quantize_kv,
+)
 from ferrite_server.layers.attention.torch_decode_batch import DecodeBatch
 
 
 class TorchAttentionBackend:
     name = "torch"
 
-    def __init__(self) -> None:
+    def __init__(self, kv_quant: KVCacheQuant = KVCacheQuant()) -> None:
+        self.kv_quant = kv_quant
         # One step's metadata is shared by every layer: its decode gather indices are built
         # for the first layer and reused by the others.
         self._decode_batch: tuple[AttentionMetadata, DecodeBatch | None] | None = None
@@ -32,6 +40,10 @@ class TorchAttentionBackend:
         slot_mapping: torch.Tensor,  # [T] int64
     ) -> None:
         num_kv_heads, head_dim = key_cache.shape[2], key_cache.shape[3]
+        if is_fp8_cache(key_cache):  # index_copy_ has no fp8 kernel: copy the bytes
+            key = as_bytes(quantize_kv(key, self.kv_quant.k_scale))
+            value = as_bytes(quantize_kv(value, self.kv_quant.v_scale))
+            key_cache, value_cache = as_bytes(key_cache), as_bytes(value_cache)
         # The cache is contiguous, so [num_blocks * block_size, ...] is a view of it and slot
         # s = block * block_size + offset indexes it directly.
         key_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, key)
@@ -49,7 +61,7 @@ class TorchAttentionBackend:
         block_size = key_cache.shape[1]
         decode_batch = self._decode_batch_for(metadata, block_size)
         if decode_batch is not None:
-            decode_batch.attend(query, key_cache, value_cache, scale, output)
+            decode_batch.attend(query, key_cache, value_cache, scale, output, self._widen)
         for seq_index in range(metadata.num_seqs):
             if decode_batch is not None and decode_batch.includes(seq_index):
                 continue
@@ -58,12 +70,19 @@ class TorchAttentionBackend:
             seq_len = metadata.seq_lens_cpu[seq_index]
             num_blocks = -(-seq_len // block_size)
             blocks = metadata.block_tables[seq_index, :num_blocks]
-            keys = _gather_context(key_cache, blocks, seq_len)  # [seq_len, kv_heads, D]
-            values = _gather_context(value_cache, blocks, seq_len)
+            keys = self._widen(_gather_context(key_cache, blocks, seq_len), query.dtype, True)
+            values = self._widen(_gather_context(value_cache, blocks, seq_len), query.dtype, False)
             output[query_start:query_end] = _causal_attention(
                 query[query_start:query_end], keys, values, scale
             )
         return output
+
+    def _widen(self, rows: torch.Tensor, dtype: torch.dtype, is_key: bool) -> torch.Tensor:
+        """Gathered cache rows [..., D] in the query's dtype (fp8: widened times the scale)."""
+        if not is_fp8_cache(rows):
+            return rows
+        scale = self.kv_quant.k_scale if is_key else self.kv_quant.v_scale
+        return rows.to(dtype) * scale
 
     def _decode_batch_for(self, metadata: AttentionMetadata, block_size: int) -> DecodeBatch | None:
         if self._decode_batch is None or self._decode_batch[0] is not metadata:

@@ -8,6 +8,7 @@ softmax covers exactly its own context.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +16,8 @@ import torch.nn.functional as F
 
 from ferrite_server.layers.attention.backend import AttentionMetadata
 
+# (gathered cache rows, query dtype, is_key) -> rows as attention reads them.
+Widen = Callable[[torch.Tensor, torch.dtype, bool], torch.Tensor]
 # Below this many decode sequences the per-sequence loop is as cheap, and it needs no padding.
 MIN_BATCHED_DECODES = 2
 
@@ -60,10 +63,13 @@ class DecodeBatch:
         value_cache: torch.Tensor,
         scale: float,
         output: torch.Tensor,  # [T, num_heads, D]: the decode rows are written
+        widen: Widen | None = None,
     ) -> None:
         num_heads, num_kv_heads = query.shape[1], key_cache.shape[2]
         keys = self._gather(key_cache)  # [S, num_kv_heads, max_len, D]
         values = self._gather(value_cache)
+        if widen is not None:  # e.g. an fp8 cache: to the query's dtype, times its scale
+            keys, values = widen(keys, query.dtype, True), widen(values, query.dtype, False)
         queries = query.index_select(0, self.query_rows)[:, :, None, :]  # [S, num_heads, 1, D]
         attended = F.scaled_dot_product_attention(
             queries, keys, values, attn_mask=self.key_mask, scale=scale,

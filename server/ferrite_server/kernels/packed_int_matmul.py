@@ -1,0 +1,154 @@
+"""Triton dequantize-matmul for GPTQ / AWQ packed-integer weights: y = x W^T.
+
+The weight convention and the torch reference are in layers/quantization/packed_linear.py.
+The kernel tiles the output as [BLOCK_M, BLOCK_N] and walks K in BLOCK_K steps: it loads the
+packed words of the tile (each word serves `pack` neighbouring elements, so the repeated loads
+hit the cache), shifts and masks them, gathers each row's group scale and zero through g_idx,
+and feeds the dequantized [BLOCK_K, BLOCK_N] tile to tl.dot. Weights cross memory in packed
+form: 4-bit weights move a quarter of the bytes of fp16, which is what decode is bound by.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from ferrite_server.layers.quantization.int_packing import pack_factor
+from ferrite_server.layers.quantization.packed_linear import PackedIntWeights
+
+
+@triton.jit
+def _packed_int_matmul_kernel(
+    x_ptr,  # [M, K]
+    qweight_ptr,  # int32: AWQ_LAYOUT [K, N / PACK], else [K / PACK, N]
+    qzeros_ptr,  # int32 [G, N / PACK]
+    scales_ptr,  # [G, N]
+    g_idx_ptr,  # int32 [K]
+    out_ptr,  # [M, N]
+    M,
+    N,
+    K,
+    stride_xm,
+    stride_qweight,
+    stride_qzeros,
+    stride_scales,
+    stride_om,
+    zero_offset,
+    BITS: tl.constexpr,
+    AWQ_LAYOUT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    PACK: tl.constexpr = 32 // BITS
+    MASK: tl.constexpr = (1 << BITS) - 1
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_mask = rows < M
+    col_mask = cols < N
+    if AWQ_LAYOUT:
+        # Column j of a word sits in slot (j // 2) + (j % 2) * 4 (AWQ_ORDER inverted).
+        col_slot = (cols % PACK) // 2 + (cols % 2) * 4
+    else:
+        col_slot = cols % PACK
+    zero_shift = col_slot * BITS  # [BLOCK_N]: zeros are packed along N in both layouts
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k_start in range(0, K, BLOCK_K):
+        ks = k_start + tl.arange(0, BLOCK_K)
+        k_mask = ks < K
+        x = tl.load(
+            x_ptr + rows[:, None].to(tl.int64) * stride_xm + ks[None, :],
+            mask=row_mask[:, None] & k_mask[None, :],
+            other=0.0,
+        )  # [BLOCK_M, BLOCK_K]
+        tile_mask = k_mask[:, None] & col_mask[None, :]
+        if AWQ_LAYOUT:
+            word_offsets = ks[:, None] * stride_qweight + (cols // PACK)[None, :]
+            shifts = zero_shift[None, :]
+        else:
+            word_offsets = (ks // PACK)[:, None] * stride_qweight + cols[None, :]
+            shifts = ((ks % PACK) * BITS)[:, None]
+        words = tl.load(qweight_ptr + word_offsets, mask=tile_mask, other=0)
+        q = (words >> shifts) & MASK  # [BLOCK_K, BLOCK_N]
+        groups = tl.load(g_idx_ptr + ks, mask=k_mask, other=0)  # [BLOCK_K]
+        zero_words = tl.load(
+            qzeros_ptr + groups[:, None] * stride_qzeros + (cols // PACK)[None, :],
+            mask=tile_mask,
+            other=0,
+        )
+        zeros = ((zero_words >> zero_shift[None, :]) & MASK) + zero_offset
+        scales = tl.load(
+            scales_ptr + groups[:, None] * stride_scales + cols[None, :], mask=tile_mask, other=0.0
+        )
+        w = ((q - zeros).to(tl.float32) * scales.to(tl.float32)).to(x.dtype)  # [BLOCK_K, BLOCK_N]
+        acc += tl.dot(x, w, input_precision=DOT_PRECISION)
+    out_offsets = rows[:, None].to(tl.int64) * stride_om + cols[None, :]
+    tl.store(
+        out_ptr + out_offsets,
+        acc.to(out_ptr.dtype.element_ty),
+        mask=row_mask[:, None] & col_mask[None, :],
+    )
+
+
+@dataclass(frozen=True)
+class PackedMatmulTiles:
+    block_m: int = 16
+    block_n: int = 64
+    block_k: int = 64
+    num_warps: int = 4
+
+
+def packed_int_matmul(
+    x: torch.Tensor, weights: PackedIntWeights, tiles: PackedMatmulTiles = PackedMatmulTiles()
+) -> torch.Tensor:
+    """x [M, K] @ W^T -> [M, N] in x's dtype, through the Triton kernel."""
+    _check_args(x, weights)
+    num_rows, num_cols = x.shape[0], weights.out_features
+    out = torch.empty(num_rows, num_cols, dtype=x.dtype, device=x.device)
+    if num_rows == 0:
+        return out
+    grid = (triton.cdiv(num_rows, tiles.block_m), triton.cdiv(num_cols, tiles.block_n))
+    _packed_int_matmul_kernel[grid](
+        x,
+        weights.qweight,
+        weights.qzeros,
+        weights.scales,
+        weights.g_idx,
+        out,
+        num_rows,
+        num_cols,
+        weights.in_features,
+        x.stride(0),
+        weights.qweight.stride(0),
+        weights.qzeros.stride(0),
+        weights.scales.stride(0),
+        out.stride(0),
+        weights.zero_offset,
+        BITS=weights.bits,
+        AWQ_LAYOUT=weights.layout == "awq",
+        BLOCK_M=tiles.block_m,
+        BLOCK_N=tiles.block_n,
+        BLOCK_K=tiles.block_k,
+        DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+        num_warps=tiles.num_warps,
+    )
+    return out
+
+
+def _check_args(x: torch.Tensor, weights: PackedIntWeights) -> None:
+    if x.dim() != 2 or x.shape[1] != weights.in_features:
+        raise ValueError(f"x {tuple(x.shape)} is not [M, {weights.in_features}]")
+    if x.stride(1) != 1:
+        raise ValueError("x rows must be contiguous")
+    pack = pack_factor(weights.bits)
+    if weights.layout == "awq" and weights.bits != 4:
+        raise ValueError("the AWQ layout is 4-bit only")
+    for name in ("qweight", "qzeros", "scales"):
+        if getattr(weights, name).stride(1) != 1:
+            raise ValueError(f"{name} rows must be contiguous")
+    if weights.out_features % pack != 0:
+        raise ValueError(f"{weights.out_features} output features are not a multiple of {pack}")

@@ -1,0 +1,102 @@
+"""Quantizing the bundled SmolLM2-135M-Instruct on CPU: bitsandbytes int8 / nf4 and FP8.
+
+The measure is the mean per-token log-likelihood of a fixed reference text (teacher-forced,
+through the paged KV cache), computed here for the unquantized bfloat16 model and for each
+quantized one. Stated bounds (nats per token; unquantized is about -2.0 on this text, a uniform
+guess -10.8):
+- bitsandbytes int8 (LLM.int8):   within INT8_TOLERANCE
+- bitsandbytes nf4 (4-bit):       within NF4_TOLERANCE (4 bits cost a 135M model more)
+- FP8 weights + FP8 KV cache:     within FP8_TOLERANCE
+FP8 greedy agreement: the greedy next token after each of PROMPTS is the unquantized one for
+at least FP8_MIN_SAME_NEXT_TOKENS of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from ferrite_server.config import ShardConfig
+from ferrite_server.engine.model_runner import ModelRunner
+from tests.support.quant_eval import mean_log_likelihood, prompt_logits
+
+REFERENCE_TEXT = (
+    "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. It "
+    "is named after the engineer Gustave Eiffel, whose company designed and built the tower from "
+    "1887 to 1889. Locally nicknamed the Iron Lady, it was constructed as the centerpiece of the "
+    "1889 World's Fair."
+)
+PROMPTS = (
+    "The capital of France is",
+    "Water boils at a temperature of",
+    "The largest planet in the solar system is",
+    "def fibonacci(n):",
+    "Once upon a time, there was a",
+    "The three primary colors are",
+    "The chemical symbol for gold is",
+    "Monday, Tuesday, Wednesday,",
+)
+INT8_TOLERANCE = 0.15
+NF4_TOLERANCE = 0.5
+FP8_TOLERANCE = 0.15
+FP8_MIN_SAME_NEXT_TOKENS = 6  # of 8
+
+
+@pytest.fixture(scope="module")
+def bundled_config(default_model_dir: Path) -> ShardConfig:
+    return ShardConfig(
+        model_id=default_model_dir,
+        uds_path=default_model_dir / "unused.sock",
+        dtype="bfloat16",
+        kv_cache_memory_bytes=16 << 20,
+    )
+
+
+@pytest.fixture(scope="module")
+def token_ids(default_model_dir: Path) -> dict[str, list[int]]:
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
+    texts = {"reference": REFERENCE_TEXT, **{prompt: prompt for prompt in PROMPTS}}
+    return {key: tokenizer(text)["input_ids"] for key, text in texts.items()}
+
+
+@pytest.fixture(scope="module")
+def unquantized(bundled_config: ShardConfig) -> Iterator[ModelRunner]:
+    yield ModelRunner.load(bundled_config)
+
+
+@pytest.mark.parametrize(
+    ("quantize", "tolerance"),
+    [("bitsandbytes", INT8_TOLERANCE), ("bitsandbytes-nf4", NF4_TOLERANCE)],
+)
+def test_bitsandbytes_log_likelihood_stays_close(
+    bundled_config: ShardConfig,
+    unquantized: ModelRunner,
+    token_ids: dict[str, list[int]],
+    quantize: str,
+    tolerance: float,
+) -> None:
+    runner = ModelRunner.load(replace(bundled_config, quantize=quantize))  # type: ignore[arg-type]
+    assert runner.facts.quantization == quantize
+    assert runner.facts.model_memory_bytes < 0.7 * unquantized.facts.model_memory_bytes
+    expected = mean_log_likelihood(unquantized, token_ids["reference"])
+    got = mean_log_likelihood(runner, token_ids["reference"])
+    assert abs(got - expected) < tolerance, (got, expected)
+
+
+def test_fp8_weights_and_kv_keep_log_likelihood_and_greedy_tokens(
+    bundled_config: ShardConfig, unquantized: ModelRunner, token_ids: dict[str, list[int]]
+) -> None:
+    runner = ModelRunner.load(replace(bundled_config, quantize="fp8", kv_cache_dtype="fp8"))
+    expected = mean_log_likelihood(unquantized, token_ids["reference"])
+    got = mean_log_likelihood(runner, token_ids["reference"])
+    assert abs(got - expected) < FP8_TOLERANCE, (got, expected)
+    same = sum(
+        prompt_logits(runner, token_ids[prompt])[-1].argmax().item()
+        == prompt_logits(unquantized, token_ids[prompt])[-1].argmax().item()
+        for prompt in PROMPTS
+    )
+    assert same >= FP8_MIN_SAME_NEXT_TOKENS, same
