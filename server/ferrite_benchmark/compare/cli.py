@@ -47,6 +47,8 @@ def add_compare_parser(subparsers: argparse._SubParsersAction) -> None:
     compare.add_argument("--ctranslate2-compute-type", default="float32")
     compare.add_argument("--static-batch-size", type=int, default=16,
                          help="batch size of the in-process peers' static batching")
+    compare.add_argument("--llama-cpp-python", default=None, metavar="PYTHON",
+                         help="interpreter with llama-cpp-python[server] (default: this one)")
     compare.add_argument("--ferrite-url", default=None, help="use this running ferrite")
     compare.add_argument("--ferrite-arg", action="append", default=[],
                          help="extra ferrite-launcher flag (repeat; use --ferrite-arg=--flag)")
@@ -89,6 +91,7 @@ def compare_main(args: argparse.Namespace) -> int:
         request_rates=args.request_rates, latency_max_new_tokens=args.latency_max_new_tokens,
         peers=args.peers, dtype=args.dtype, ctranslate2_compute_type=args.ctranslate2_compute_type,
         static_batch_size=args.static_batch_size, ferrite_url=args.ferrite_url,
+        llama_cpp_python=args.llama_cpp_python,
         ferrite_args=tuple(args.ferrite_arg), output=args.output,
         results_md=None if args.no_results_md else args.results_md,
         command="ferrite-benchmark " + shlex.join(argv), log_dir=args.log_dir, resume=args.resume,

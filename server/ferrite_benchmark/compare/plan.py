@@ -26,6 +26,7 @@ class CompareConfig:
     dtype: str = "bfloat16"  # ferrite and transformers
     ctranslate2_compute_type: str = "float32"
     static_batch_size: int = 16
+    llama_cpp_python: str | None = None  # interpreter with llama-cpp-python[server]
     ferrite_url: str | None = None
     ferrite_args: tuple[str, ...] = ()
     output: Path = Path("bench/results-compare-cpu.json")

@@ -9,7 +9,7 @@ the machine to itself apart from the benchmark client. The JSON is saved after e
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,8 @@ def _run_target(name: str, context: _Context, rates: _RateChoice) -> TargetResul
         from ferrite_benchmark.peers.llama_cpp_server import LlamaCppSettings, running_llama_cpp
 
         settings_l = LlamaCppSettings(log_dir=config.log_dir)
+        if config.llama_cpp_python:
+            settings_l = replace(settings_l, python=config.llama_cpp_python)
         return run_server_target(name, lambda: running_llama_cpp(settings_l), workloads, tokenizer,
                                  rates.same)
     if name == "transformers":

