@@ -103,18 +103,20 @@ def _causal_attention(
     scale: float,
 ) -> torch.Tensor:  # [q_len, num_heads, D]
     query_len, seq_len = query.shape[0], keys.shape[0]
-    num_heads, num_kv_heads = query.shape[1], keys.shape[1]
-    if num_heads != num_kv_heads:  # GQA / MQA: each kv head serves a group of query heads
-        keys = keys.repeat_interleave(num_heads // num_kv_heads, dim=1)
-        values = values.repeat_interleave(num_heads // num_kv_heads, dim=1)
+    # GQA / MQA: SDPA maps each group of query heads to its kv head without copying K / V.
+    is_gqa = query.shape[1] != keys.shape[1]
     q, k, v = (t.transpose(0, 1) for t in (query, keys, values))  # [heads, len, D]
     if query_len == 1:  # a decode token sees the whole context
-        out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+        out = F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=is_gqa)
     elif query_len == seq_len:  # a whole prompt: plain causal
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+        out = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, scale=scale, enable_gqa=is_gqa
+        )
     else:  # a chunk after a cached prefix: query i sits at position seq_len - query_len + i
         mask = torch.ones(query_len, seq_len, dtype=torch.bool, device=query.device).tril(
             diagonal=seq_len - query_len
         )
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, scale=scale, enable_gqa=is_gqa
+        )
     return out.transpose(0, 1)
