@@ -7,6 +7,7 @@ On CPU: a real checkpoint (`--model-dir`), reporting the time per step spent out
 forward pass and sampling (input building, bookkeeping) from the engine's own timings.
 
     python bench/decode_steps.py --backends torch,triton --batch-sizes 1,8,32,128
+    python bench/decode_steps.py --backends triton --cuda-graphs on,off    # graphs side by side
     python bench/decode_steps.py --device cpu --model-dir DIR --backends torch --batch-sizes 1,8,32
 """
 
@@ -126,10 +127,13 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def bench_backend(model_dir: Path, backend: str, args: argparse.Namespace, bandwidth: float | None) -> list[dict]:
+def bench_backend(model_dir: Path, variant: str, args: argparse.Namespace, bandwidth: float | None) -> list[dict]:
+    """variant: an attention backend name, "+graphs" when decode runs as CUDA graphs."""
+    backend, graphs = variant.removesuffix("+graphs"), variant.endswith("+graphs")
     config = ShardConfig(model_id=model_dir, uds_path=Path("/nonexistent"), dtype=args.dtype,
                          attention_backend=backend, device=args.device,
-                         kv_cache_memory_bytes=args.kv_cache_memory)  # type: ignore[arg-type]
+                         kv_cache_memory_bytes=args.kv_cache_memory,
+                         cuda_graph_batch_sizes=None if graphs else ())  # type: ignore[arg-type]
     engine = Engine(ModelRunner.load(config, random_weights=args.model_dir is None), config)
     max_total = args.context + args.steps + BLOCK_SIZE
     engine.warmup(PREFILL_BUDGET_TOKENS, max(args.batch_sizes), max_total)
@@ -141,12 +145,12 @@ def bench_backend(model_dir: Path, backend: str, args: argparse.Namespace, bandw
         step = time_decode_steps(engine, batch_size, blocks_per_seq, args.steps)
         outside_s = step.wall_s - step.forward_s - step.sampling_s
         row = {
-            "backend": backend, "batch_size": batch_size, "context_tokens": args.context,
+            "backend": backend, "cuda_graphs": graphs, "batch_size": batch_size, "context_tokens": args.context,
             "step_ms": step.wall_s * 1e3, "forward_ms": step.forward_s * 1e3,
             "sampling_ms": step.sampling_s * 1e3, "outside_forward_and_sampling_ms": outside_s * 1e3,
             "tokens_per_s": batch_size / step.wall_s,
         }
-        line = (f"{backend:7s} batch {batch_size:4d}: {step.wall_s * 1e3:8.2f} ms/step "
+        line = (f"{variant:14s} batch {batch_size:4d}: {step.wall_s * 1e3:8.2f} ms/step "
                 f"{batch_size / step.wall_s:8.1f} tok/s  forward {step.forward_s * 1e3:7.2f} ms "
                 f"sampling {step.sampling_s * 1e3:6.2f} ms  other {outside_s * 1e3:5.2f} ms")
         if bandwidth is not None:
@@ -171,10 +175,25 @@ def roofline_bytes(engine: Engine, batch_size: int, args: argparse.Namespace) ->
     return weight_bytes - embed_bytes + batch_size * (args.context + args.steps // 2) * kv_bytes_per_token
 
 
+def variants(args: argparse.Namespace) -> list[str]:
+    """Backends, each once per --cuda-graphs setting (graphs only exist for triton on CUDA)."""
+    settings = args.cuda_graphs.split(",")
+    result = []
+    for backend in args.backends.split(","):
+        for setting in settings:
+            graphs = setting == "on" and backend == "triton" and args.device.startswith("cuda")
+            name = f"{backend}+graphs" if graphs else backend
+            if name not in result:
+                result.append(name)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--backends", default="torch,triton")
     parser.add_argument("--batch-sizes", default="1,8,32,128")
+    parser.add_argument("--cuda-graphs", default="off",
+                        help="on, off or on,off: decode through CUDA graphs (CUDA, triton only)")
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--output", type=Path, default=None)
@@ -199,11 +218,11 @@ def main() -> None:
         model_dir = args.model_dir or Path(tmp)
         if args.model_dir is None:
             (model_dir / "config.json").write_text(json.dumps(LLAMA_31_8B))
-        for backend in args.backends.split(","):
+        for variant in variants(args):
             try:
-                results["rows"] += bench_backend(model_dir, backend, args, bandwidth)
+                results["rows"] += bench_backend(model_dir, variant, args, bandwidth)
             except Exception as error:  # keep the other backends' numbers
-                print(f"{backend}: FAILED {type(error).__name__}: {error}", flush=True)
+                print(f"{variant}: FAILED {type(error).__name__}: {error}", flush=True)
     if args.output:
         args.output.write_text(json.dumps(results, indent=2))
 

@@ -122,13 +122,19 @@ pub struct Args {
     #[arg(long, env, default_value_t = 1)]
     pub num_shard: u32,
 
-    /// Compute dtype; auto = the checkpoint's dtype on GPU, bfloat16 on CPU
+    /// Compute dtype; auto = the checkpoint's dtype on GPU; on CPU bfloat16 with native bf16
+    /// instructions (AVX-512 BF16, AMX), else float32
     #[arg(long, env, value_enum, default_value_t = Dtype::Auto)]
     pub dtype: Dtype,
 
     /// Attention implementation; auto = triton on CUDA, torch on CPU
     #[arg(long, env, value_enum, default_value_t = AttentionBackend::Auto)]
     pub attention_backend: AttentionBackend,
+
+    /// Decode batch sizes captured as CUDA graphs, e.g. 1,2,4,8 (CUDA with triton attention);
+    /// 0 turns them off; default: buckets up to the max batch size
+    #[arg(long, env, value_delimiter = ',')]
+    pub cuda_graphs: Option<Vec<u32>>,
 
     /// Quantize the weights (default: none, or the checkpoint's own quantization_config)
     #[arg(long, env, value_enum)]

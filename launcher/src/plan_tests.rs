@@ -95,6 +95,15 @@ fn shard_flags_carry_dtype_backend_and_kv_memory() {
     assert_eq!(flag_value(shard, "--kv-cache-memory"), Some("1048576"));
     assert_eq!(plan.shards[0].uds_path, PathBuf::from("/run/f-0"));
     assert_eq!(shard.program, PathBuf::from("/venv/bin/ferrite-server"));
+    assert_eq!(flag_value(shard, "--cuda-graphs"), None); // the shard's default buckets
+}
+
+#[test]
+fn cuda_graph_sizes_reach_the_shard() {
+    let graphs = plan(&["--cuda-graphs", "1,2,8"]).expect("valid");
+    assert_eq!(flag_value(&graphs.shards[0].process, "--cuda-graphs"), Some("1,2,8"));
+    let off = plan(&["--cuda-graphs", "0"]).expect("valid");
+    assert_eq!(flag_value(&off.shards[0].process, "--cuda-graphs"), Some("0"));
 }
 
 #[test]

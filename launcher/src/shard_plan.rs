@@ -43,6 +43,11 @@ impl ShardPlanner<'_> {
             "--quantize",
             args.quantize.map(|quantize| quantize.as_flag()).as_ref(),
         );
+        let cuda_graphs = args.cuda_graphs.as_ref().map(|sizes| {
+            let sizes: Vec<String> = sizes.iter().map(u32::to_string).collect();
+            sizes.join(",")
+        });
+        push_opt(&mut argv, "--cuda-graphs", cuda_graphs.as_ref());
         push_opt(
             &mut argv,
             "--kv-cache-memory",

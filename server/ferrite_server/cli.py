@@ -57,6 +57,19 @@ def parse_byte_size(text: str) -> int:
     return int(float(match.group(1)) * _BYTE_UNITS[unit])
 
 
+def parse_cuda_graph_sizes(text: str) -> tuple[int, ...]:
+    """"1,2,4,8" -> (1, 2, 4, 8); "0" (as in TGI) or "" -> () = no CUDA graphs."""
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--cuda-graphs takes comma-separated batch sizes, e.g. 1,2,4,8 (got {text!r})"
+        ) from None
+    if any(size < 0 for size in sizes):
+        raise argparse.ArgumentTypeError(f"--cuda-graphs batch sizes must be >= 0 (got {text!r})")
+    return tuple(size for size in sizes if size > 0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ferrite-server", description="ferrite model shard")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -64,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model-id", required=True, type=Path, help="local model directory")
     serve.add_argument("--uds-path", required=True, type=Path, help="unix socket to serve on")
     serve.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
-                       help="auto: the checkpoint's dtype on GPU, bfloat16 on CPU")
+                       help="auto: the checkpoint's dtype on GPU; on CPU bfloat16 where it has bf16 instructions, else float32")
     serve.add_argument("--attention-backend", choices=["auto", "torch", "triton"], default="auto")
     serve.add_argument("--kv-cache-memory", type=parse_byte_size, default=None,
                        help="bytes of KV cache (e.g. 2GiB); default: derived from free memory")
@@ -75,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "GPTQ/AWQ checkpoint; default: the checkpoint's quantization_config")
     serve.add_argument("--kv-cache-dtype", choices=list(get_args(KVCacheDtypeName)),
                        default="auto", help="fp8: store K/V as float8 e4m3 with a scale")
+    serve.add_argument("--cuda-graphs", type=parse_cuda_graph_sizes, default=None,
+                       help="decode batch sizes to capture as CUDA graphs (CUDA, triton attention), "
+                       "e.g. 1,2,4,8; 0 turns graphs off; default: buckets up to the max batch size")
     _add_tensor_parallel_flags(serve)
     serve.add_argument("--otlp-endpoint", default=None,
                        help="OTLP/gRPC collector to export step spans to (default: tracing off)")
@@ -142,6 +158,7 @@ def shard_config_from_args(args: argparse.Namespace) -> ShardConfig:
         tracing=TracingConfig(otlp_endpoint=args.otlp_endpoint, otlp_service_name=args.otlp_service_name),
         quantize=args.quantize,
         kv_cache_dtype=args.kv_cache_dtype,
+        cuda_graph_batch_sizes=args.cuda_graphs,
     )
 
 

@@ -73,7 +73,7 @@ class TracingConfig:
 class ShardConfig:
     model_id: Path  # a local directory with config.json + safetensors
     uds_path: Path  # unix socket this shard serves gRPC on
-    dtype: DtypeName = "auto"  # auto: checkpoint dtype on GPU, bfloat16 on CPU
+    dtype: DtypeName = "auto"  # auto: see engine/model_runner.resolve_dtype
     attention_backend: AttentionBackendName = "auto"
     kv_cache_memory_bytes: int | None = None  # CPU: bytes of KV; None -> derived
     block_size_tokens: int = DEFAULT_BLOCK_SIZE_TOKENS
@@ -85,3 +85,6 @@ class ShardConfig:
     # None: the checkpoint's own quantization_config, if any (layers/quantization/config.py).
     quantize: QuantizeName | None = None
     kv_cache_dtype: KVCacheDtypeName = "auto"  # auto: the compute dtype; fp8: e4m3 with a scale
+    # Decode batch sizes captured as CUDA graphs (CUDA + triton attention only). None: the
+    # standard buckets up to the router's max batch size; empty: no graphs (eager decode).
+    cuda_graph_batch_sizes: tuple[int, ...] | None = None

@@ -1,0 +1,121 @@
+"""Decode graphs (engine/cuda_graphs.py): buckets, padding, and the engine's replay path.
+
+A CPU cannot capture CUDA graphs, so the engine here captures with `EagerReplay`, which re-runs
+the forward on the same static, padded buffers a graph reads: the staging, padding and bucket
+choice are the real ones, with the triton backend under Triton's interpreter (the backend the
+graphs run with). tests/gpu/test_cuda_graphs.py repeats the comparison with real graphs on a GPU.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from ferrite_server.cli import build_parser, shard_config_from_args
+from ferrite_server.engine.cuda_graphs import (
+    PADDING_SLOT,
+    DecodeGraphShape,
+    EagerReplay,
+    Replay,
+    StaticDecodeInputs,
+    decode_buckets,
+)
+from ferrite_server.engine.engine import Engine
+from ferrite_server.engine.forward_inputs import build_forward_inputs
+from ferrite_server.engine.model_runner import ModelRunner
+from tests.support.engines import shard_config
+from tests.support.tensor_parallel_ranks import drive_engine
+from tests.support.tiny_models import TinyModelSpec, write_tiny_model
+
+
+class CountingCapture:
+    """EagerReplay that counts the replays of each bucket."""
+
+    def __init__(self) -> None:
+        self.replays: Counter[int] = Counter()
+
+    def __call__(self, run: Callable[[], torch.Tensor]) -> tuple[Replay, torch.Tensor]:
+        inner, output = EagerReplay()(run)
+        bucket, replays = output.shape[0], self.replays
+
+        class Counted:
+            def replay(self) -> None:
+                replays[bucket] += 1
+                inner.replay()
+
+        return Counted(), output
+
+
+def test_default_buckets_cover_every_batch_up_to_the_max() -> None:
+    assert decode_buckets(8) == (1, 2, 4, 8)
+    assert decode_buckets(100) == (1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112)
+    assert decode_buckets(1000)[-1] == 256  # larger batches run eagerly
+    assert decode_buckets(64, requested=[8, 0, 2, 8]) == (2, 8)
+    assert decode_buckets(64, requested=[]) == ()
+
+
+def test_cuda_graphs_flag() -> None:
+    def parsed(*flags: str) -> tuple[int, ...] | None:
+        args = build_parser().parse_args(["serve", "--model-id", "m", "--uds-path", "s", *flags])
+        return shard_config_from_args(args).cuda_graph_batch_sizes
+
+    assert parsed() is None
+    assert parsed("--cuda-graphs", "1,2,4,8") == (1, 2, 4, 8)
+    assert parsed("--cuda-graphs", "0") == ()
+    with pytest.raises(SystemExit):
+        parsed("--cuda-graphs", "1,two")
+
+
+class _Seq:
+    def __init__(self, token: int, start_position: int, block_table: tuple[int, ...]) -> None:
+        self.input_ids = (token,)
+        self.start_position = start_position
+        self.block_table = block_table
+
+
+def test_staging_a_smaller_batch_pads_the_rows_a_larger_one_left() -> None:
+    shape = DecodeGraphShape(buckets=(2, 4), max_seq_len=64, block_size=16)
+    static = StaticDecodeInputs(shape, torch.device("cpu"))
+    four = [_Seq(10 + i, 20 + i, (7 - i, 3 + i)) for i in range(4)]
+    static.stage(build_forward_inputs(four, 16, torch.device("cpu")), bucket=4)
+    assert static.seq_lens[:4].tolist() == [21, 22, 23, 24]
+    three = [_Seq(30 + i, 40 + i, (1, 2, 9 + i)) for i in range(3)]
+    static.stage(build_forward_inputs(three, 16, torch.device("cpu")), bucket=4)
+    assert static.input_ids[:3].tolist() == [30, 31, 32]
+    assert static.positions[:3].tolist() == [40, 41, 42]
+    assert static.seq_lens.tolist() == [41, 42, 43, 0]  # row 3: padding, reads nothing
+    assert static.slot_mapping.tolist() == [
+        9 * 16 + 40 % 16, 10 * 16 + 41 % 16, 11 * 16 + 42 % 16, PADDING_SLOT
+    ]
+    assert static.block_tables[:3, :3].tolist() == [[1, 2, 9], [1, 2, 10], [1, 2, 11]]
+    metadata = static.metadata(4)
+    assert metadata.max_seq_len == 64 and metadata.block_tables.shape == (4, 4)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("graphs") / "llama", TinyModelSpec(seed=5))
+
+
+def _triton_engine(model_dir: Path, capture: CountingCapture | None) -> Engine:
+    config = replace(shard_config(model_dir), attention_backend="triton", device="cpu")
+    return Engine(ModelRunner.load(config), config, graph_capture=capture)
+
+
+def test_engine_replaying_padded_buckets_matches_eager_decode(tiny_model_dir: Path) -> None:
+    prompts = [[5, 9, 13, 2, 7, 3, 8, 1, 4], [6, 4, 2], [11, 12, 13, 14, 15], [3, 1, 4, 1, 5, 9]]
+    eager = drive_engine(_triton_engine(tiny_model_dir, None), prompts, max_new_tokens=6)
+    capture = CountingCapture()
+    graphed = drive_engine(_triton_engine(tiny_model_dir, capture), prompts, max_new_tokens=6)
+
+    assert set(capture.replays) <= {1, 2, 4, 8} and sum(capture.replays.values()) >= 3
+    # The scripted requests are greedy, greedy, seeded sampling, unseeded sampling; the last
+    # draws its seed from each engine's own random source, so it is left out.
+    for got, want in zip(graphed["requests"][:3], eager["requests"][:3], strict=True):
+        assert got["token_ids"] == want["token_ids"] and got["finish_reason"] == want["finish_reason"]
+        torch.testing.assert_close(got["logprobs"], want["logprobs"], atol=1e-4, rtol=1e-4)
