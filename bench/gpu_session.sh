@@ -2,7 +2,7 @@
 # Everything issue 6 needs a GPU for, in one call of the lent GPU machine (bench/RESULTS.md):
 # correctness at real sizes, then the 8B decode step with CUDA graphs on and off, then the
 # quantized variants. Logs and JSON go to $OUT (default: /tmp/ferrite-gpu).
-#   bash bench/gpu_session.sh [checks] [decode] [quantized]     (default: all three)
+#   bash bench/gpu_session.sh [checks] [decode] [quantized] [profile]   (default: the first three)
 set -uo pipefail
 OUT=${OUT:-/tmp/ferrite-gpu}
 mkdir -p "$OUT"
@@ -23,6 +23,9 @@ for section in $sections; do
     quantized)
       timeout 300 python3 bench/quantized_decode.py --variants bf16,fp8,fp8+kv-fp8,gptq-4bit,awq-4bit \
         --batch-sizes 1,8 --output "$OUT/quantized.json" 2>&1 | grep -v Warning | tee "$OUT/quantized.log" || status=1 ;;
+    profile)
+      (cd bench && timeout 200 python3 decode_profile.py --backend triton --batch-size 1) 2>&1 \
+        | grep -v Warning | tee "$OUT/decode_profile.log" || status=1 ;;
   esac
 done
 exit $status

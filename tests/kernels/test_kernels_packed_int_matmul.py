@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -9,8 +11,10 @@ from ferrite_server.kernels.packed_int_matmul import PackedMatmulTiles, packed_i
 from ferrite_server.layers.quantization.int_packing import AWQ_ORDER, pack_int32
 from ferrite_server.layers.quantization.packed_linear import (
     PackedIntWeights,
+    awq_as_gptq_layout,
     dequantize_packed,
     packed_int_linear,
+    sequential_group_size_of,
 )
 
 # Small tiles so that every test crosses tile edges in M, N and K.
@@ -69,6 +73,36 @@ def test_kernel_matches_dequantized_matmul(
     assert out.dtype == dtype and out.shape == (num_rows, 80)
     tolerance = 1e-4 if dtype == torch.float32 else 2e-2 * reference.abs().max().item() / 10
     assert (out.float() - reference).abs().max().item() < max(tolerance, 1e-4)
+
+
+@pytest.mark.parametrize(
+    ("layout", "act_order", "split_k"),
+    [("gptq", False, 1), ("gptq", False, 3), ("awq", False, 2), ("gptq", True, 2)],
+)
+def test_split_k_and_computed_groups_match_dequantized_matmul(
+    layout: str, act_order: bool, split_k: int
+) -> None:
+    """K split over programs (partial sums added after), and groups computed from k instead of
+    gathered through g_idx where there is no act-order (group 32 = block_k)."""
+    weights = _weights(layout, 4, in_features=160, out_features=64, group_size=32, act_order=act_order)
+    weights = replace(
+        weights, sequential_group_size=sequential_group_size_of(weights.g_idx, 32)
+    )
+    assert (weights.sequential_group_size is None) == act_order
+    x = torch.randn(3, 160, generator=torch.Generator().manual_seed(split_k))
+    reference = x @ dequantize_packed(weights, torch.float32).t()
+    out = packed_int_matmul(x, weights, replace(TILES, split_k=split_k))
+    assert (out - reference).abs().max().item() < 1e-4
+
+
+def test_awq_repacked_in_gptq_layout_is_the_same_matrix() -> None:
+    awq = _weights("awq", 4, in_features=64, out_features=48, group_size=16, act_order=False)
+    repacked = awq_as_gptq_layout(awq)
+    assert repacked.layout == "gptq" and repacked.qweight.shape == (8, 48)
+    assert torch.equal(dequantize_packed(repacked, torch.float32), dequantize_packed(awq, torch.float32))
+    x = torch.randn(2, 64, generator=torch.Generator().manual_seed(2))
+    reference = x @ dequantize_packed(awq, torch.float32).t()
+    assert (packed_int_matmul(x, repacked, TILES) - reference).abs().max().item() < 1e-4
 
 
 def test_dequantization_reads_gptq_zeros_plus_one_and_awq_slot_order() -> None:

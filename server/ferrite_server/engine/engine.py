@@ -40,6 +40,7 @@ from ferrite_server.engine.memory import cpu_kv_cache_bytes, cuda_kv_cache_bytes
 from ferrite_server.engine.model_runner import ModelRunner
 from ferrite_server.engine.prompt_logprobs import prompt_logprobs_for_chunk
 from ferrite_server.engine.sampling import SampleResult, SequenceSamplingState, sample
+from ferrite_server.engine.step_clock import StepClock
 from ferrite_server.engine.step_plan import ScheduledSequence, StepLimits, plan_step
 from ferrite_server.engine.stopping import StopCriteria
 from ferrite_server.engine.types import (
@@ -271,15 +272,14 @@ class Engine:
         """(generations, forward start (perf_counter ns), forward ns, sampling ns)"""
         device = self._runner.facts.device
         inputs = build_forward_inputs(sequences, self._block_size, device)
-        forward_start_ns = time.perf_counter_ns()
+        clock = StepClock(device)
+        clock.start()
         hidden = self._forward(inputs, kv_caches)  # [T, H]
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        sampling_start_ns = time.perf_counter_ns()
+        clock.forward_done()  # no device synchronize: sampling is queued behind the forward
         histories = [sequence.history_after_step() for sequence in sequences]
         sampled = self._sample(sequences, histories, inputs, hidden)
         prompt_logprobs = self._prompt_logprobs(sequences, inputs, hidden)
-        end_ns = time.perf_counter_ns()
+        forward_ns, sampling_ns = clock.split()
         generations = [
             self._commit(sequence, history, sampled.get(index), prompt_logprobs.get(index))
             for index, (sequence, history) in enumerate(zip(sequences, histories, strict=True))
@@ -288,12 +288,7 @@ class Engine:
             if sequence.wants_prompt_logprobs and not sequence.samples:
                 row = inputs.last_row(index)
                 sequence.state.pending_hidden = hidden[row].clone()
-        return (
-            generations,
-            forward_start_ns,
-            sampling_start_ns - forward_start_ns,
-            end_ns - sampling_start_ns,
-        )
+        return generations, clock.forward_start_ns, forward_ns, sampling_ns
 
     def _forward(self, inputs: ForwardInputs, kv_caches: list[KVCache]) -> torch.Tensor:
         """Hidden states [T, H]: a captured graph's replay for a decode step that has one."""

@@ -6,10 +6,19 @@ packed words of the tile (each word serves `pack` neighbouring elements, so the 
 hit the cache), shifts and masks them, gathers each row's group scale and zero through g_idx,
 and feeds the dequantized [BLOCK_K, BLOCK_N] tile to tl.dot. Weights cross memory in packed
 form: 4-bit weights move a quarter of the bytes of fp16, which is what decode is bound by.
+
+Decode (a few rows) gives few output tiles, so K is also split over SPLIT_K programs (split-K):
+each writes its partial sums to its own fp32 slice and one sum adds them, which keeps results
+deterministic (no atomics). Without act-order (g_idx[k] == k // group_size) and with BLOCK_K
+dividing the group size, a K tile lies in one group: its scales and zeros are one row each,
+computed from k instead of gathered through g_idx (measured on an H100, the gathers left an 8B
+4-bit decode step 20x slower than bf16: bench/RESULTS.md).
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +36,7 @@ def _packed_int_matmul_kernel(
     qzeros_ptr,  # int32 [G, N / PACK]
     scales_ptr,  # [G, N]
     g_idx_ptr,  # int32 [K]
-    out_ptr,  # [M, N]
+    out_ptr,  # [M, N]; with SPLIT_K > 1: fp32 [SPLIT_K, M, N] partial sums
     M,
     N,
     K,
@@ -37,8 +46,11 @@ def _packed_int_matmul_kernel(
     stride_scales,
     stride_om,
     zero_offset,
+    k_per_split,  # a multiple of BLOCK_K
     BITS: tl.constexpr,
     AWQ_LAYOUT: tl.constexpr,
+    GROUP_SIZE: tl.constexpr,  # 0: read each k's group from g_idx (act-order)
+    SPLIT_K: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -57,9 +69,11 @@ def _packed_int_matmul_kernel(
         col_slot = cols % PACK
     zero_shift = col_slot * BITS  # [BLOCK_N]: zeros are packed along N in both layouts
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k_start in range(0, K, BLOCK_K):
+    k_begin = tl.program_id(2) * k_per_split
+    k_end = tl.minimum(K, k_begin + k_per_split)
+    for k_start in range(k_begin, k_end, BLOCK_K):
         ks = k_start + tl.arange(0, BLOCK_K)
-        k_mask = ks < K
+        k_mask = ks < k_end
         x = tl.load(
             x_ptr + rows[:, None].to(tl.int64) * stride_xm + ks[None, :],
             mask=row_mask[:, None] & k_mask[None, :],
@@ -74,19 +88,33 @@ def _packed_int_matmul_kernel(
             shifts = ((ks % PACK) * BITS)[:, None]
         words = tl.load(qweight_ptr + word_offsets, mask=tile_mask, other=0)
         q = (words >> shifts) & MASK  # [BLOCK_K, BLOCK_N]
-        groups = tl.load(g_idx_ptr + ks, mask=k_mask, other=0)  # [BLOCK_K]
-        zero_words = tl.load(
-            qzeros_ptr + groups[:, None] * stride_qzeros + (cols // PACK)[None, :],
-            mask=tile_mask,
-            other=0,
-        )
-        zeros = ((zero_words >> zero_shift[None, :]) & MASK) + zero_offset
-        scales = tl.load(
-            scales_ptr + groups[:, None] * stride_scales + cols[None, :], mask=tile_mask, other=0.0
-        )
+        if GROUP_SIZE > 0:  # the whole tile is in group k_start // GROUP_SIZE
+            group = k_start // GROUP_SIZE
+            zero_row = tl.load(
+                qzeros_ptr + group * stride_qzeros + cols // PACK, mask=col_mask, other=0
+            )
+            zeros = (((zero_row >> zero_shift) & MASK) + zero_offset)[None, :]  # [1, BLOCK_N]
+            scales = tl.load(
+                scales_ptr + group * stride_scales + cols, mask=col_mask, other=0.0
+            )[None, :]
+        else:
+            groups = tl.load(g_idx_ptr + ks, mask=k_mask, other=0)  # [BLOCK_K]
+            zero_words = tl.load(
+                qzeros_ptr + groups[:, None] * stride_qzeros + (cols // PACK)[None, :],
+                mask=tile_mask,
+                other=0,
+            )
+            zeros = ((zero_words >> zero_shift[None, :]) & MASK) + zero_offset
+            scales = tl.load(
+                scales_ptr + groups[:, None] * stride_scales + cols[None, :],
+                mask=tile_mask,
+                other=0.0,
+            )
         w = ((q - zeros).to(tl.float32) * scales.to(tl.float32)).to(x.dtype)  # [BLOCK_K, BLOCK_N]
         acc += tl.dot(x, w, input_precision=DOT_PRECISION)
     out_offsets = rows[:, None].to(tl.int64) * stride_om + cols[None, :]
+    if SPLIT_K > 1:  # this split's slice of the partial sums
+        out_offsets += tl.program_id(2).to(tl.int64) * M * stride_om
     tl.store(
         out_ptr + out_offsets,
         acc.to(out_ptr.dtype.element_ty),
@@ -100,6 +128,28 @@ class PackedMatmulTiles:
     block_n: int = 64
     block_k: int = 64
     num_warps: int = 4
+    split_k: int | None = None  # None: choose_split_k()
+    # Programs wanted per SM before K stops being split further.
+    programs_per_sm: int = 4
+
+
+def choose_split_k(num_tiles: int, num_k_tiles: int, num_sms: int, programs_per_sm: int) -> int:
+    """Enough programs to fill the GPU: split K when the output has too few tiles."""
+    wanted = math.ceil(programs_per_sm * num_sms / max(1, num_tiles))
+    return max(1, min(wanted, num_k_tiles))
+
+
+@functools.cache  # a device's SM count does not change
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1  # the interpreter: no parallelism to fill
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def sequential_group_size(weights: PackedIntWeights, block_k: int) -> int:
+    """The group size when g_idx is k // group_size and block_k divides it, else 0 (gather)."""
+    group_size = weights.sequential_group_size or 0
+    return group_size if group_size and group_size % block_k == 0 else 0
 
 
 def packed_int_matmul(
@@ -107,18 +157,27 @@ def packed_int_matmul(
 ) -> torch.Tensor:
     """x [M, K] @ W^T -> [M, N] in x's dtype, through the Triton kernel."""
     _check_args(x, weights)
-    num_rows, num_cols = x.shape[0], weights.out_features
+    num_rows, num_cols, num_inputs = x.shape[0], weights.out_features, weights.in_features
     out = torch.empty(num_rows, num_cols, dtype=x.dtype, device=x.device)
     if num_rows == 0:
         return out
-    grid = (triton.cdiv(num_rows, tiles.block_m), triton.cdiv(num_cols, tiles.block_n))
-    _packed_int_matmul_kernel[grid](
+    tiles_m, tiles_n = triton.cdiv(num_rows, tiles.block_m), triton.cdiv(num_cols, tiles.block_n)
+    num_k_tiles = triton.cdiv(num_inputs, tiles.block_k)
+    split_k = tiles.split_k or choose_split_k(
+        tiles_m * tiles_n, num_k_tiles, _num_sms(x.device), tiles.programs_per_sm
+    )
+    k_per_split = triton.cdiv(num_k_tiles, split_k) * tiles.block_k
+    split_k = triton.cdiv(num_inputs, k_per_split)  # no empty splits
+    target = out
+    if split_k > 1:
+        target = torch.empty(split_k, num_rows, num_cols, dtype=torch.float32, device=x.device)
+    _packed_int_matmul_kernel[(tiles_m, tiles_n, split_k)](
         x,
         weights.qweight,
         weights.qzeros,
         weights.scales,
         weights.g_idx,
-        out,
+        target,
         num_rows,
         num_cols,
         weights.in_features,
@@ -126,16 +185,21 @@ def packed_int_matmul(
         weights.qweight.stride(0),
         weights.qzeros.stride(0),
         weights.scales.stride(0),
-        out.stride(0),
+        num_cols,  # row stride of out and of each partial slice (both contiguous)
         weights.zero_offset,
+        k_per_split,
         BITS=weights.bits,
         AWQ_LAYOUT=weights.layout == "awq",
+        GROUP_SIZE=sequential_group_size(weights, tiles.block_k),
+        SPLIT_K=split_k,
         BLOCK_M=tiles.block_m,
         BLOCK_N=tiles.block_n,
         BLOCK_K=tiles.block_k,
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
         num_warps=tiles.num_warps,
     )
+    if split_k > 1:
+        out.copy_(target.sum(dim=0))
     return out
 
 

@@ -18,6 +18,7 @@ from torch import nn
 from ferrite_server.engine.errors import UnsupportedModelError
 from ferrite_server.layers.quantization.packed_linear import (
     PackedIntWeights,
+    awq_as_gptq_layout,
     packed_int_linear,
     packed_kernel_available,
 )
@@ -79,14 +80,20 @@ class AwqMethod:
             torch.arange(in_local, dtype=torch.int32, device=qweight.device) // layer.awq_group_size
         )
         layer.register_buffer("g_idx", g_idx, persistent=False)
-        layer.packed = PackedIntWeights(
-            qweight=qweight,
-            qzeros=layer.qzeros.data,
-            scales=layer.scales.data,
-            g_idx=g_idx,
-            bits=AWQ_BITS,
-            layout="awq",
+        packed = awq_as_gptq_layout(
+            PackedIntWeights(
+                qweight=qweight,
+                qzeros=layer.qzeros.data,
+                scales=layer.scales.data,
+                g_idx=g_idx,
+                bits=AWQ_BITS,
+                layout="awq",
+                sequential_group_size=layer.awq_group_size,
+            )
         )
+        # The parameters hold the repacked words, so the AWQ-layout copies are freed.
+        layer.qweight.data, layer.qzeros.data = packed.qweight, packed.qzeros
+        layer.packed = packed
         layer.use_packed_kernel = packed_kernel_available(qweight.device)
 
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

@@ -21,6 +21,7 @@ from torch import nn
 from ferrite_server.engine.errors import UnsupportedModelError
 from ferrite_server.layers.quantization.packed_linear import (
     PackedIntWeights,
+    sequential_group_size_of,
     packed_int_linear,
     packed_kernel_available,
 )
@@ -84,6 +85,10 @@ class GptqMethod:
             bits=self.params.bits,
             layout="gptq",
             zero_offset=self.params.zero_offset,
+            sequential_group_size=sequential_group_size_of(
+                layer.g_idx.data, self.params.group_size if self.params.group_size > 0
+                else layer.g_idx.shape[0]
+            ),
         )
         layer.use_packed_kernel = packed_kernel_available(layer.qweight.device)
 

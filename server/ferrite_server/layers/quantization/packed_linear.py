@@ -12,13 +12,18 @@ but dequantizes the weight on every call.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from ferrite_server.layers.quantization.int_packing import AWQ_ORDER, unpack_int32
+from ferrite_server.layers.quantization.int_packing import (
+    AWQ_ORDER,
+    pack_factor,
+    pack_int32,
+    unpack_int32,
+)
 
 PackedLayout = Literal["gptq", "awq"]
 # Rows (tokens) from which dequantizing once + a dense matmul beats the fused kernel.
@@ -36,6 +41,9 @@ class PackedIntWeights:
     bits: int
     layout: PackedLayout
     zero_offset: int = 0  # added to stored zeros (GPTQ's original format stores zero - 1)
+    # Set when g_idx[k] == k // group_size for every k (no act-order): kernels may compute
+    # groups instead of gathering them. None: unknown or act-order.
+    sequential_group_size: int | None = None
 
     @property
     def in_features(self) -> int:
@@ -48,6 +56,33 @@ class PackedIntWeights:
     @property
     def order(self) -> tuple[int, ...] | None:
         return AWQ_ORDER if self.layout == "awq" else None
+
+
+def sequential_group_size_of(g_idx: torch.Tensor, group_size: int) -> int | None:
+    """group_size if g_idx is k // group_size (checked once, at load), else None."""
+    if group_size <= 0:
+        return None
+    expected = torch.arange(g_idx.shape[0], device=g_idx.device) // group_size
+    return group_size if torch.equal(g_idx.long(), expected) else None
+
+
+def awq_as_gptq_layout(weights: PackedIntWeights) -> PackedIntWeights:
+    """The same weights in GPTQ's layout: codes packed along K, zeros along N in plain order.
+
+    The kernel's GPTQ path streams whole rows of words; AWQ's [K, N / 8] words give each K row
+    only a few contiguous words per tile, and measured 10x slower than GPTQ on an H100 at the
+    8B shape (bench/RESULTS.md), so AWQ checkpoints are repacked once, at load.
+    """
+    if weights.layout == "gptq" or weights.in_features % pack_factor(weights.bits) != 0:
+        return weights  # (a K that does not fill words keeps AWQ's layout, which the kernel reads)
+    codes = unpack_int32(weights.qweight, weights.bits, 1, weights.order)  # [K, N]
+    zeros = unpack_int32(weights.qzeros, weights.bits, 1, weights.order)  # [G, N]
+    return replace(
+        weights,
+        qweight=pack_int32(codes, weights.bits, 0),
+        qzeros=pack_int32(zeros, weights.bits, 1),
+        layout="gptq",
+    )
 
 
 def dequantize_packed(weights: PackedIntWeights, dtype: torch.dtype) -> torch.Tensor:
