@@ -107,7 +107,7 @@ def compute_metrics(
     """Metrics over the successful records; failures are only counted."""
     if duration_s <= 0:
         raise ValueError(f"duration_s must be positive, got {duration_s}")
-    done = [r for r in records if r.success and r.chunk_times_s]
+    done = [r for r in records if r.success]
     input_tokens = sum(r.prompt_len for r in done)
     output_tokens = sum(r.output_tokens for r in done)
     goodput = None

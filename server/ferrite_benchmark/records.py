@@ -36,8 +36,10 @@ class RequestRecord:
 
     @property
     def ttft_s(self) -> float:
-        """Time to first token: request sent to first output chunk."""
-        return self.chunk_times_s[0] - self.send_time_s
+        """Time to first token: request sent to first output chunk (to the end of the response
+        when the first token ended it without text, e.g. an immediate EOS)."""
+        first_s = self.chunk_times_s[0] if self.chunk_times_s else self.end_time_s
+        return first_s - self.send_time_s
 
     @property
     def e2e_latency_s(self) -> float:

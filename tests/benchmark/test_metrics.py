@@ -80,3 +80,13 @@ def test_goodput_slo_parsing() -> None:
 def test_duration_must_be_positive() -> None:
     with pytest.raises(ValueError):
         compute_metrics(_records(), duration_s=0.0)
+
+
+def test_a_request_ended_by_its_first_token_is_completed_not_failed() -> None:
+    """An immediate EOS streams no text: no output chunk, but the request finished normally."""
+    eos_first = _record(0.0, [], 0.8, 0)
+    assert eos_first.ttft_s == pytest.approx(0.8) and eos_first.itls_s == []
+    metrics = compute_metrics([*_records(), eos_first], duration_s=4.0)
+    assert (metrics.completed, metrics.failed) == (3, 1)
+    assert metrics.total_output_tokens == 5
+    assert metrics.ttft.p50_ms == pytest.approx(1000.0)

@@ -65,8 +65,10 @@ class HttpBackend:
                 if chunk.finish_reason:
                     record.finish_reason = str(chunk.finish_reason)
         record.generated_text = "".join(pieces)
-        if not record.chunk_times_s:
-            raise StreamError("the stream carried no output")
+        if not record.chunk_times_s and not record.finish_reason:
+            raise StreamError("the stream ended without output or a finish reason")
+        # No output chunk but a finish reason: the first token ended the request (an EOS, which
+        # has no text). That is a completed request, not a lost one.
         # Without a server count, re-tokenize the text (what vLLM's benchmark does).
         record.output_tokens = reported if reported is not None else self.count_tokens(record.generated_text)
         record.success = True
