@@ -93,7 +93,7 @@ class TorchAttentionBackend:
 def _gather_context(
     cache: torch.Tensor, blocks: torch.Tensor, seq_len: int
 ) -> torch.Tensor:  # cache [num_blocks, B, kv_heads, D], blocks [n] -> [seq_len, kv_heads, D]
-    return cache[blocks].flatten(0, 1)[:seq_len]
+    return cache.index_select(0, blocks.long()).flatten(0, 1)[:seq_len]  # whole blocks
 
 
 def _causal_attention(

@@ -78,6 +78,10 @@ class DecodeBatch:
         output.index_copy_(0, self.query_rows, attended[:, :, 0, :])
 
     def _gather(self, cache: torch.Tensor) -> torch.Tensor:
-        # [S, num_blocks, block_size, kv_heads, D] -> [S, max_len, kv_heads, D] -> [S, kv_heads, max_len, D]
-        gathered = cache[self.block_tables].flatten(1, 2)[:, : self.max_len]
-        return gathered.transpose(1, 2)
+        # [S * num_blocks, block_size, kv_heads, D] -> [S, max_len, kv_heads, D] -> [S, kv_heads, max_len, D]
+        # index_select copies whole blocks (contiguous rows); advanced indexing (cache[tables])
+        # gathers element by element (~5x slower for these shapes in isolation on this CPU).
+        num_seqs, num_blocks = self.block_tables.shape
+        gathered = cache.index_select(0, self.block_tables.flatten())
+        gathered = gathered.view(num_seqs, num_blocks * cache.shape[1], *cache.shape[2:])
+        return gathered[:, : self.max_len].transpose(1, 2)
