@@ -1,7 +1,8 @@
 """Correctness checks that need a GPU (issue 6): run on a CUDA machine, exits non-zero on a failure.
 
 1. The fused RMSNorm(+residual) and rotary kernels against the torch expressions at real sizes
-   (Llama-3.1-8B: hidden 4096, 32 query / 8 KV heads of 128), bf16 and fp32, random inputs.
+   (Llama-3.1-8B: hidden 4096, 32 query / 8 KV heads of 128), bf16 and fp32, random inputs;
+   the FP8 weight-only and GPTQ-style split-K matmul kernels at the 8B layer shapes.
 2. The engine on a tiny Llama checkpoint (float32, triton attention, fused kernels): decode through
    CUDA graphs gives the same greedy tokens and log-probabilities as eager decode, for requests
    that join and leave (so batches are padded into buckets), and both give transformers'
@@ -27,7 +28,9 @@ sys.path.insert(0, str(ROOT))
 
 from ferrite_server.engine.engine import Engine  # noqa: E402
 from ferrite_server.engine.model_runner import ModelRunner  # noqa: E402
+from ferrite_server.kernels.fp8_weight_matmul import fp8_weight_matmul  # noqa: E402
 from ferrite_server.kernels.rms_norm import add_rms_norm, rms_norm  # noqa: E402
+from ferrite_server.layers.quantization.fp8_ops import quantize_per_channel  # noqa: E402
 from ferrite_server.kernels.rotary import rotate_query_key_  # noqa: E402
 from ferrite_server.layers.rotary import RopeConfig, RotaryEmbedding, apply_rotary  # noqa: E402
 from tests.support.engines import shard_config  # noqa: E402
@@ -79,6 +82,26 @@ def check_norm_and_rotary() -> list[dict]:
     return results
 
 
+def check_fp8_weight_matmul() -> list[dict]:
+    """bf16 activations times e4m3 weights at the 8B layer shapes against dequantize + matmul."""
+    results = []
+    generator = torch.Generator(device=DEVICE).manual_seed(1)
+    for out_features, in_features in ((6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)):
+        weight, scales = quantize_per_channel(
+            torch.randn(out_features, in_features, device=DEVICE, generator=generator)
+        )
+        for num_rows in (1, 8, 32):
+            x = torch.randn(num_rows, in_features, device=DEVICE, generator=generator)
+            want = x.double() @ (weight.double() * scales.double()[:, None]).t()
+            got = fp8_weight_matmul(x.bfloat16(), weight, scales)
+            error = float((got.double() - want).norm() / want.norm())
+            ok = error < 1e-2  # bf16 activations: ~4e-3 expected
+            results.append({"shape": [num_rows, in_features, out_features], "rel_error": error, "ok": ok})
+            print(f"fp8 weight matmul {num_rows}x{in_features}->{out_features}: "
+                  f"{'ok' if ok else 'FAIL'} rel error {error:.2e}", flush=True)
+    return results
+
+
 def check_graphs_against_eager(model_dir: Path) -> dict:
     config = replace(shard_config(model_dir), attention_backend="triton", device=str(DEVICE))
     graphed_engine = Engine(ModelRunner.load(config), config)
@@ -113,7 +136,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
-    kernels = check_norm_and_rotary()
+    kernels = check_norm_and_rotary() + check_fp8_weight_matmul()
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = write_tiny_model(Path(tmp) / "llama", TinyModelSpec(seed=5))
         graphs = check_graphs_against_eager(model_dir)

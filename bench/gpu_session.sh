@@ -21,7 +21,7 @@ for section in $sections; do
         --batch-sizes 1,8,32,128 --context 512 --steps 32 --output "$OUT/decode_graphs.json" 2>&1 \
         | grep -v Warning | tee "$OUT/decode_steps.log" || status=1 ;;
     quantized)
-      timeout 300 python3 bench/quantized_decode.py --variants bf16,fp8,fp8+kv-fp8,gptq-4bit,awq-4bit \
+      timeout 300 python3 bench/quantized_decode.py --variants "${QUANT_VARIANTS:-bf16,fp8,fp8+kv-fp8,gptq-4bit,awq-4bit}" \
         --batch-sizes 1,8 --output "$OUT/quantized.json" 2>&1 | grep -v Warning | tee "$OUT/quantized.log" || status=1 ;;
     profile)
       (cd bench && timeout 200 python3 decode_profile.py --backend triton --batch-size 1) 2>&1 \

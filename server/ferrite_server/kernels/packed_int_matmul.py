@@ -17,13 +17,13 @@ computed from k instead of gathered through g_idx (measured on an H100, the gath
 
 from __future__ import annotations
 
-import functools
-import math
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
+
+from ferrite_server.kernels.device_info import choose_split_k, num_sms
 
 from ferrite_server.layers.quantization.int_packing import pack_factor
 from ferrite_server.layers.quantization.packed_linear import PackedIntWeights
@@ -133,18 +133,6 @@ class PackedMatmulTiles:
     programs_per_sm: int = 4
 
 
-def choose_split_k(num_tiles: int, num_k_tiles: int, num_sms: int, programs_per_sm: int) -> int:
-    """Enough programs to fill the GPU: split K when the output has too few tiles."""
-    wanted = math.ceil(programs_per_sm * num_sms / max(1, num_tiles))
-    return max(1, min(wanted, num_k_tiles))
-
-
-@functools.cache  # a device's SM count does not change
-def _num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 1  # the interpreter: no parallelism to fill
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
 
 def sequential_group_size(weights: PackedIntWeights, block_k: int) -> int:
     """The group size when g_idx is k // group_size and block_k divides it, else 0 (gather)."""
@@ -164,7 +152,7 @@ def packed_int_matmul(
     tiles_m, tiles_n = triton.cdiv(num_rows, tiles.block_m), triton.cdiv(num_cols, tiles.block_n)
     num_k_tiles = triton.cdiv(num_inputs, tiles.block_k)
     split_k = tiles.split_k or choose_split_k(
-        tiles_m * tiles_n, num_k_tiles, _num_sms(x.device), tiles.programs_per_sm
+        tiles_m * tiles_n, num_k_tiles, num_sms(x.device), tiles.programs_per_sm
     )
     k_per_split = triton.cdiv(num_k_tiles, split_k) * tiles.block_k
     split_k = triton.cdiv(num_inputs, k_per_split)  # no empty splits

@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from ferrite_server.kernels.attention_inputs import PagedAttentionInputs
+from ferrite_server.kernels.device_info import num_sms
 
 LOG2_E = 1.4426950408889634
 # Longest partition: bounds the tail when one sequence is much longer than the others.
@@ -218,7 +219,7 @@ def paged_decode_attention(
     if num_seqs == 0:
         return out
     partition_size = tiles.partition_size_tokens or choose_partition_size(
-        num_seqs, inputs.num_kv_heads, metadata.max_seq_len, _num_sms(query.device), tiles
+        num_seqs, inputs.num_kv_heads, metadata.max_seq_len, num_sms(query.device), tiles
     )
     if partition_size % tiles.block_n != 0:
         raise ValueError(f"partition size {partition_size} not a multiple of {tiles.block_n}")
@@ -306,7 +307,3 @@ def _launch_partitions(
     )
 
 
-def _num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 1
-    return torch.cuda.get_device_properties(device).multi_processor_count

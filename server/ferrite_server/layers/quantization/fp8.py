@@ -27,6 +27,7 @@ from ferrite_server.layers.quantization.fp8_ops import (
     dequantize_blocks,
     fp8_dequant_linear,
     fp8_matmul_available,
+    fp8_weight_kernel_available,
     fp8_scaled_mm,
     quantize_per_channel,
     requantize_blocks_per_channel,
@@ -34,6 +35,11 @@ from ferrite_server.layers.quantization.fp8_ops import (
 )
 from ferrite_server.layers.quantization.method import LinearShape, ShardedDims, sharded_parameter
 from ferrite_server.layers.quantization.unquantized import WEIGHT_DIMS, create_float_weight
+
+
+# Decode-sized batches take the weight-only kernel (kernels/fp8_weight_matmul.py), which reads
+# e4m3 weights and widens them; larger ones quantize activations for torch._scaled_mm.
+FP8_WEIGHT_KERNEL_MAX_ROWS = 32
 
 
 @dataclass(frozen=True)
@@ -45,12 +51,17 @@ class Fp8Params:
 
 def _replace_weight(layer: nn.Module, weight: torch.Tensor, channel_scales: torch.Tensor) -> None:
     layer.weight = nn.Parameter(weight, requires_grad=False)
-    layer.register_buffer("channel_scales", channel_scales, persistent=False)
+    layer.register_buffer("channel_scales", channel_scales.float().contiguous(), persistent=False)
     layer.use_scaled_mm = fp8_matmul_available(weight.device) and scaled_mm_supports(weight)
+    layer.use_weight_kernel = fp8_weight_kernel_available(weight.device)
 
 
 def apply_per_channel(layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    if layer.use_scaled_mm:
+    if layer.use_weight_kernel and x.shape[0] <= FP8_WEIGHT_KERNEL_MAX_ROWS:
+        from ferrite_server.kernels.fp8_weight_matmul import fp8_weight_matmul
+
+        y = fp8_weight_matmul(x.contiguous(), layer.weight, layer.channel_scales)
+    elif layer.use_scaled_mm:
         y = fp8_scaled_mm(x, layer.weight, layer.channel_scales)
     else:
         y = fp8_dequant_linear(x, layer.weight, layer.channel_scales)

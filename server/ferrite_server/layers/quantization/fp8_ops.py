@@ -30,6 +30,16 @@ def fp8_matmul_available(device: torch.device) -> bool:
     return torch.cuda.get_device_capability(device) >= _FP8_UNITS_CAPABILITY
 
 
+def fp8_weight_kernel_available(device: torch.device) -> bool:
+    """Whether the Triton weight-only FP8 kernel can run: widening e4m3 in Triton needs compute
+    capability 8.9+, or Triton's interpreter on CPU tensors (tests)."""
+    if device.type == "cuda":
+        return fp8_matmul_available(device)
+    import triton  # only here: CPU serving never needs Triton
+
+    return bool(triton.knobs.runtime.interpret)
+
+
 def to_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x / scale saturated to e4m3's range (the cast alone would overflow to NaN)."""
     return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
