@@ -12,7 +12,6 @@ step(StepInput):
 
 from __future__ import annotations
 
-import logging
 import random
 import time
 from collections.abc import Iterable, Sequence
@@ -21,14 +20,8 @@ import torch
 
 from ferrite_server.config import ShardConfig
 from ferrite_server.engine.batch_state import BatchState
-from ferrite_server.engine.cuda_graphs import (
-    CudaGraphCapture,
-    DecodeGraphs,
-    DecodeGraphShape,
-    GraphCapture,
-    decode_buckets,
-    measure_capture_bytes,
-)
+from ferrite_server.engine.cuda_graphs import DecodeGraphs, GraphCapture
+from ferrite_server.engine.decode_graph_setup import DecodeGraphSetup
 from ferrite_server.engine.errors import (
     InsufficientMemoryError,
     InvalidStepError,
@@ -57,8 +50,6 @@ from ferrite_server.engine.warmup import WarmupShape, run_warmup_step
 from ferrite_server.layers.parallel_group import TensorParallelGroup
 from ferrite_server.models.interface import KVCache
 
-logger = logging.getLogger(__name__)
-
 MAX_TOP_N_TOKENS = 20
 _SEED_BITS = 63
 
@@ -73,7 +64,7 @@ class Engine:
         """`graph_capture`: how decode graphs are captured; None: CUDA graphs on a CUDA device
         (tests on a CPU pass cuda_graphs.EagerReplay to run the same padded-bucket path)."""
         self._runner = runner
-        self._graph_capture = graph_capture
+        self._graph_setup = DecodeGraphSetup(runner, config, graph_capture)
         self._config = config
         self._block_size = config.block_size_tokens
         self._batch = BatchState()
@@ -135,10 +126,10 @@ class Engine:
             max_batch_prefill_tokens, max_batch_size, max_total_tokens, MAX_TOP_N_TOKENS
         )
         peak_bytes = run_warmup_step(self._runner, shape, self._block_size)
-        graph_shape = self._decode_graph_shape(max_batch_size, max_total_tokens)
+        graph_shape = self._graph_setup.shape(max_batch_size, max_total_tokens)
         graph_bytes = 0
         if graph_shape is not None:
-            graph_bytes, graph_shape = self._measure_decode_graphs(graph_shape)
+            graph_bytes, graph_shape = self._graph_setup.measure(graph_shape)
         configured_bytes = self._config.kv_cache_memory_bytes
         if facts.device.type == "cuda":
             budget_bytes = cuda_kv_cache_bytes(facts.device, peak_bytes + graph_bytes)
@@ -161,7 +152,7 @@ class Engine:
             )
         self._kv_caches = allocate_kv_cache(spec, num_blocks, facts.device)
         if graph_shape is not None:
-            self._decode_graphs = self._capture_decode_graphs(graph_shape, self._kv_caches)
+            self._decode_graphs = self._graph_setup.capture(graph_shape, self._kv_caches)
         self._limits = StepLimits(
             num_blocks=num_blocks,
             block_size=self._block_size,
@@ -175,57 +166,6 @@ class Engine:
             kv_cache_memory_bytes=kv_cache_bytes(self._kv_caches),
             peak_activation_memory_bytes=peak_bytes,
         )
-
-    def _decode_graph_shape(
-        self, max_batch_size: int, max_total_tokens: int
-    ) -> DecodeGraphShape | None:
-        """What to capture, or None: graphs need CUDA, and attention whose kernels take every
-        length from device tensors (the torch backend reads host copies, which a graph would
-        freeze)."""
-        facts = self._runner.facts
-        capturable = facts.device.type == "cuda" or self._graph_capture is not None
-        if not capturable or facts.attention_backend != "triton":
-            return None
-        buckets = decode_buckets(max_batch_size, self._config.cuda_graph_batch_sizes)
-        if not buckets:
-            return None
-        return DecodeGraphShape(buckets, max_total_tokens, self._block_size)
-
-    def _measure_decode_graphs(
-        self, shape: DecodeGraphShape
-    ) -> tuple[int, DecodeGraphShape | None]:
-        """(bytes the graphs need, the shape to capture — None when capture is impossible)."""
-        facts = self._runner.facts
-        if facts.device.type != "cuda":
-            return 0, shape  # nothing to measure: graphs stand-ins hold host memory
-        spec = self._runner.kv_cache_spec(self._block_size)
-        try:
-            graph_bytes = measure_capture_bytes(self._runner.model, spec, shape, facts.device)
-        except Exception as error:  # a layer that cannot be captured: serve eagerly
-            logger.warning(
-                "CUDA graphs off: capturing the decode forward failed (%s: %s); decode runs "
-                "eagerly (--cuda-graphs 0 skips the attempt)", type(error).__name__, error,
-            )
-            torch.cuda.synchronize(facts.device)
-            torch.cuda.empty_cache()
-            return 0, None
-        logger.info(
-            "CUDA graphs for decode batch sizes %s need %.1f MiB (reserved before the KV cache)",
-            ",".join(map(str, shape.buckets)), graph_bytes / 2**20,
-        )
-        return graph_bytes, shape
-
-    def _capture_decode_graphs(
-        self, shape: DecodeGraphShape, kv_caches: list[KVCache]
-    ) -> DecodeGraphs:
-        started_s = time.perf_counter()
-        capture = self._graph_capture or CudaGraphCapture(self._runner.facts.device)
-        graphs = DecodeGraphs.capture(self._runner.model, kv_caches, shape, capture)
-        logger.info(
-            "captured %d decode CUDA graphs in %.1f s", len(graphs.buckets),
-            time.perf_counter() - started_s,
-        )
-        return graphs
 
     def step(self, step: StepInput) -> StepOutput:
         start_ns = time.perf_counter_ns()
