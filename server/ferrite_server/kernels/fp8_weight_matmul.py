@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ferrite_server.kernels.device_info import choose_split_k, num_sms
+from ferrite_server.kernels.device_info import SplitK
 
 
 @triton.jit
@@ -103,16 +103,12 @@ def fp8_weight_matmul(
     if num_rows == 0:
         return out
     tiles_m, tiles_n = triton.cdiv(num_rows, tiles.block_m), triton.cdiv(num_cols, tiles.block_n)
-    num_k_tiles = triton.cdiv(num_inputs, tiles.block_k)
-    split_k = tiles.split_k or choose_split_k(
-        tiles_m * tiles_n, num_k_tiles, num_sms(x.device), tiles.programs_per_sm
+    split = SplitK.plan(
+        num_inputs, tiles.block_k, tiles_m * tiles_n, x.device, tiles.programs_per_sm,
+        tiles.split_k,
     )
-    k_per_split = triton.cdiv(num_k_tiles, split_k) * tiles.block_k
-    split_k = triton.cdiv(num_inputs, k_per_split)  # no empty splits
-    target = out
-    if split_k > 1:
-        target = torch.empty(split_k, num_rows, num_cols, dtype=torch.float32, device=x.device)
-    _fp8_weight_matmul_kernel[(tiles_m, tiles_n, split_k)](
+    target = split.target(out)
+    _fp8_weight_matmul_kernel[(tiles_m, tiles_n, split.splits)](
         x,
         weight,
         channel_scales,
@@ -123,14 +119,12 @@ def fp8_weight_matmul(
         x.stride(0),
         weight.stride(0),
         num_cols,  # row stride of out and of each partial slice (both contiguous)
-        k_per_split,
+        split.k_per_split,
         BLOCK_M=tiles.block_m,
         BLOCK_N=tiles.block_n,
         BLOCK_K=tiles.block_k,
-        SPLIT_K=split_k,
+        SPLIT_K=split.splits,
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
         num_warps=tiles.num_warps,
     )
-    if split_k > 1:
-        out.copy_(target.sum(dim=0))
-    return out
+    return split.finish(target, out)

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ferrite_server.kernels.device_info import choose_split_k, num_sms
+from ferrite_server.kernels.device_info import SplitK
 
 from ferrite_server.layers.quantization.int_packing import pack_factor
 from ferrite_server.layers.quantization.packed_linear import PackedIntWeights
@@ -128,7 +128,7 @@ class PackedMatmulTiles:
     block_n: int = 64
     block_k: int = 64
     num_warps: int = 4
-    split_k: int | None = None  # None: choose_split_k()
+    split_k: int | None = None  # None: SplitK.plan() fills the GPU
     # Programs wanted per SM before K stops being split further.
     programs_per_sm: int = 4
 
@@ -150,16 +150,12 @@ def packed_int_matmul(
     if num_rows == 0:
         return out
     tiles_m, tiles_n = triton.cdiv(num_rows, tiles.block_m), triton.cdiv(num_cols, tiles.block_n)
-    num_k_tiles = triton.cdiv(num_inputs, tiles.block_k)
-    split_k = tiles.split_k or choose_split_k(
-        tiles_m * tiles_n, num_k_tiles, num_sms(x.device), tiles.programs_per_sm
+    split = SplitK.plan(
+        num_inputs, tiles.block_k, tiles_m * tiles_n, x.device, tiles.programs_per_sm,
+        tiles.split_k,
     )
-    k_per_split = triton.cdiv(num_k_tiles, split_k) * tiles.block_k
-    split_k = triton.cdiv(num_inputs, k_per_split)  # no empty splits
-    target = out
-    if split_k > 1:
-        target = torch.empty(split_k, num_rows, num_cols, dtype=torch.float32, device=x.device)
-    _packed_int_matmul_kernel[(tiles_m, tiles_n, split_k)](
+    target = split.target(out)
+    _packed_int_matmul_kernel[(tiles_m, tiles_n, split.splits)](
         x,
         weights.qweight,
         weights.qzeros,
@@ -175,20 +171,18 @@ def packed_int_matmul(
         weights.scales.stride(0),
         num_cols,  # row stride of out and of each partial slice (both contiguous)
         weights.zero_offset,
-        k_per_split,
+        split.k_per_split,
         BITS=weights.bits,
         AWQ_LAYOUT=weights.layout == "awq",
         GROUP_SIZE=sequential_group_size(weights, tiles.block_k),
-        SPLIT_K=split_k,
+        SPLIT_K=split.splits,
         BLOCK_M=tiles.block_m,
         BLOCK_N=tiles.block_n,
         BLOCK_K=tiles.block_k,
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
         num_warps=tiles.num_warps,
     )
-    if split_k > 1:
-        out.copy_(target.sum(dim=0))
-    return out
+    return split.finish(target, out)
 
 
 def _check_args(x: torch.Tensor, weights: PackedIntWeights) -> None:
