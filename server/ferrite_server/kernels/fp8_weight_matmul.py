@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ferrite_server.kernels.device_info import SplitK
+from ferrite_server.kernels.split_k import SplitK, store_tile
 
 
 @triton.jit
@@ -66,14 +66,7 @@ def _fp8_weight_matmul_kernel(
         acc += tl.dot(x, w.to(x.dtype), input_precision=DOT_PRECISION)
     scales = tl.load(scale_ptr + cols, mask=col_mask, other=0.0)
     acc = acc * scales[None, :]
-    out_offsets = rows[:, None].to(tl.int64) * stride_om + cols[None, :]
-    if SPLIT_K > 1:  # this split's slice of the partial sums
-        out_offsets += tl.program_id(2).to(tl.int64) * M * stride_om
-    tl.store(
-        out_ptr + out_offsets,
-        acc.to(out_ptr.dtype.element_ty),
-        mask=row_mask[:, None] & col_mask[None, :],
-    )
+    store_tile(out_ptr, acc, rows, cols, M, N, stride_om, SPLIT_K)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ferrite_server.kernels.device_info import SplitK
+from ferrite_server.kernels.split_k import SplitK, store_tile
 
 from ferrite_server.layers.quantization.int_packing import pack_factor
 from ferrite_server.layers.quantization.packed_linear import PackedIntWeights
@@ -112,14 +112,7 @@ def _packed_int_matmul_kernel(
             )
         w = ((q - zeros).to(tl.float32) * scales.to(tl.float32)).to(x.dtype)  # [BLOCK_K, BLOCK_N]
         acc += tl.dot(x, w, input_precision=DOT_PRECISION)
-    out_offsets = rows[:, None].to(tl.int64) * stride_om + cols[None, :]
-    if SPLIT_K > 1:  # this split's slice of the partial sums
-        out_offsets += tl.program_id(2).to(tl.int64) * M * stride_om
-    tl.store(
-        out_ptr + out_offsets,
-        acc.to(out_ptr.dtype.element_ty),
-        mask=row_mask[:, None] & col_mask[None, :],
-    )
+    store_tile(out_ptr, acc, rows, cols, M, N, stride_om, SPLIT_K)
 
 
 @dataclass(frozen=True)
