@@ -33,12 +33,7 @@ pub async fn chat_completions(
     State(state): State<AppState>,
     body: Result<Json<ChatCompletionRequest>, JsonRejection>,
 ) -> Response {
-    let received_at = Instant::now();
-    state.metrics().request_received();
-    match chat(state.clone(), body, received_at).await {
-        Ok(response) => response,
-        Err(error) => run::failed(&state, error).into_response(),
-    }
+    run::respond(state, |state, received_at| chat(state, body, received_at)).await
 }
 
 async fn chat(

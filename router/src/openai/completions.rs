@@ -28,12 +28,7 @@ pub async fn completions(
     State(state): State<AppState>,
     body: Result<Json<CompletionRequest>, JsonRejection>,
 ) -> Response {
-    let received_at = Instant::now();
-    state.metrics().request_received();
-    match complete(state.clone(), body, received_at).await {
-        Ok(response) => response,
-        Err(error) => run::failed(&state, error).into_response(),
-    }
+    run::respond(state, |state, received_at| complete(state, body, received_at)).await
 }
 
 async fn complete(

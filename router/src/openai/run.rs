@@ -3,12 +3,13 @@
 //! known by then (validation, a full queue, a shard refusing the request) gets its real HTTP
 //! status; a failure after that is sent as an OpenAI error event, then `data: [DONE]`.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use async_stream::stream;
 use axum::body::Bytes;
 use axum::http::HeaderMap;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::error::ApiError;
@@ -120,6 +121,21 @@ pub fn succeeded(state: &AppState, set: &ChoiceSet, timing: &RequestTiming) {
         time_to_first_token: set.time_to_first_token(),
         finish_reason: set.first_finish_reason().map_or("", FinishReason::as_str),
     });
+}
+
+/// An endpoint's whole life: the request is counted as received, `handle` runs it, and a
+/// failure is counted and answered as an OpenAI error.
+pub async fn respond<F, Fut>(state: AppState, handle: F) -> Response
+where
+    F: FnOnce(AppState, Instant) -> Fut,
+    Fut: Future<Output = Result<Response, OpenAiError>>,
+{
+    let received_at = Instant::now();
+    state.metrics().request_received();
+    match handle(state.clone(), received_at).await {
+        Ok(response) => response,
+        Err(error) => failed(&state, error).into_response(),
+    }
 }
 
 /// Counts the failure (and, for a generation failure, makes the next /health check real).
