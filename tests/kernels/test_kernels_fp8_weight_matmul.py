@@ -1,4 +1,8 @@
-"""FP8 weight-only matmul kernel (Triton interpreter) against dequantize-then-matmul."""
+"""FP8 weight-only matmul kernel (Triton interpreter) against dequantize-then-matmul.
+
+float32 and float16 activations: the interpreter's bfloat16 dots are wrong (a relative error of
+~1e8 on this very kernel), so bfloat16 is checked on a GPU by bench/gpu_checks.py.
+"""
 
 from __future__ import annotations
 
