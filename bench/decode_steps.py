@@ -20,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,6 +123,21 @@ def time_decode_steps(engine: Engine, batch_size: int, blocks_per_seq: int, num_
     return StepTime(*(statistics.median(x[warm]) for x in (walls_s, forwards_s, samplings_s)))
 
 
+def step_times_by_batch(
+    engine: Engine, batch_sizes: list[int], context: int, steps: int,
+    prefill_budget_tokens: int = PREFILL_BUDGET_TOKENS,
+) -> Iterator[tuple[int, StepTime]]:
+    """Warm the engine up once, then for each batch size: fill the batch with prompts of
+    `context` tokens and time `steps` decode steps."""
+    max_total = context + steps + BLOCK_SIZE
+    engine.warmup(prefill_budget_tokens, max(batch_sizes), max_total)
+    blocks_per_seq = math.ceil((max_total + 1) / BLOCK_SIZE)
+    for batch_size in batch_sizes:
+        engine.clear()
+        fill_batch(engine, batch_size, context, blocks_per_seq)
+        yield batch_size, time_decode_steps(engine, batch_size, blocks_per_seq, steps)
+
+
 def synchronize() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -135,14 +151,8 @@ def bench_backend(model_dir: Path, variant: str, args: argparse.Namespace, bandw
                          kv_cache_memory_bytes=args.kv_cache_memory,
                          cuda_graph_batch_sizes=None if graphs else ())  # type: ignore[arg-type]
     engine = Engine(ModelRunner.load(config, random_weights=args.model_dir is None), config)
-    max_total = args.context + args.steps + BLOCK_SIZE
-    engine.warmup(PREFILL_BUDGET_TOKENS, max(args.batch_sizes), max_total)
-    blocks_per_seq = math.ceil((max_total + 1) / BLOCK_SIZE)
     rows = []
-    for batch_size in args.batch_sizes:
-        engine.clear()
-        fill_batch(engine, batch_size, args.context, blocks_per_seq)
-        step = time_decode_steps(engine, batch_size, blocks_per_seq, args.steps)
+    for batch_size, step in step_times_by_batch(engine, args.batch_sizes, args.context, args.steps):
         outside_s = step.wall_s - step.forward_s - step.sampling_s
         row = {
             "backend": backend, "cuda_graphs": graphs, "batch_size": batch_size, "context_tokens": args.context,

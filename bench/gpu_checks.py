@@ -48,6 +48,12 @@ def max_error(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got.float() - want.float()).abs().max() / want.float().abs().max().clamp_min(1e-6))
 
 
+def reference_rms_norm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The torch layer's arithmetic: normalize in float32, back to x's dtype, times weight."""
+    x32 = x.float()
+    return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + 1e-5)).to(x.dtype)
+
+
 def check_norm_and_rotary() -> list[dict]:
     results = []
     generator = torch.Generator(device=DEVICE).manual_seed(0)
@@ -56,11 +62,9 @@ def check_norm_and_rotary() -> list[dict]:
             x = (2 * torch.randn(num_tokens, 4096, device=DEVICE, generator=generator)).to(dtype)
             residual = torch.randn(num_tokens, 4096, device=DEVICE, generator=generator).to(dtype)
             weight = (1 + torch.randn(4096, device=DEVICE, generator=generator) / 4).to(dtype)
-            x32 = x.float()
-            want = weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + 1e-5)).to(dtype)
-            summed = (x + residual)
-            s32 = summed.float()
-            want_sum = weight * (s32 * torch.rsqrt(s32.pow(2).mean(-1, keepdim=True) + 1e-5)).to(dtype)
+            want = reference_rms_norm(x, weight)
+            summed = x + residual
+            want_sum = reference_rms_norm(summed, weight)
             got_sum, got_residual = add_rms_norm(x.clone(), residual.clone(), weight, 1e-5)
             rotary = RotaryEmbedding(128, RopeConfig(theta=500000.0), DEVICE)
             positions = torch.randint(0, 8192, (num_tokens,), device=DEVICE, generator=generator)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
 
-from decode_steps import BLOCK_SIZE, LLAMA_31_8B, fill_batch, time_decode_steps  # noqa: E402
+from decode_steps import LLAMA_31_8B, step_times_by_batch  # noqa: E402
 
 from ferrite_server.config import ShardConfig  # noqa: E402
 from ferrite_server.engine.engine import Engine  # noqa: E402
@@ -85,14 +84,11 @@ def run_variant(variant: Variant, shape: dict, args: argparse.Namespace, tmp: Pa
         kv_cache_memory_bytes=args.kv_cache_memory,
     )
     engine = Engine(ModelRunner.load(config, random_weights=True), config)
-    max_total = args.context + args.steps + BLOCK_SIZE
-    engine.warmup(min(8192, max(args.batch_sizes) * args.context), max(args.batch_sizes), max_total)
-    blocks_per_seq = math.ceil((max_total + 1) / BLOCK_SIZE)
+    prefill_budget = min(8192, max(args.batch_sizes) * args.context)
     rows = []
-    for batch_size in args.batch_sizes:
-        engine.clear()
-        fill_batch(engine, batch_size, args.context, blocks_per_seq)
-        step = time_decode_steps(engine, batch_size, blocks_per_seq, args.steps)
+    for batch_size, step in step_times_by_batch(
+        engine, args.batch_sizes, args.context, args.steps, prefill_budget
+    ):
         rows.append(
             {
                 "variant": variant.name,

@@ -111,17 +111,24 @@ def test_awq_column_and_row_slices_equal_packing_the_sliced_weight(rank: int) ->
     assert torch.equal(dequantize_packed(row.packed, torch.float32), known.dequantized()[:, rows])
 
 
-@pytest.mark.parametrize("rank", [0, 1])
-def test_fused_qkv_puts_each_parts_packed_slice_at_its_offset(rank: int) -> None:
-    heads = AttentionHeads(num_heads=4, num_kv_heads=2, head_dim=8)  # q 32, k 16, v 16 outputs
-    layer = QKVParallelLinear(48, heads, bias=False, placement=_placement(rank, GPTQ))
-    g_idx = act_order_g_idx(48, GROUP_SIZE, torch.Generator().manual_seed(5))
+def _load_gptq_qkv(layer: QKVParallelLinear, g_idx: torch.Tensor) -> dict[str, KnownQuantized]:
+    """Load 4-bit GPTQ q (32 outputs), k and v (16 each) parts over 48 inputs into the fused
+    layer; returns each part's known quantization."""
     parts = {}
     for seed, (shard_id, out_features) in enumerate((("q", 32), ("k", 16), ("v", 16))):
         weight = torch.randn(out_features, 48, generator=torch.Generator().manual_seed(seed))
         parts[shard_id] = rtn_quantize(weight, 4, g_idx, min_zero=1)
         _load(layer, gptq_tensors(parts[shard_id], 4), shard_id)
     layer.quant_method.process_weights_after_loading(layer)
+    return parts
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_fused_qkv_puts_each_parts_packed_slice_at_its_offset(rank: int) -> None:
+    heads = AttentionHeads(num_heads=4, num_kv_heads=2, head_dim=8)  # q 32, k 16, v 16 outputs
+    layer = QKVParallelLinear(48, heads, bias=False, placement=_placement(rank, GPTQ))
+    g_idx = act_order_g_idx(48, GROUP_SIZE, torch.Generator().manual_seed(5))
+    parts = _load_gptq_qkv(layer, g_idx)
     expected = torch.cat(
         [
             known.dequantized()[out // 2 * rank : out // 2 * (rank + 1)]
@@ -172,12 +179,7 @@ def test_replicated_kv_heads_take_their_heads_packed_slice(rank: int) -> None:
     )
     layer = QKVParallelLinear(48, heads, bias=False, placement=placement)
     g_idx = act_order_g_idx(48, GROUP_SIZE, torch.Generator().manual_seed(6))
-    parts = {}
-    for seed, (shard_id, out_features) in enumerate((("q", 32), ("k", 16), ("v", 16))):
-        weight = torch.randn(out_features, 48, generator=torch.Generator().manual_seed(seed))
-        parts[shard_id] = rtn_quantize(weight, 4, g_idx, min_zero=1)
-        _load(layer, gptq_tensors(parts[shard_id], 4), shard_id)
-    layer.quant_method.process_weights_after_loading(layer)
+    parts = _load_gptq_qkv(layer, g_idx)
     kv_head = rank // 2
     expected = torch.cat(
         [

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ferrite_server.kernels.split_k import SplitK, store_tile
+from ferrite_server.kernels.split_k import MatmulLaunch, MatmulTiles, store_tile
 
 
 @triton.jit
@@ -70,14 +70,8 @@ def _fp8_weight_matmul_kernel(
 
 
 @dataclass(frozen=True)
-class Fp8MatmulTiles:
-    block_m: int = 16
-    block_n: int = 64
+class Fp8MatmulTiles(MatmulTiles):
     block_k: int = 128
-    num_warps: int = 4
-    split_k: int | None = None  # None: enough programs to fill the GPU
-    programs_per_sm: int = 4
-
 
 
 def fp8_weight_matmul(
@@ -90,34 +84,28 @@ def fp8_weight_matmul(
         raise ValueError(f"x {tuple(x.shape)} does not match weight {tuple(weight.shape)}")
     if x.stride(1) != 1 or weight.stride(1) != 1:
         raise ValueError("x and weight rows must be contiguous")
+    launch = MatmulLaunch.plan(x, weight.shape[0], tiles)
+    if launch.empty:
+        return launch.out
     num_rows, num_inputs = x.shape
     num_cols = weight.shape[0]
-    out = torch.empty(num_rows, num_cols, dtype=x.dtype, device=x.device)
-    if num_rows == 0:
-        return out
-    tiles_m, tiles_n = triton.cdiv(num_rows, tiles.block_m), triton.cdiv(num_cols, tiles.block_n)
-    split = SplitK.plan(
-        num_inputs, tiles.block_k, tiles_m * tiles_n, x.device, tiles.programs_per_sm,
-        tiles.split_k,
-    )
-    target = split.target(out)
-    _fp8_weight_matmul_kernel[(tiles_m, tiles_n, split.splits)](
+    _fp8_weight_matmul_kernel[launch.grid](
         x,
         weight,
         channel_scales,
-        target,
+        launch.target,
         num_rows,
         num_cols,
         num_inputs,
         x.stride(0),
         weight.stride(0),
         num_cols,  # row stride of out and of each partial slice (both contiguous)
-        split.k_per_split,
+        launch.split.k_per_split,
         BLOCK_M=tiles.block_m,
         BLOCK_N=tiles.block_n,
         BLOCK_K=tiles.block_k,
-        SPLIT_K=split.splits,
+        SPLIT_K=launch.split.splits,
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
         num_warps=tiles.num_warps,
     )
-    return split.finish(target, out)
+    return launch.finish()

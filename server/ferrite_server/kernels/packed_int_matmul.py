@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ferrite_server.kernels.split_k import SplitK, store_tile
+from ferrite_server.kernels.split_k import MatmulLaunch, MatmulTiles, store_tile
 
 from ferrite_server.layers.quantization.int_packing import pack_factor
 from ferrite_server.layers.quantization.packed_linear import PackedIntWeights
@@ -116,15 +116,8 @@ def _packed_int_matmul_kernel(
 
 
 @dataclass(frozen=True)
-class PackedMatmulTiles:
-    block_m: int = 16
-    block_n: int = 64
-    block_k: int = 64
-    num_warps: int = 4
-    split_k: int | None = None  # None: SplitK.plan() fills the GPU
-    # Programs wanted per SM before K stops being split further.
-    programs_per_sm: int = 4
-
+class PackedMatmulTiles(MatmulTiles):
+    pass  # MatmulTiles' defaults (block_k 64 divides the usual group size of 128)
 
 
 def sequential_group_size(weights: PackedIntWeights, block_k: int) -> int:
@@ -138,24 +131,18 @@ def packed_int_matmul(
 ) -> torch.Tensor:
     """x [M, K] @ W^T -> [M, N] in x's dtype, through the Triton kernel."""
     _check_args(x, weights)
-    num_rows, num_cols, num_inputs = x.shape[0], weights.out_features, weights.in_features
-    out = torch.empty(num_rows, num_cols, dtype=x.dtype, device=x.device)
-    if num_rows == 0:
-        return out
-    tiles_m, tiles_n = triton.cdiv(num_rows, tiles.block_m), triton.cdiv(num_cols, tiles.block_n)
-    split = SplitK.plan(
-        num_inputs, tiles.block_k, tiles_m * tiles_n, x.device, tiles.programs_per_sm,
-        tiles.split_k,
-    )
-    target = split.target(out)
-    _packed_int_matmul_kernel[(tiles_m, tiles_n, split.splits)](
+    launch = MatmulLaunch.plan(x, weights.out_features, tiles)
+    if launch.empty:
+        return launch.out
+    num_cols = weights.out_features
+    _packed_int_matmul_kernel[launch.grid](
         x,
         weights.qweight,
         weights.qzeros,
         weights.scales,
         weights.g_idx,
-        target,
-        num_rows,
+        launch.target,
+        x.shape[0],
         num_cols,
         weights.in_features,
         x.stride(0),
@@ -164,18 +151,18 @@ def packed_int_matmul(
         weights.scales.stride(0),
         num_cols,  # row stride of out and of each partial slice (both contiguous)
         weights.zero_offset,
-        split.k_per_split,
+        launch.split.k_per_split,
         BITS=weights.bits,
         AWQ_LAYOUT=weights.layout == "awq",
         GROUP_SIZE=sequential_group_size(weights, tiles.block_k),
-        SPLIT_K=split.splits,
+        SPLIT_K=launch.split.splits,
         BLOCK_M=tiles.block_m,
         BLOCK_N=tiles.block_n,
         BLOCK_K=tiles.block_k,
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
         num_warps=tiles.num_warps,
     )
-    return split.finish(target, out)
+    return launch.finish()
 
 
 def _check_args(x: torch.Tensor, weights: PackedIntWeights) -> None:

@@ -33,8 +33,8 @@ class SplitK:
     """How a small-M matmul [M, K] x [K, N] splits K over programs (split-K).
 
     With one split the kernel writes the output; with more, split s writes its partial sums to
-    slice s of an fp32 [splits, M, N] buffer and `finish` adds the slices (deterministic: no
-    atomics)."""
+    slice s of an fp32 [splits, M, N] buffer and MatmulLaunch.finish adds the slices
+    (deterministic: no atomics)."""
 
     splits: int
     k_per_split: int  # a multiple of the kernel's BLOCK_K
@@ -57,13 +57,49 @@ class SplitK:
         k_per_split = -(-num_k_tiles // splits) * block_k
         return cls(splits=-(-num_inputs // k_per_split), k_per_split=k_per_split)
 
-    def target(self, out: torch.Tensor) -> torch.Tensor:
-        """Where the kernel writes: `out` itself, or the fp32 partial-sum buffer."""
-        if self.splits == 1:
-            return out
-        return torch.empty(self.splits, *out.shape, dtype=torch.float32, device=out.device)
 
-    def finish(self, target: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        if target is not out:
-            out.copy_(target.sum(dim=0))
-        return out
+@dataclass(frozen=True)
+class MatmulTiles:
+    """Launch shape of a small-M matmul kernel."""
+
+    block_m: int = 16
+    block_n: int = 64
+    block_k: int = 64
+    num_warps: int = 4
+    split_k: int | None = None  # None: SplitK.plan() fills the GPU
+    programs_per_sm: int = 4  # programs wanted per SM before K stops being split further
+
+
+@dataclass(frozen=True)
+class MatmulLaunch:
+    """Everything an [M, K] x [K, N] launch needs besides its operands."""
+
+    out: torch.Tensor  # [M, N] in x's dtype
+    target: torch.Tensor  # where the kernel writes: `out`, or the fp32 partial-sum buffer
+    grid: tuple[int, int, int]  # (M tiles, N tiles, splits)
+    split: SplitK
+
+    @classmethod
+    def plan(cls, x: torch.Tensor, num_cols: int, tiles: MatmulTiles) -> MatmulLaunch:
+        num_rows, num_inputs = x.shape
+        out = torch.empty(num_rows, num_cols, dtype=x.dtype, device=x.device)
+        tiles_m, tiles_n = triton.cdiv(num_rows, tiles.block_m), triton.cdiv(num_cols, tiles.block_n)
+        split = SplitK.plan(
+            num_inputs, tiles.block_k, tiles_m * tiles_n, x.device, tiles.programs_per_sm,
+            tiles.split_k,
+        )
+        target = out
+        if split.splits > 1:
+            target = torch.empty(split.splits, *out.shape, dtype=torch.float32, device=x.device)
+        return cls(out, target, (tiles_m, tiles_n, split.splits), split)
+
+    @property
+    def empty(self) -> bool:
+        return self.out.numel() == 0
+
+    def finish(self) -> torch.Tensor:
+        """The output, with the splits' partial sums added when K was split."""
+        if self.target is not self.out:
+            self.out.copy_(self.target.sum(dim=0))
+        return self.out
+
