@@ -57,6 +57,13 @@ run_pytest() { # run_pytest PATH...: pytest, where "no tests collected" (exit 5)
     return "$status"
 }
 
+print_machine() { # a failure names the machine: results can depend on the CPU's features
+    step "machine"
+    lscpu | grep -E '^(Model name|Flags):' || echo "lscpu unavailable"
+    echo "cores: $(nproc)"
+}
+
+print_machine
 ensure_venv
 # shellcheck disable=SC1091
 source "$venv_dir/bin/activate"
