@@ -101,9 +101,15 @@ fn shard_flags_carry_dtype_backend_and_kv_memory() {
 #[test]
 fn cuda_graph_sizes_reach_the_shard() {
     let graphs = plan(&["--cuda-graphs", "1,2,8"]).expect("valid");
-    assert_eq!(flag_value(&graphs.shards[0].process, "--cuda-graphs"), Some("1,2,8"));
+    assert_eq!(
+        flag_value(&graphs.shards[0].process, "--cuda-graphs"),
+        Some("1,2,8")
+    );
     let off = plan(&["--cuda-graphs", "0"]).expect("valid");
-    assert_eq!(flag_value(&off.shards[0].process, "--cuda-graphs"), Some("0"));
+    assert_eq!(
+        flag_value(&off.shards[0].process, "--cuda-graphs"),
+        Some("0")
+    );
 }
 
 #[test]

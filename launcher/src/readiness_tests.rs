@@ -33,10 +33,10 @@ impl Shard for LoadingShard {
     async fn warmup(&self, _: Request<proto::WarmupRequest>) -> Answer<proto::WarmupResponse> {
         Err(Status::unimplemented("not needed"))
     }
-    async fn prefill(&self, _: Request<proto::PrefillRequest>) -> Answer<proto::StepResponse> {
+    async fn prefill(&self, _: Request<proto::Step>) -> Answer<proto::StepResponse> {
         Err(Status::unimplemented("not needed"))
     }
-    async fn decode(&self, _: Request<proto::DecodeRequest>) -> Answer<proto::StepResponse> {
+    async fn decode(&self, _: Request<proto::Step>) -> Answer<proto::StepResponse> {
         Err(Status::unimplemented("not needed"))
     }
     async fn filter(&self, _: Request<proto::FilterRequest>) -> Answer<proto::FilterResponse> {

@@ -77,6 +77,7 @@ async fn round() -> (Duration, usize) {
         max_batch_total_tokens: 4096 * 16,
         max_batch_size: NUM_REQUESTS,
         max_waiting_requests: NUM_REQUESTS,
+        prefix_caching: true,
     };
     let handle = spawn_scheduler(shard.clone(), config);
     let started = Instant::now();

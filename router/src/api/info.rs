@@ -55,6 +55,9 @@ pub struct Info {
     pub kv_num_blocks: usize,
     #[schema(example = "torch")]
     pub attention_backend: String,
+    /// Whether identical token prefixes share KV blocks (`--prefix-caching`).
+    #[schema(example = true)]
+    pub prefix_caching: bool,
     /// Quantization of the weights in effect (`--quantize` or the checkpoint's), TGI's name.
     #[schema(nullable, example = "gptq")]
     pub quantize: Option<String>,

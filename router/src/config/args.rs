@@ -3,7 +3,20 @@
 
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
+
+/// A feature switch spelled `on` / `off` on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
+impl Switch {
+    pub fn is_on(self) -> bool {
+        self == Switch::On
+    }
+}
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -61,6 +74,11 @@ pub struct RouterArgs {
     /// Most requests waiting for admission; beyond it requests get 429 at once.
     #[arg(long, default_value_t = 128)]
     pub max_concurrent_requests: usize,
+
+    /// Reuse the KV blocks of identical token prefixes (shared prompts, earlier conversation
+    /// turns, `n` / `best_of` candidates) instead of computing them again.
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    pub prefix_caching: Switch,
 
     #[arg(long, default_value_t = 2)]
     pub max_best_of: usize,

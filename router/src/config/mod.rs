@@ -73,6 +73,8 @@ pub struct BatchLimits {
     pub max_concurrent_requests: usize,
     /// KV blocks the shard allocated (Warmup).
     pub num_blocks: usize,
+    /// Whether identical token prefixes share KV blocks.
+    pub prefix_caching: bool,
 }
 
 impl RouterConfig {
@@ -84,6 +86,7 @@ impl RouterConfig {
             max_batch_total_tokens: self.batching.max_batch_total_tokens,
             max_batch_size: self.batching.max_batch_size,
             max_waiting_requests: self.batching.max_concurrent_requests,
+            prefix_caching: self.batching.prefix_caching,
         }
     }
 }

@@ -220,6 +220,7 @@ pub fn resolve(
             max_batch_size: args.max_batch_size,
             max_concurrent_requests: args.max_concurrent_requests,
             num_blocks,
+            prefix_caching: args.prefix_caching.is_on(),
         },
     })
 }

@@ -28,7 +28,10 @@ pub async fn completions(
     State(state): State<AppState>,
     body: Result<Json<CompletionRequest>, JsonRejection>,
 ) -> Response {
-    run::respond(state, |state, received_at| complete(state, body, received_at)).await
+    run::respond(state, |state, received_at| {
+        complete(state, body, received_at)
+    })
+    .await
 }
 
 async fn complete(

@@ -52,7 +52,6 @@ impl GenerationOptions {
             }),
             top_n_tokens: self.logprobs.unwrap_or(0),
             prompt_logprobs: self.prompt_logprobs,
-            resumed_generated_tokens: 0,
         }
     }
 }

@@ -14,6 +14,10 @@
 //! - Admission is strictly FIFO, uses only free blocks, and is skipped in a step that
 //!   preempted (the cache is under pressure, and a preempted request must not be re-admitted
 //!   in the step that releases it).
+//! - A waiting request starts after its cached prefix (prefix caching). One whose next block
+//!   is being computed right now by another request (the same prompt sent `n` times, or a
+//!   shared system prompt arriving together) waits for it instead of computing it again;
+//!   FIFO holds, so the queue behind it waits too, for at most that prefill.
 
 use super::budget::{BatchLimits, StepBudget};
 
@@ -26,6 +30,9 @@ pub struct RunningView {
     /// Tokens whose K/V are in the cache.
     pub num_computed_tokens: usize,
     pub num_blocks_held: usize,
+    /// Blocks that become free when this request is preempted after every newer one was
+    /// (blocks shared with older requests stay held).
+    pub num_blocks_released: usize,
     /// The prompt (input) is fully computed; the request decodes one token per step.
     pub is_decoding: bool,
 }
@@ -36,6 +43,12 @@ pub struct WaitingView {
     pub request_id: u64,
     /// Prompt plus, for a preempted request, the tokens it generated before.
     pub num_input_tokens: usize,
+    /// Leading tokens found in the prefix cache (whole blocks; fewer than num_input_tokens).
+    pub num_cached_tokens: usize,
+    /// Cached blocks of that prefix that are free now: reusing them takes free blocks.
+    pub num_free_cached_blocks: usize,
+    /// Its next block is being computed by another request this step or a running one.
+    pub is_waiting_for_prefix: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,7 +136,7 @@ fn preempt_newest(
     }
     *num_alive -= 1;
     let victim = &running[*num_alive];
-    budget.give_back(victim.num_computed_tokens, victim.num_blocks_held);
+    budget.give_back(victim.num_computed_tokens, victim.num_blocks_released);
     plan.preempted_ids.push(victim.request_id);
     true
 }
@@ -203,21 +216,18 @@ fn plan_admissions(
     plan: &mut StepPlan,
 ) {
     for view in waiting {
-        if num_alive + plan.num_admitted >= limits.max_batch_size {
-            return;
-        }
-        let num_chunk_tokens = budget.chunk_fit(view.num_input_tokens, 0, 0);
-        if num_chunk_tokens == 0 {
+        if num_alive + plan.num_admitted >= limits.max_batch_size || view.is_waiting_for_prefix {
             return; // FIFO: nobody overtakes the front request
         }
-        let num_new_blocks = budget.new_blocks_needed(num_chunk_tokens, 0);
-        budget.take(num_chunk_tokens, num_new_blocks, true);
+        let Some(chunk) = budget.admit(view) else {
+            return;
+        };
         plan.chunks.push(ChunkPlan {
             request_id: view.request_id,
-            num_cached_tokens: 0,
-            num_tokens: num_chunk_tokens,
-            is_last_chunk: num_chunk_tokens == view.num_input_tokens,
-            num_new_blocks,
+            num_cached_tokens: view.num_cached_tokens,
+            num_tokens: chunk.num_tokens,
+            is_last_chunk: view.num_cached_tokens + chunk.num_tokens == view.num_input_tokens,
+            num_new_blocks: chunk.num_new_blocks,
         });
         plan.num_admitted += 1;
     }

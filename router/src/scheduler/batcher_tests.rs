@@ -20,6 +20,7 @@ fn decoding(request_id: u64, num_tokens: usize) -> RunningView {
         num_tokens,
         num_computed_tokens,
         num_blocks_held: num_computed_tokens.div_ceil(4),
+        num_blocks_released: num_computed_tokens.div_ceil(4),
         is_decoding: true,
     }
 }
@@ -30,6 +31,7 @@ fn prefilling(request_id: u64, num_tokens: usize, num_computed_tokens: usize) ->
         num_tokens,
         num_computed_tokens,
         num_blocks_held: num_computed_tokens.div_ceil(4),
+        num_blocks_released: num_computed_tokens.div_ceil(4),
         is_decoding: false,
     }
 }
@@ -38,7 +40,91 @@ fn waiting(request_id: u64, num_input_tokens: usize) -> WaitingView {
     WaitingView {
         request_id,
         num_input_tokens,
+        num_cached_tokens: 0,
+        num_free_cached_blocks: 0,
+        is_waiting_for_prefix: false,
     }
+}
+
+/// A waiting request whose first `num_cached_tokens` are in the prefix cache, of which
+/// `num_free_cached_blocks` blocks are free (nobody holds them).
+fn waiting_with_prefix(
+    request_id: u64,
+    num_input_tokens: usize,
+    num_cached_tokens: usize,
+    num_free_cached_blocks: usize,
+) -> WaitingView {
+    WaitingView {
+        num_cached_tokens,
+        num_free_cached_blocks,
+        ..waiting(request_id, num_input_tokens)
+    }
+}
+
+#[test]
+fn a_cached_prefix_is_skipped_and_its_free_blocks_are_taken() {
+    let limits = limits(16);
+    // 20 tokens, 12 cached (3 blocks, 2 of them free): 8 tokens computed, needing 2 new blocks.
+    let plan = plan_step(&limits, &[], &[waiting_with_prefix(1, 20, 12, 2)], 4);
+    assert_eq!(
+        plan.chunks,
+        vec![ChunkPlan {
+            request_id: 1,
+            num_cached_tokens: 12,
+            num_tokens: 8,
+            is_last_chunk: true,
+            num_new_blocks: 2,
+        }]
+    );
+    // With 3 free blocks, taking the 2 free cached ones leaves room for only 4 new tokens.
+    let tight = plan_step(&limits, &[], &[waiting_with_prefix(1, 20, 12, 2)], 3);
+    assert_eq!(tight.chunks[0].num_tokens, 4);
+    assert!(!tight.chunks[0].is_last_chunk);
+    // Fewer free blocks than its free cached blocks: it waits.
+    assert_eq!(
+        plan_step(&limits, &[], &[waiting_with_prefix(1, 20, 12, 2)], 1).num_admitted,
+        0
+    );
+}
+
+#[test]
+fn a_request_waiting_for_a_prefix_being_computed_holds_the_queue() {
+    let limits = limits(64);
+    let deferred = WaitingView {
+        is_waiting_for_prefix: true,
+        ..waiting(2, 8)
+    };
+    let plan = plan_step(&limits, &[], &[waiting(1, 8), deferred, waiting(3, 8)], 100);
+    assert_eq!(plan.num_admitted, 1);
+    assert_eq!(plan.chunks.len(), 1);
+}
+
+#[test]
+fn preempting_a_request_gives_back_only_the_blocks_it_alone_held() {
+    let limits = limits(16);
+    // Request 2 shares two of its three blocks with request 1: preempting it frees 1 block,
+    // not 3; that is exactly the block request 1's decode needs (none is free).
+    let oldest = RunningView {
+        num_blocks_held: 2,
+        num_blocks_released: 2,
+        ..decoding(1, 9)
+    };
+    let sharing = RunningView {
+        num_blocks_held: 3,
+        num_blocks_released: 1,
+        ..decoding(2, 12)
+    };
+    let plan = plan_step(&limits, &[oldest, sharing], &[], 0);
+    assert_eq!(plan.preempted_ids, vec![2]);
+    assert_eq!(plan.decodes.len(), 1, "one block freed, one needed");
+    // Had it freed nothing, request 1 would have had to preempt itself.
+    let pinned = RunningView {
+        num_blocks_released: 0,
+        ..sharing
+    };
+    let plan = plan_step(&limits, &[oldest, pinned], &[], 0);
+    assert_eq!(plan.preempted_ids, vec![2, 1]);
+    assert!(plan.decodes.is_empty());
 }
 
 #[test]

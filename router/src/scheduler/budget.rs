@@ -5,6 +5,7 @@
 //! tokens whose K/V are in the cache ("computed" tokens), never reserved ahead for
 //! `max_new_tokens`.
 
+use super::batcher::WaitingView;
 use super::interface::{GenerationError, SchedulerConfig};
 
 /// KV blocks needed to hold `num_tokens` tokens.
@@ -56,6 +57,13 @@ pub fn check_fits_cache(
         });
     }
     Ok(())
+}
+
+/// The first chunk of an admitted request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdmittedChunk {
+    pub num_tokens: usize,
+    pub num_new_blocks: usize,
 }
 
 /// What is left of one step's resources while the batcher fills it.
@@ -110,6 +118,38 @@ impl StepBudget {
         }
     }
 
+    /// Takes what a waiting request's first chunk needs: the free cached blocks of its prefix,
+    /// new blocks for the chunk, and its cached plus chunk tokens as resident. None (nothing
+    /// taken) when not a single token fits.
+    pub fn admit(&mut self, view: &WaitingView) -> Option<AdmittedChunk> {
+        let num_cached_blocks = view.num_cached_tokens / self.block_size;
+        let num_free_blocks = self
+            .num_free_blocks
+            .checked_sub(view.num_free_cached_blocks)?;
+        let num_resident_tokens = self.num_resident_tokens + view.num_cached_tokens;
+        let trial = StepBudget {
+            num_free_blocks,
+            num_resident_tokens,
+            ..*self
+        };
+        let num_tokens = trial.chunk_fit(
+            view.num_input_tokens - view.num_cached_tokens,
+            view.num_cached_tokens,
+            num_cached_blocks,
+        );
+        if num_tokens == 0 || num_resident_tokens > self.max_resident_tokens {
+            return None;
+        }
+        let num_new_blocks =
+            trial.new_blocks_needed(view.num_cached_tokens + num_tokens, num_cached_blocks);
+        *self = trial;
+        self.take(num_tokens, num_new_blocks, true);
+        Some(AdmittedChunk {
+            num_tokens,
+            num_new_blocks,
+        })
+    }
+
     /// Gives back a preempted sequence's blocks and computed tokens.
     pub fn give_back(&mut self, num_computed_tokens: usize, num_blocks_held: usize) {
         self.num_free_blocks += num_blocks_held;
@@ -129,6 +169,7 @@ mod tests {
             max_batch_total_tokens,
             max_batch_size: 8,
             max_waiting_requests: 8,
+            prefix_caching: true,
         }
     }
 

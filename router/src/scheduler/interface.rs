@@ -88,6 +88,13 @@ pub struct SchedulerStats {
     pub running_requests: usize,
     pub kv_blocks_total: usize,
     pub kv_blocks_free: usize,
+    /// Blocks indexed in the prefix cache (held or free).
+    pub kv_blocks_cached: usize,
+    /// Prompt tokens looked up in the prefix cache at admission, and those found.
+    pub prefix_cache_query_tokens_total: u64,
+    pub prefix_cache_hit_tokens_total: u64,
+    /// Cached blocks dropped to make room.
+    pub prefix_cache_evicted_blocks_total: u64,
     pub preemptions_total: u64,
     pub steps_total: u64,
     /// Requests and tokens in the most recent step.
@@ -122,4 +129,6 @@ pub struct SchedulerConfig {
     pub max_batch_size: usize,
     /// Most requests waiting for admission before `submit` answers QueueFull.
     pub max_waiting_requests: usize,
+    /// Reuse the KV blocks of identical token prefixes (prompts and earlier turns).
+    pub prefix_caching: bool,
 }

@@ -1,13 +1,15 @@
-//! Admission queue, continuous-batching loop, token budgets, KV block accounting, preemption.
+//! Admission queue, continuous-batching loop, token budgets, the KV cache manager (block
+//! tables, prefix cache), preemption.
 //!
 //! `spawn_scheduler` starts the scheduler task and returns its `SchedulerHandle` (the
 //! `RequestSubmitter` the HTTP layer uses).
 mod batcher;
-mod block_allocator;
 mod budget;
 pub mod fake_shard;
 mod handle;
 pub mod interface;
+mod kv_cache_manager;
+mod plan_views;
 mod queue;
 mod sequence;
 mod state;
@@ -23,6 +25,7 @@ use tokio::sync::mpsc;
 
 pub use handle::SchedulerHandle;
 use interface::SchedulerConfig;
+use kv_cache_manager::KvCacheManager;
 use queue::WaitingGate;
 use state::SchedulerState;
 use stats::StatsCell;
@@ -38,11 +41,8 @@ pub fn spawn_scheduler<C: ShardClient>(client: Arc<C>, config: SchedulerConfig) 
     let gate = Arc::new(WaitingGate::new(config.max_waiting_requests));
     let stats = Arc::new(StatsCell::default());
     let (commands, command_receiver) = mpsc::unbounded_channel();
-    let state = SchedulerState::new(
-        budget::BatchLimits::from_config(&config),
-        config.num_blocks,
-        gate.clone(),
-    );
+    let kv = KvCacheManager::new(config.num_blocks, config.block_size, config.prefix_caching);
+    let state = SchedulerState::new(budget::BatchLimits::from_config(&config), kv, gate.clone());
     let step_loop = StepLoop::new(client, state, command_receiver, stats.clone());
     tokio::spawn(step_loop.run());
     SchedulerHandle::new(commands, gate, stats, config)

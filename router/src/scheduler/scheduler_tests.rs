@@ -13,6 +13,7 @@ use super::interface::{
 use super::{spawn_scheduler, SchedulerHandle};
 use crate::proto;
 
+mod prefix_caching;
 mod stress;
 mod traces;
 
@@ -43,6 +44,7 @@ fn config(
         max_batch_total_tokens: fake_config.block_size * fake_config.num_blocks,
         max_batch_size,
         max_waiting_requests: 64,
+        prefix_caching: true,
     }
 }
 
@@ -357,6 +359,7 @@ async fn queue_bound_refuses_at_once() {
     let fake = fake(4, 64);
     let config = SchedulerConfig {
         max_waiting_requests: 2,
+        prefix_caching: true,
         ..config(&fake, 64, 8)
     };
     let handle = spawn_scheduler(fake.clone(), config);

@@ -1,16 +1,19 @@
-//! One request's scheduling state: its tokens, how many are computed, its KV block table and
-//! the channel its events go to.
+//! One request's scheduling state: its tokens (the router owns them; the shard holds a copy it
+//! is sent), how many are computed, what the shard already knows of it, and the channel its
+//! events go to. Its KV blocks belong to the `KvCacheManager`.
 //!
 //! Lifecycle: waiting -> (prompt chunks) -> decoding -> finished. Preemption resets a request
 //! to "waiting with nothing computed"; its input then becomes prompt + tokens generated so far,
-//! recomputed from scratch, and tokens already streamed are never sent again.
+//! recomputed (after whatever prefix is still cached), and tokens already streamed are never
+//! sent again.
 
 use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use super::batcher::{ChunkPlan, RunningView, WaitingView};
+use super::batcher::ChunkPlan;
 use super::interface::{GenerationError, GenerationEvent, GenerationRequest, ShardFinish, Token};
+use super::kv_cache_manager::{extend_block_hashes, BlockHash};
 use crate::proto;
 use crate::telemetry::sequence_trace::SequenceTrace;
 
@@ -34,6 +37,21 @@ const HELD_BY_SHARD: SequenceOutcome = SequenceOutcome::Left {
     needs_release: true,
 };
 
+/// A request's entry in a step: the whole request when the shard does not hold it, else what
+/// changed since its previous step.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepEntry {
+    New(proto::NewRequest),
+    Running(proto::RunningRequest),
+}
+
+/// How much of the request the shard holds (it was sent these and has not forgotten them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ShardCopy {
+    num_token_ids: usize,
+    num_block_ids: usize,
+}
+
 #[derive(Debug)]
 pub struct Sequence {
     pub request_id: u64,
@@ -45,7 +63,10 @@ pub struct Sequence {
     num_input_tokens: usize,
     num_computed_tokens: usize,
     is_decoding: bool,
-    pub block_table: Vec<u32>,
+    /// Chain hashes of token_ids' full blocks (prefix-cache keys), extended as tokens arrive.
+    block_hashes: Vec<BlockHash>,
+    /// None while the shard does not hold the request (new, or preempted / released).
+    shard_copy: Option<ShardCopy>,
     parameters: proto::RequestParameters,
     events: EventSender,
     received_at: Instant,
@@ -67,7 +88,8 @@ impl Sequence {
             num_input_tokens: num_prompt_tokens,
             num_computed_tokens: 0,
             is_decoding: false,
-            block_table: Vec::new(),
+            block_hashes: Vec::new(),
+            shard_copy: None,
             parameters: request.parameters,
             events,
             received_at: request.received_at,
@@ -82,18 +104,9 @@ impl Sequence {
         &self.trace
     }
 
-    pub fn num_generated_tokens(&self) -> usize {
-        self.token_ids.len() - self.num_prompt_tokens
-    }
-
     #[cfg(test)]
     pub fn generated_token_ids(&self) -> &[u32] {
         &self.token_ids[self.num_prompt_tokens..]
-    }
-
-    #[cfg(test)]
-    pub fn num_computed_tokens(&self) -> usize {
-        self.num_computed_tokens
     }
 
     /// The receiver was dropped (client gone, or a stop sequence matched upstream).
@@ -101,72 +114,109 @@ impl Sequence {
         self.events.is_closed()
     }
 
-    pub fn running_view(&self) -> RunningView {
-        RunningView {
-            request_id: self.request_id,
-            num_tokens: if self.is_decoding {
-                self.token_ids.len()
-            } else {
-                self.num_input_tokens
-            },
-            num_computed_tokens: self.num_computed_tokens,
-            num_blocks_held: self.block_table.len(),
-            is_decoding: self.is_decoding,
+    pub fn token_ids(&self) -> &[u32] {
+        &self.token_ids
+    }
+
+    /// Chain hashes of the full blocks of `token_ids()`, as of the last `refresh_block_hashes`.
+    pub fn block_hashes(&self) -> &[BlockHash] {
+        &self.block_hashes
+    }
+
+    pub fn refresh_block_hashes(&mut self, block_size: usize) {
+        extend_block_hashes(&mut self.block_hashes, &self.token_ids, block_size);
+    }
+
+    /// Tokens of the sequence the step after next must have in the cache: the input while
+    /// prefilling, every token once decoding.
+    pub fn num_tokens(&self) -> usize {
+        if self.is_decoding {
+            self.token_ids.len()
+        } else {
+            self.num_input_tokens
         }
     }
 
-    pub fn waiting_view(&self) -> WaitingView {
-        WaitingView {
-            request_id: self.request_id,
-            num_input_tokens: self.num_input_tokens,
-        }
+    pub fn num_input_tokens(&self) -> usize {
+        self.num_input_tokens
     }
 
-    /// The chunk message for `chunk`, which must be this request's. The first chunk carries
-    /// the request's parameters, counting tokens generated before a preemption.
-    pub fn prefill_chunk(&mut self, chunk: &ChunkPlan, now: Instant) -> proto::PrefillChunk {
-        self.first_scheduled_at.get_or_insert(now);
-        self.trace.scheduled();
-        let start = chunk.num_cached_tokens;
-        let parameters = (start == 0).then(|| {
-            let mut parameters = self.parameters.clone();
-            parameters.resumed_generated_tokens = self.num_generated_tokens() as u32;
-            // Prompt logprobs were already delivered before the preemption.
-            parameters.prompt_logprobs &= !self.is_prefill_done_sent;
-            parameters
+    pub fn num_computed_tokens(&self) -> usize {
+        self.num_computed_tokens
+    }
+
+    pub fn is_decoding(&self) -> bool {
+        self.is_decoding
+    }
+
+    /// Prompt logprobs still to be delivered: they need every prompt token computed here,
+    /// so such a request does not start from the prefix cache.
+    pub fn wants_prompt_logprobs(&self) -> bool {
+        self.parameters.prompt_logprobs && !self.is_prefill_done_sent
+    }
+
+    /// Admission: the first `num_cached_tokens` are already in the KV cache.
+    pub fn start_after_cached_prefix(&mut self, num_cached_tokens: usize) {
+        debug_assert!(num_cached_tokens < self.num_input_tokens.max(1));
+        self.num_computed_tokens = num_cached_tokens;
+    }
+
+    /// This request's entry in a step computing `chunk` (None: a decode) with `block_table`.
+    pub fn step_entry(
+        &mut self,
+        chunk: Option<&ChunkPlan>,
+        block_table: &[u32],
+        now: Instant,
+    ) -> StepEntry {
+        let num_scheduled_tokens = match chunk {
+            Some(chunk) => chunk.num_tokens,
+            None => self.token_ids.len() - self.num_computed_tokens,
+        } as u32;
+        if chunk.is_some() {
+            self.first_scheduled_at.get_or_insert(now);
+            self.trace.scheduled();
+        }
+        let entry = match self.shard_copy {
+            None => StepEntry::New(self.new_request(num_scheduled_tokens, block_table)),
+            Some(copy) => StepEntry::Running(proto::RunningRequest {
+                request_id: self.request_id,
+                new_token_ids: self.token_ids[copy.num_token_ids..].to_vec(),
+                new_block_ids: block_table
+                    .get(copy.num_block_ids..)
+                    .unwrap_or(&[])
+                    .to_vec(),
+                num_scheduled_tokens,
+            }),
+        };
+        self.shard_copy = Some(ShardCopy {
+            num_token_ids: self.token_ids.len(),
+            num_block_ids: block_table.len(),
         });
-        proto::PrefillChunk {
+        entry
+    }
+
+    fn new_request(&self, num_scheduled_tokens: u32, block_table: &[u32]) -> proto::NewRequest {
+        let mut parameters = self.parameters.clone();
+        // Prompt logprobs were already delivered before the preemption.
+        parameters.prompt_logprobs &= !self.is_prefill_done_sent;
+        proto::NewRequest {
             request_id: self.request_id,
-            // The plan was made from this sequence's own counts, so the range is in bounds;
-            // an empty chunk (never expected) would fail this request in the shard, not the loop.
-            input_ids: self
-                .token_ids
-                .get(start..start + chunk.num_tokens)
-                .unwrap_or(&[])
-                .to_vec(),
-            num_cached_tokens: start as u32,
-            block_table: self.block_table.clone(),
-            is_last_chunk: chunk.is_last_chunk,
-            parameters,
+            token_ids: self.token_ids.clone(),
+            num_prompt_tokens: self.num_prompt_tokens as u32,
+            num_cached_tokens: self.num_computed_tokens as u32,
+            num_scheduled_tokens,
+            block_ids: block_table.to_vec(),
+            parameters: Some(parameters),
         }
     }
 
-    pub fn decode_entry(&self) -> proto::DecodeEntry {
-        proto::DecodeEntry {
-            request_id: self.request_id,
-            block_table: self.block_table.clone(),
-        }
-    }
-
-    /// Back to "waiting, nothing computed". The caller frees `block_table` first.
+    /// Back to "waiting, nothing computed"; the shard no longer holds it. The caller frees
+    /// its blocks.
     pub fn reset_for_preemption(&mut self) {
-        debug_assert!(
-            self.block_table.is_empty(),
-            "blocks must be freed before the reset"
-        );
         self.num_input_tokens = self.token_ids.len();
         self.num_computed_tokens = 0;
         self.is_decoding = false;
+        self.shard_copy = None;
         self.trace.preempted();
         if !self.is_prefill_done_sent {
             self.prompt_logprobs.clear(); // recomputed from the first token

@@ -56,6 +56,24 @@ fn generation(token_ids: &[u32], prompt_logprobs: Vec<f32>, finish: i32) -> prot
     }
 }
 
+fn new_entry(sequence: &mut Sequence, chunk: &ChunkPlan, block_table: &[u32]) -> proto::NewRequest {
+    match sequence.step_entry(Some(chunk), block_table, Instant::now()) {
+        StepEntry::New(new) => new,
+        other => panic!("expected a new request, got {other:?}"),
+    }
+}
+
+fn running_entry(
+    sequence: &mut Sequence,
+    chunk: Option<&ChunkPlan>,
+    block_table: &[u32],
+) -> proto::RunningRequest {
+    match sequence.step_entry(chunk, block_table, Instant::now()) {
+        StepEntry::Running(running) => running,
+        other => panic!("expected a running request, got {other:?}"),
+    }
+}
+
 fn drain(receiver: &mut EventReceiver) -> Vec<GenerationEvent> {
     std::iter::from_fn(|| receiver.try_recv().ok()).collect()
 }
@@ -64,11 +82,19 @@ fn drain(receiver: &mut EventReceiver) -> Vec<GenerationEvent> {
 fn chunks_concatenate_prompt_logprobs_and_prefill_done_comes_once() {
     let (mut sequence, mut receiver) = sequence(vec![1, 2, 3, 4, 5], true);
     let first = chunk(0, 3, false);
-    let message = sequence.prefill_chunk(&first, Instant::now());
-    assert_eq!(message.input_ids, vec![1, 2, 3]);
+    let message = new_entry(&mut sequence, &first, &[0]);
+    assert_eq!(message.token_ids, vec![1, 2, 3, 4, 5]);
+    assert_eq!(
+        (
+            message.num_prompt_tokens,
+            message.num_cached_tokens,
+            message.num_scheduled_tokens
+        ),
+        (5, 0, 3)
+    );
     assert!(
         message.parameters.is_some(),
-        "first chunk carries the parameters"
+        "a new request carries the parameters"
     );
     let outcome = sequence.apply_generation(
         Some(&first),
@@ -81,14 +107,16 @@ fn chunks_concatenate_prompt_logprobs_and_prefill_done_comes_once() {
     );
 
     let last = chunk(3, 2, true);
-    let message = sequence.prefill_chunk(&last, Instant::now());
+    let message = running_entry(&mut sequence, Some(&last), &[0, 1]);
     assert_eq!(
-        (message.input_ids.clone(), message.num_cached_tokens),
-        (vec![4, 5], 3)
-    );
-    assert!(
-        message.parameters.is_none(),
-        "later chunks carry no parameters"
+        message,
+        proto::RunningRequest {
+            request_id: 7,
+            new_token_ids: vec![],
+            new_block_ids: vec![1],
+            num_scheduled_tokens: 2,
+        },
+        "later steps carry only what changed"
     );
     let outcome =
         sequence.apply_generation(Some(&last), Some(generation(&[6], vec![-0.4, -0.5], 0)));
@@ -107,19 +135,30 @@ fn chunks_concatenate_prompt_logprobs_and_prefill_done_comes_once() {
     }
     assert!(matches!(&events[1], GenerationEvent::Token { token, finish: None } if token.id == 6));
     assert_eq!(sequence.num_computed_tokens(), 5);
-    assert!(sequence.running_view().is_decoding);
+    assert!(sequence.is_decoding());
+    let decode = running_entry(&mut sequence, None, &[0, 1]);
+    assert_eq!(
+        (
+            decode.new_token_ids,
+            decode.new_block_ids,
+            decode.num_scheduled_tokens
+        ),
+        (vec![6], vec![], 1),
+        "a decode hands the shard the token it sampled"
+    );
 }
 
 #[test]
 fn preempted_request_resumes_with_its_generated_tokens() {
     let (mut sequence, mut receiver) = sequence(vec![1, 2, 3], true);
     let whole = chunk(0, 3, true);
-    sequence.prefill_chunk(&whole, Instant::now());
+    new_entry(&mut sequence, &whole, &[0]);
     sequence.apply_generation(
         Some(&whole),
         Some(generation(&[4], vec![f32::NAN, -1.0, -1.0], 0)),
     );
     for token_id in [5, 6] {
+        running_entry(&mut sequence, None, &[0, 1]);
         assert_eq!(
             sequence.apply_generation(None, Some(generation(&[token_id], vec![], 0))),
             SequenceOutcome::Running
@@ -129,22 +168,33 @@ fn preempted_request_resumes_with_its_generated_tokens() {
     let streamed = drain(&mut receiver).len();
     assert_eq!(streamed, 4, "PrefillDone + 3 tokens");
 
-    sequence.block_table.clear();
     sequence.reset_for_preemption();
-    assert_eq!(sequence.waiting_view().num_input_tokens, 6);
-    let view = sequence.running_view();
+    assert_eq!(sequence.num_input_tokens(), 6);
     assert_eq!(
-        (view.num_tokens, view.num_computed_tokens, view.is_decoding),
+        (
+            sequence.num_tokens(),
+            sequence.num_computed_tokens(),
+            sequence.is_decoding()
+        ),
         (6, 0, false)
     );
 
-    let resumed = chunk(0, 6, true);
-    let message = sequence.prefill_chunk(&resumed, Instant::now());
-    assert_eq!(message.input_ids, vec![1, 2, 3, 4, 5, 6]);
+    // Its first block is still cached: it restarts after it, as a new request to the shard.
+    sequence.start_after_cached_prefix(4);
+    let resumed = chunk(4, 2, true);
+    let message = new_entry(&mut sequence, &resumed, &[0, 2]);
+    assert_eq!(message.token_ids, vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(
+        (
+            message.num_prompt_tokens,
+            message.num_cached_tokens,
+            message.num_scheduled_tokens
+        ),
+        (3, 4, 2)
+    );
     let parameters = message
         .parameters
-        .expect("first chunk after a preemption has parameters");
-    assert_eq!(parameters.resumed_generated_tokens, 3);
+        .expect("a request resumed after a preemption has parameters");
     assert_eq!(
         parameters.stopping.map(|stopping| stopping.max_new_tokens),
         Some(10)
@@ -176,15 +226,18 @@ fn preempted_request_resumes_with_its_generated_tokens() {
 fn preemption_during_prefill_restarts_prompt_logprobs() {
     let (mut sequence, mut receiver) = sequence(vec![1, 2, 3, 4], true);
     let first = chunk(0, 2, false);
-    sequence.prefill_chunk(&first, Instant::now());
+    new_entry(&mut sequence, &first, &[0]);
     sequence.apply_generation(Some(&first), Some(generation(&[], vec![f32::NAN, -0.9], 0)));
-    sequence.block_table.clear();
     sequence.reset_for_preemption();
+    assert!(
+        sequence.wants_prompt_logprobs(),
+        "so it will not start from the cache"
+    );
     let whole = chunk(0, 4, true);
-    let message = sequence.prefill_chunk(&whole, Instant::now());
+    let message = new_entry(&mut sequence, &whole, &[0]);
     let parameters = message.parameters.expect("parameters");
     assert!(parameters.prompt_logprobs);
-    assert_eq!(parameters.resumed_generated_tokens, 0);
+    assert_eq!(message.num_prompt_tokens, 4);
     sequence.apply_generation(
         Some(&whole),
         Some(generation(&[5], vec![f32::NAN, -0.2, -0.3, -0.4], 0)),
@@ -207,7 +260,7 @@ fn preemption_during_prefill_restarts_prompt_logprobs() {
 fn shard_errors_and_dropped_receivers_end_the_request() {
     let (mut failing, mut receiver) = sequence(vec![1, 2], false);
     let whole = chunk(0, 2, true);
-    failing.prefill_chunk(&whole, Instant::now());
+    new_entry(&mut failing, &whole, &[0]);
     let mut rejected = generation(&[], vec![], 0);
     rejected.error = "block table too short".into();
     assert_eq!(
@@ -222,7 +275,7 @@ fn shard_errors_and_dropped_receivers_end_the_request() {
     ));
 
     let (mut cancelled, receiver) = sequence(vec![1, 2], false);
-    cancelled.prefill_chunk(&whole, Instant::now());
+    new_entry(&mut cancelled, &whole, &[0]);
     drop(receiver);
     assert!(cancelled.is_cancelled());
     let outcome = cancelled.apply_generation(Some(&whole), Some(generation(&[3], vec![], 0)));
@@ -234,7 +287,7 @@ fn shard_errors_and_dropped_receivers_end_the_request() {
     );
 
     let (mut missing, _receiver) = sequence(vec![1, 2], false);
-    missing.prefill_chunk(&whole, Instant::now());
+    new_entry(&mut missing, &whole, &[0]);
     assert_eq!(
         missing.apply_generation(Some(&whole), None),
         SequenceOutcome::Left {

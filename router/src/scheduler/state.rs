@@ -1,17 +1,19 @@
-//! The scheduler task's own state (running batch, waiting queue, KV ledger) and the two
-//! halves of a step around the RPC: turning a plan into a shard request, and turning the
-//! shard's answer (or failure) into events, freed blocks and requests to release.
+//! The scheduler task's own state (running batch, waiting queue, KV cache manager) and the two
+//! halves of a step around the RPC: turning a plan into a shard request (as diffs: the shard
+//! is sent a request's tokens and blocks once, then only what changed), and turning the
+//! shard's answer (or failure) into events, cached / freed blocks and requests to release.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::batcher::{plan_step, ChunkPlan, RunningView, StepPlan, WaitingView};
-use super::block_allocator::BlockAllocator;
+use super::batcher::{plan_step, ChunkPlan, StepPlan};
 use super::budget::BatchLimits;
 use super::interface::GenerationError;
+use super::kv_cache_manager::{KvCacheCounters, KvCacheManager};
+use super::plan_views::{prefix_hit, running_views, waiting_views};
 use super::queue::{WaitingGate, WaitingQueue};
-use super::sequence::{Sequence, SequenceOutcome};
+use super::sequence::{Sequence, SequenceOutcome, StepEntry};
 use crate::metrics::steps::StepMethod;
 use crate::proto;
 use crate::shard_client::ShardError;
@@ -20,8 +22,10 @@ use crate::telemetry::step_trace::StepTrace;
 /// The RPC a step sends.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StepRequest {
-    Prefill(proto::PrefillRequest),
-    Decode(proto::DecodeRequest),
+    /// The step computes prompt tokens (some request is new or prefilling).
+    Prefill(proto::Step),
+    /// Every request in it decodes.
+    Decode(proto::Step),
 }
 
 /// The requests in a step: request id -> its chunk (None for a decode).
@@ -53,18 +57,18 @@ pub struct SchedulerState {
     /// Admission order, oldest first.
     running: Vec<Sequence>,
     waiting: WaitingQueue<Sequence>,
-    allocator: BlockAllocator,
+    kv: KvCacheManager,
     /// Requests the shard must forget at the next call (cancelled, preempted).
     pending_release_ids: Vec<u64>,
 }
 
 impl SchedulerState {
-    pub fn new(limits: BatchLimits, num_blocks: usize, gate: Arc<WaitingGate>) -> Self {
+    pub fn new(limits: BatchLimits, kv: KvCacheManager, gate: Arc<WaitingGate>) -> Self {
         Self {
             limits,
             running: Vec::new(),
             waiting: WaitingQueue::new(gate),
-            allocator: BlockAllocator::new(num_blocks),
+            kv,
             pending_release_ids: Vec::new(),
         }
     }
@@ -78,15 +82,24 @@ impl SchedulerState {
     }
 
     pub fn num_free_blocks(&self) -> usize {
-        self.allocator.num_free()
+        self.kv.num_free_blocks()
     }
 
     pub fn num_total_blocks(&self) -> usize {
-        self.allocator.num_total()
+        self.kv.num_total_blocks()
+    }
+
+    pub fn num_cached_blocks(&self) -> usize {
+        self.kv.num_cached_blocks()
+    }
+
+    pub fn kv_counters(&self) -> KvCacheCounters {
+        self.kv.counters()
     }
 
     /// Queues a newly submitted request (its waiting slot is already reserved).
-    pub fn accept(&mut self, sequence: Sequence) {
+    pub fn accept(&mut self, mut sequence: Sequence) {
+        sequence.refresh_block_hashes(self.kv.block_size());
         self.waiting.push_reserved(sequence);
     }
 
@@ -97,8 +110,8 @@ impl SchedulerState {
         let mut index = 0;
         while index < self.running.len() {
             if self.running[index].is_cancelled() {
-                let mut sequence = self.running.remove(index);
-                self.free_blocks(&mut sequence);
+                let sequence = self.running.remove(index);
+                self.kv.free(sequence.request_id);
                 self.pending_release_ids.push(sequence.request_id);
             } else {
                 index += 1;
@@ -107,16 +120,15 @@ impl SchedulerState {
     }
 
     pub fn plan(&self) -> StepPlan {
-        let running: Vec<RunningView> = self.running.iter().map(Sequence::running_view).collect();
+        let running = running_views(&self.running, &self.kv);
         // At most this many can be admitted; the rest of the queue is not looked at.
         let num_admissible = self.limits.max_batch_size.saturating_sub(running.len());
-        let waiting: Vec<WaitingView> = self
-            .waiting
-            .iter()
-            .take(num_admissible)
-            .map(Sequence::waiting_view)
-            .collect();
-        plan_step(&self.limits, &running, &waiting, self.allocator.num_free())
+        let waiting = waiting_views(
+            self.waiting.iter().take(num_admissible),
+            &self.running,
+            &self.kv,
+        );
+        plan_step(&self.limits, &running, &waiting, self.kv.num_free_blocks())
     }
 
     /// Takes the releases that could not ride on a step (sent with Filter when idle).
@@ -135,14 +147,16 @@ impl SchedulerState {
             .collect()
     }
 
-    /// Applies `plan` (preemptions, admissions, block grants) and builds the step's request.
+    /// Applies `plan` (preemptions, admissions with their cached prefixes, block grants) and
+    /// builds the step's request.
     pub fn prepare(&mut self, plan: &StepPlan, now: Instant) -> PreparedStep {
         for &request_id in &plan.preempted_ids {
             self.preempt(request_id);
         }
+        // Cached prefixes are taken before any allocation, which could otherwise evict them.
         for _ in 0..plan.num_admitted {
             if let Some(sequence) = self.waiting.pop_front() {
-                self.running.push(sequence);
+                self.admit(sequence);
             }
         }
         let positions: HashMap<u64, usize> = self
@@ -152,36 +166,38 @@ impl SchedulerState {
             .map(|(position, sequence)| (sequence.request_id, position))
             .collect();
         let mut members = HashMap::with_capacity(plan.decodes.len() + plan.chunks.len());
-        let mut decodes = Vec::with_capacity(plan.decodes.len());
-        let mut chunks = Vec::with_capacity(plan.chunks.len());
+        let mut step = proto::Step {
+            release_request_ids: std::mem::take(&mut self.pending_release_ids),
+            ..Default::default()
+        };
         let mut num_tokens = 0;
-        for decode in &plan.decodes {
-            if let Some(sequence) = self.grant(&positions, decode.request_id, decode.num_new_blocks)
-            {
-                decodes.push(sequence.decode_entry());
-                members.insert(decode.request_id, None);
-                num_tokens += 1;
+        let planned = plan
+            .decodes
+            .iter()
+            .map(|decode| (decode.request_id, None))
+            .chain(
+                plan.chunks
+                    .iter()
+                    .map(|chunk| (chunk.request_id, Some(*chunk))),
+            );
+        for (request_id, chunk) in planned {
+            let Some(entry) = self.grant(&positions, request_id, chunk.as_ref(), now) else {
+                continue;
+            };
+            num_tokens += match &entry {
+                StepEntry::New(new) => new.num_scheduled_tokens,
+                StepEntry::Running(running) => running.num_scheduled_tokens,
+            } as usize;
+            match entry {
+                StepEntry::New(new) => step.new_requests.push(new),
+                StepEntry::Running(running) => step.running_requests.push(running),
             }
+            members.insert(request_id, chunk);
         }
-        for chunk in &plan.chunks {
-            if let Some(sequence) = self.grant(&positions, chunk.request_id, chunk.num_new_blocks) {
-                chunks.push(sequence.prefill_chunk(chunk, now));
-                members.insert(chunk.request_id, Some(*chunk));
-                num_tokens += chunk.num_tokens;
-            }
-        }
-        let release_request_ids = std::mem::take(&mut self.pending_release_ids);
-        let request = if chunks.is_empty() {
-            StepRequest::Decode(proto::DecodeRequest {
-                decodes,
-                release_request_ids,
-            })
+        let request = if plan.chunks.is_empty() {
+            StepRequest::Decode(step)
         } else {
-            StepRequest::Prefill(proto::PrefillRequest {
-                chunks,
-                decodes,
-                release_request_ids,
-            })
+            StepRequest::Prefill(step)
         };
         // `running` is in admission order, so the oldest traced member comes first.
         let trace = StepTrace::collect(
@@ -199,6 +215,20 @@ impl SchedulerState {
         }
     }
 
+    /// Starts a waiting request from its cached prefix (same lookup as the plan's).
+    fn admit(&mut self, mut sequence: Sequence) {
+        let hit = prefix_hit(&sequence, &self.kv);
+        let num_query_tokens = sequence.num_input_tokens();
+        match self
+            .kv
+            .acquire_prefix(sequence.request_id, hit, num_query_tokens)
+        {
+            Ok(num_cached_tokens) => sequence.start_after_cached_prefix(num_cached_tokens),
+            Err(error) => tracing::error!(request_id = sequence.request_id, %error, "admission"),
+        }
+        self.running.push(sequence);
+    }
+
     /// Moves a running request back to the front of the waiting queue, freeing its blocks.
     fn preempt(&mut self, request_id: u64) {
         let Some(position) = self
@@ -213,19 +243,21 @@ impl SchedulerState {
             return;
         };
         let mut sequence = self.running.remove(position);
-        self.free_blocks(&mut sequence);
+        self.kv.free(request_id);
         sequence.reset_for_preemption();
         self.pending_release_ids.push(request_id);
         self.waiting.push_front_preempted(sequence);
     }
 
-    /// Grows a planned request's block table; None (request skipped) if the plan was wrong.
+    /// Grows a planned request's block table and returns its step entry; None (request
+    /// skipped) if the plan was wrong.
     fn grant(
         &mut self,
         positions: &HashMap<u64, usize>,
         request_id: u64,
-        num_new_blocks: usize,
-    ) -> Option<&mut Sequence> {
+        chunk: Option<&ChunkPlan>,
+        now: Instant,
+    ) -> Option<StepEntry> {
         let sequence = positions
             .get(&request_id)
             .and_then(|&p| self.running.get_mut(p));
@@ -233,22 +265,22 @@ impl SchedulerState {
             tracing::error!(request_id, "planned request is not running");
             return None;
         };
-        if !self
-            .allocator
-            .allocate_into(num_new_blocks, &mut sequence.block_table)
-        {
-            tracing::error!(request_id, num_new_blocks, "planned KV blocks are not free");
+        if chunk.is_some_and(|chunk| chunk.num_cached_tokens != sequence.num_computed_tokens()) {
+            tracing::error!(
+                request_id,
+                "planned chunk does not start at the cached tokens"
+            );
             return None;
         }
-        Some(sequence)
-    }
-
-    fn free_blocks(&mut self, sequence: &mut Sequence) {
-        if let Err(error) = self.allocator.free_table(&mut sequence.block_table) {
-            // A bug, not an RPC problem: log it and keep serving with what is left.
-            tracing::error!(request_id = sequence.request_id, %error, "KV block ledger corrupted");
-            sequence.block_table.clear();
+        let num_tokens_after = match chunk {
+            Some(chunk) => chunk.num_cached_tokens + chunk.num_tokens,
+            None => sequence.num_tokens(),
+        };
+        if let Err(error) = self.kv.allocate_slots(request_id, num_tokens_after, 0) {
+            tracing::error!(request_id, %error, "planned KV blocks are not free");
+            return None;
         }
+        Some(sequence.step_entry(chunk, self.kv.block_table(request_id), now))
     }
 
     /// Applies the shard's answer: events out, finished / failed / cancelled requests leave.
@@ -266,11 +298,14 @@ impl SchedulerState {
                 continue;
             };
             let generation = generations.remove(&request_id);
-            match self.running[index].apply_generation(chunk.as_ref(), generation) {
+            let outcome = self.running[index].apply_generation(chunk.as_ref(), generation);
+            self.commit_computed(index);
+            match outcome {
                 SequenceOutcome::Running => index += 1,
                 SequenceOutcome::Left { needs_release } => {
-                    let mut sequence = self.running.remove(index);
-                    self.free_blocks(&mut sequence);
+                    // Its computed blocks stay cached (a follow-up turn reuses them).
+                    let sequence = self.running.remove(index);
+                    self.kv.free(sequence.request_id);
                     if needs_release {
                         self.pending_release_ids.push(request_id);
                     }
@@ -285,12 +320,24 @@ impl SchedulerState {
         }
     }
 
+    /// Indexes the blocks the running request at `index` has now computed.
+    fn commit_computed(&mut self, index: usize) {
+        let sequence = &mut self.running[index];
+        sequence.refresh_block_hashes(self.kv.block_size());
+        self.kv.commit_computed(
+            sequence.request_id,
+            sequence.token_ids(),
+            sequence.block_hashes(),
+            sequence.num_computed_tokens(),
+        );
+    }
+
     /// The step's RPC failed: its requests fail; the caller clears the shard, so the running
     /// requests that were not in the step go back to the waiting queue to be recomputed.
     pub fn fail_step(&mut self, members: &StepMembers, error: &ShardError) {
         let mut held_over = Vec::new();
         for mut sequence in std::mem::take(&mut self.running) {
-            self.free_blocks(&mut sequence);
+            self.kv.free(sequence.request_id);
             if members.contains_key(&sequence.request_id) {
                 sequence.fail(GenerationError::Shard(error.to_string()));
             } else {

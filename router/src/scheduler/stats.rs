@@ -4,6 +4,7 @@
 use std::sync::{Mutex, MutexGuard};
 
 use super::interface::SchedulerStats;
+use super::kv_cache_manager::KvCacheCounters;
 use super::queue::WaitingGate;
 use crate::metrics::steps::{StepMethod, StepMetrics, StepObservation};
 
@@ -26,6 +27,8 @@ pub struct StateGauges {
     pub running_requests: usize,
     pub kv_blocks_total: usize,
     pub kv_blocks_free: usize,
+    pub kv_blocks_cached: usize,
+    pub kv_counters: KvCacheCounters,
 }
 
 #[derive(Debug, Default)]
@@ -67,6 +70,10 @@ impl StatsCell {
         stats.running_requests = gauges.running_requests;
         stats.kv_blocks_total = gauges.kv_blocks_total;
         stats.kv_blocks_free = gauges.kv_blocks_free;
+        stats.kv_blocks_cached = gauges.kv_blocks_cached;
+        stats.prefix_cache_query_tokens_total = gauges.kv_counters.prefix_query_tokens;
+        stats.prefix_cache_hit_tokens_total = gauges.kv_counters.prefix_hit_tokens;
+        stats.prefix_cache_evicted_blocks_total = gauges.kv_counters.evicted_blocks;
     }
 
     /// A snapshot; the waiting count is read live from the gate.
@@ -91,6 +98,12 @@ mod tests {
             running_requests: 2,
             kv_blocks_total: 10,
             kv_blocks_free: 7,
+            kv_blocks_cached: 3,
+            kv_counters: KvCacheCounters {
+                prefix_query_tokens: 40,
+                prefix_hit_tokens: 16,
+                evicted_blocks: 2,
+            },
         });
         let step = StepRecord {
             method: StepMethod::Prefill,
@@ -126,6 +139,15 @@ mod tests {
             (2, 7, 10)
         );
         assert_eq!(stats.waiting_requests, 1);
+        assert_eq!(stats.kv_blocks_cached, 3);
+        assert_eq!(
+            (
+                stats.prefix_cache_query_tokens_total,
+                stats.prefix_cache_hit_tokens_total,
+                stats.prefix_cache_evicted_blocks_total
+            ),
+            (40, 16, 2)
+        );
         for method in StepMethod::ALL {
             assert_eq!(stats.steps.method(method).num_steps, 1);
         }

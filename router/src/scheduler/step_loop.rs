@@ -151,6 +151,8 @@ impl<C: ShardClient> StepLoop<C> {
             running_requests: self.state.num_running(),
             kv_blocks_total: self.state.num_total_blocks(),
             kv_blocks_free: self.state.num_free_blocks(),
+            kv_blocks_cached: self.state.num_cached_blocks(),
+            kv_counters: self.state.kv_counters(),
         });
     }
 }

@@ -153,14 +153,14 @@ impl ShardClient for GrpcShardClient {
         .await
     }
 
-    async fn prefill(&self, request: proto::PrefillRequest) -> ShardResult<proto::StepResponse> {
+    async fn prefill(&self, request: proto::Step) -> ShardResult<proto::StepResponse> {
         self.broadcast(request, |mut stub, request| async move {
             stub.prefill(request).await
         })
         .await
     }
 
-    async fn decode(&self, request: proto::DecodeRequest) -> ShardResult<proto::StepResponse> {
+    async fn decode(&self, request: proto::Step) -> ShardResult<proto::StepResponse> {
         self.broadcast(request, |mut stub, request| async move {
             stub.decode(request).await
         })

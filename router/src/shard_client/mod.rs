@@ -34,13 +34,15 @@ pub trait ShardClient: Send + Sync + 'static {
         &self,
         request: proto::WarmupRequest,
     ) -> impl Future<Output = ShardResult<proto::WarmupResponse>> + Send;
+    /// A step that computes prompt tokens (possibly with decodes beside them).
     fn prefill(
         &self,
-        request: proto::PrefillRequest,
+        step: proto::Step,
     ) -> impl Future<Output = ShardResult<proto::StepResponse>> + Send;
+    /// A step in which every request decodes.
     fn decode(
         &self,
-        request: proto::DecodeRequest,
+        step: proto::Step,
     ) -> impl Future<Output = ShardResult<proto::StepResponse>> + Send;
     fn filter(&self, keep_request_ids: Vec<u64>) -> impl Future<Output = ShardResult<()>> + Send;
     fn clear(&self) -> impl Future<Output = ShardResult<()>> + Send;

@@ -46,6 +46,7 @@ pub fn test_config() -> RouterConfig {
             max_batch_size: 8,
             max_concurrent_requests: 2,
             num_blocks: 64,
+            prefix_caching: true,
         },
     }
 }

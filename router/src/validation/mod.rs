@@ -97,7 +97,6 @@ impl Validator {
             }),
             top_n_tokens: checked.top_n_tokens,
             prompt_logprobs: checked.decoder_input_details,
-            resumed_generated_tokens: 0,
         };
         Ok(ValidRequest {
             inputs: request.inputs,

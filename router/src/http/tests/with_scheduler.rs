@@ -52,6 +52,7 @@ fn stack(step_delay: Duration) -> Stack {
             max_batch_total_tokens: 4 * NUM_BLOCKS,
             max_batch_size: 8,
             max_waiting_requests: 8,
+            prefix_caching: true,
         },
     );
     let state = test_state(&test_config(), Arc::clone(&tokenizer), Arc::new(scheduler));

@@ -2,14 +2,16 @@
 //! router sends.
 //!
 //! Tokens: the next token is (last token of the sequence + 1) % vocab_size, so a request's
-//! whole output is known from its prompt alone, whatever batching, chunking or preemption
-//! happened (`expected_tokens`). EOS ids end a request unless `ignore_eos`; `max_new_tokens`
-//! counts tokens generated before a preemption (`resumed_generated_tokens`).
+//! whole output is known from its prompt alone, whatever batching, chunking, preemption or
+//! prefix caching happened (`expected_tokens`). EOS ids end a request unless `ignore_eos`;
+//! `max_new_tokens` counts tokens generated before a preemption (the tokens after
+//! `num_prompt_tokens`).
 //!
-//! Checks, recorded as `violations()` (and answered as a per-request error): chunks continue
-//! exactly where the cache ends, parameters come with a first chunk, decodes only for
-//! requests whose prompt is done, block tables cover the tokens computed and only grow, and
-//! no KV block belongs to two live requests at once.
+//! Checks, recorded as `violations()` (and answered as a per-request error): new requests
+//! carry parameters and are not live, running ones are, scheduled tokens are known and
+//! covered by the block table, cached tokens are really in the blocks given (the fake records
+//! what each KV slot holds), nobody writes into a block another live request holds, and a
+//! block is only in two tables as a computed shared prefix.
 
 mod model;
 
@@ -133,12 +135,7 @@ impl FakeShard {
         self.lock().steps.clone()
     }
 
-    async fn step(
-        &self,
-        chunks: Vec<proto::PrefillChunk>,
-        decodes: Vec<proto::DecodeEntry>,
-        release_ids: Vec<u64>,
-    ) -> ShardResult<proto::StepResponse> {
+    async fn step(&self, step: proto::Step) -> ShardResult<proto::StepResponse> {
         if !self.config.step_delay.is_zero() {
             tokio::time::sleep(self.config.step_delay).await;
         }
@@ -147,7 +144,7 @@ impl FakeShard {
             state.num_failures_to_inject -= 1;
             return Err(ShardError::Status("injected step failure".to_string()));
         }
-        for request_id in release_ids {
+        for request_id in step.release_request_ids {
             if state.requests.remove(&request_id).is_none() {
                 state
                     .violations
@@ -155,20 +152,30 @@ impl FakeShard {
             }
             state.released_ids.push(request_id);
         }
+        // A running request that was handed new tokens decodes; the others compute prompt.
+        let (decodes, chunks): (Vec<_>, Vec<_>) = step
+            .running_requests
+            .into_iter()
+            .partition(|running| !running.new_token_ids.is_empty());
         let mut summary = StepSummary {
-            num_chunks: chunks.len(),
+            num_chunks: step.new_requests.len() + chunks.len(),
             num_decodes: decodes.len(),
+            num_prefill_tokens: step
+                .new_requests
+                .iter()
+                .map(|new| new.num_scheduled_tokens)
+                .chain(chunks.iter().map(|running| running.num_scheduled_tokens))
+                .sum::<u32>() as usize,
             ..StepSummary::default()
         };
-        let mut generations = Vec::with_capacity(chunks.len() + decodes.len());
-        for chunk in chunks {
-            summary.num_prefill_tokens += chunk.input_ids.len();
-            generations.push(model::run_chunk(&mut state, &self.config, chunk));
+        let mut generations = Vec::new();
+        for new in step.new_requests {
+            generations.push(model::run_new(&mut state, &self.config, new));
         }
-        for decode in decodes {
-            generations.push(model::run_decode(&mut state, &self.config, decode));
+        for running in chunks.into_iter().chain(decodes) {
+            generations.push(model::run_running(&mut state, &self.config, running));
         }
-        model::check_block_ownership(&mut state);
+        model::check_block_ownership(&mut state, self.config.block_size);
         summary.num_resident_tokens = state
             .requests
             .values()
@@ -177,8 +184,9 @@ impl FakeShard {
         summary.num_blocks_in_use = state
             .requests
             .values()
-            .map(|request| request.block_table.len())
-            .sum();
+            .flat_map(|request| request.block_table.iter())
+            .collect::<std::collections::HashSet<_>>()
+            .len();
         state.steps.push(summary);
         Ok(proto::StepResponse {
             generations,
@@ -225,14 +233,12 @@ impl ShardClient for FakeShard {
         })
     }
 
-    async fn prefill(&self, request: proto::PrefillRequest) -> ShardResult<proto::StepResponse> {
-        self.step(request.chunks, request.decodes, request.release_request_ids)
-            .await
+    async fn prefill(&self, step: proto::Step) -> ShardResult<proto::StepResponse> {
+        self.step(step).await
     }
 
-    async fn decode(&self, request: proto::DecodeRequest) -> ShardResult<proto::StepResponse> {
-        self.step(Vec::new(), request.decodes, request.release_request_ids)
-            .await
+    async fn decode(&self, step: proto::Step) -> ShardResult<proto::StepResponse> {
+        self.step(step).await
     }
 
     async fn filter(&self, keep_request_ids: Vec<u64>) -> ShardResult<()> {

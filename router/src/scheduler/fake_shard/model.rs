@@ -1,4 +1,9 @@
 //! The fake shard's per-request state machine and its checks of what the router sends.
+//!
+//! Like the real shard it keeps a copy of each request's tokens and block table as the router
+//! sent them (new requests whole, running ones as diffs) and never appends a token itself. It
+//! also records which token each KV slot holds, so a prefix-cache hit that points at blocks
+//! holding other tokens, or a write into a block another live request holds, is caught.
 
 use std::collections::HashMap;
 
@@ -8,19 +13,20 @@ use crate::proto;
 #[derive(Debug)]
 pub(super) struct FakeRequest {
     pub(super) token_ids: Vec<u32>,
+    pub(super) num_prompt_tokens: usize,
     pub(super) num_computed_tokens: usize,
-    pub(super) num_generated_tokens: usize,
     pub(super) max_new_tokens: usize,
     pub(super) ignore_eos: bool,
     pub(super) top_n_tokens: usize,
     pub(super) wants_prompt_logprobs: bool,
     pub(super) block_table: Vec<u32>,
-    pub(super) is_decoding: bool,
 }
 
 #[derive(Debug, Default)]
 pub(super) struct FakeState {
     pub(super) requests: HashMap<u64, FakeRequest>,
+    /// block id -> the token written into each of its slots.
+    pub(super) block_slots: HashMap<u32, Vec<Option<u32>>>,
     pub(super) violations: Vec<String>,
     pub(super) released_ids: Vec<u64>,
     pub(super) num_failures_to_inject: usize,
@@ -28,150 +34,199 @@ pub(super) struct FakeState {
     pub(super) steps: Vec<StepSummary>,
 }
 
-pub(super) fn run_chunk(
+pub(super) fn run_new(
     state: &mut FakeState,
     config: &FakeShardConfig,
-    chunk: proto::PrefillChunk,
+    new: proto::NewRequest,
 ) -> proto::Generation {
-    let request_id = chunk.request_id;
-    if !state.requests.contains_key(&request_id) {
-        if let Err(problem) = start_request(state, config, &chunk) {
-            return reject(state, request_id, problem);
-        }
+    let request_id = new.request_id;
+    if state.requests.contains_key(&request_id) {
+        return reject(state, request_id, "new request already live".to_string());
     }
+    let request = match start_request(config, &new) {
+        Ok(request) => request,
+        Err(problem) => return reject(state, request_id, problem),
+    };
+    let num_cached_tokens = new.num_cached_tokens as usize;
+    if let Some(problem) = check_cached_prefix(state, config, &request, num_cached_tokens) {
+        return reject(state, request_id, problem);
+    }
+    state.requests.insert(request_id, request);
+    compute(state, config, request_id, new.num_scheduled_tokens as usize)
+}
+
+fn start_request(config: &FakeShardConfig, new: &proto::NewRequest) -> Result<FakeRequest, String> {
+    let Some(parameters) = new.parameters.as_ref() else {
+        return Err("new request without parameters".to_string());
+    };
+    if config.poison_token_id.is_some() && new.token_ids.first() == config.poison_token_id.as_ref()
+    {
+        return Err("poisoned prompt".to_string());
+    }
+    if new.num_cached_tokens as usize % config.block_size != 0 {
+        return Err(format!(
+            "{} cached tokens are not whole blocks",
+            new.num_cached_tokens
+        ));
+    }
+    if new.num_prompt_tokens as usize > new.token_ids.len() {
+        return Err("more prompt tokens than tokens".to_string());
+    }
+    let stopping = parameters.stopping.unwrap_or_default();
+    Ok(FakeRequest {
+        token_ids: new.token_ids.clone(),
+        num_prompt_tokens: new.num_prompt_tokens as usize,
+        num_computed_tokens: new.num_cached_tokens as usize,
+        max_new_tokens: stopping.max_new_tokens as usize,
+        ignore_eos: stopping.ignore_eos,
+        top_n_tokens: parameters.top_n_tokens as usize,
+        wants_prompt_logprobs: parameters.prompt_logprobs,
+        block_table: new.block_ids.clone(),
+    })
+}
+
+/// The cached tokens must be in the blocks the request was given.
+fn check_cached_prefix(
+    state: &FakeState,
+    config: &FakeShardConfig,
+    request: &FakeRequest,
+    num_cached_tokens: usize,
+) -> Option<String> {
+    (0..num_cached_tokens).find_map(|position| {
+        let block_id = *request.block_table.get(position / config.block_size)?;
+        let slot = state
+            .block_slots
+            .get(&block_id)
+            .and_then(|slots| slots[position % config.block_size]);
+        (slot != Some(request.token_ids[position])).then(|| {
+            format!("cached position {position} in block {block_id} holds {slot:?}, not the request's token")
+        })
+    })
+}
+
+pub(super) fn run_running(
+    state: &mut FakeState,
+    config: &FakeShardConfig,
+    running: proto::RunningRequest,
+) -> proto::Generation {
+    let request_id = running.request_id;
     let Some(request) = state.requests.get_mut(&request_id) else {
+        return reject(state, request_id, "running request is unknown".to_string());
+    };
+    request.token_ids.extend_from_slice(&running.new_token_ids);
+    request
+        .block_table
+        .extend_from_slice(&running.new_block_ids);
+    compute(
+        state,
+        config,
+        request_id,
+        running.num_scheduled_tokens as usize,
+    )
+}
+
+/// Computes the next `num_scheduled_tokens` of a live request (writing their KV slots) and
+/// samples when it reaches the end of its tokens.
+fn compute(
+    state: &mut FakeState,
+    config: &FakeShardConfig,
+    request_id: u64,
+    num_scheduled_tokens: usize,
+) -> proto::Generation {
+    let Some(request) = state.requests.get(&request_id) else {
         return reject(state, request_id, "request vanished".to_string());
     };
-    let num_tokens_after = request.num_computed_tokens + chunk.input_ids.len();
-    let problem = if request.is_decoding {
-        Some("prompt chunk for a decoding request".to_string())
-    } else if chunk.num_cached_tokens as usize != request.num_computed_tokens {
+    let start = request.num_computed_tokens;
+    let end = start + num_scheduled_tokens;
+    let problem = if num_scheduled_tokens == 0 {
+        Some("nothing scheduled".to_string())
+    } else if end > request.token_ids.len() {
         Some(format!(
-            "chunk starts at {} but {} tokens are cached",
-            chunk.num_cached_tokens, request.num_computed_tokens
+            "{end} tokens scheduled but only {} known",
+            request.token_ids.len()
         ))
-    } else if chunk.input_ids.is_empty() {
-        Some("empty chunk".to_string())
+    } else if request.block_table.len() * config.block_size < end {
+        Some(format!(
+            "{} blocks cannot hold {end} tokens",
+            request.block_table.len()
+        ))
     } else {
-        check_block_table(
-            request,
-            &chunk.block_table,
-            num_tokens_after,
-            config.block_size,
-        )
+        None
     };
     if let Some(problem) = problem {
         return reject(state, request_id, problem);
     }
-    let start = request.token_ids.len();
-    request.token_ids.extend_from_slice(&chunk.input_ids);
-    request.num_computed_tokens = num_tokens_after;
-    request.block_table = chunk.block_table;
+    let writes: Vec<(u32, usize, u32)> = (start..end)
+        .map(|position| {
+            let block_id = request.block_table[position / config.block_size];
+            (
+                block_id,
+                position % config.block_size,
+                request.token_ids[position],
+            )
+        })
+        .collect();
     let prompt_logprobs = if request.wants_prompt_logprobs {
-        (start..request.token_ids.len())
+        (start..end)
             .map(|position| fake_prompt_logprob(position, request.token_ids[position]))
             .collect()
     } else {
         Vec::new()
     };
+    for (block_id, slot, token_id) in writes {
+        write_slot(state, config, request_id, block_id, slot, token_id);
+    }
     let mut generation = proto::Generation {
         request_id,
         prompt_logprobs,
         ..Default::default()
     };
-    if chunk.is_last_chunk {
-        request.is_decoding = true;
+    let request = state.requests.get_mut(&request_id).expect("checked above");
+    request.num_computed_tokens = end;
+    if end == request.token_ids.len() {
         sample(state, config, request_id, &mut generation);
     }
     generation
 }
 
-fn start_request(
+fn write_slot(
     state: &mut FakeState,
     config: &FakeShardConfig,
-    chunk: &proto::PrefillChunk,
-) -> Result<(), String> {
-    let Some(parameters) = chunk.parameters.as_ref() else {
-        return Err("first chunk without parameters".to_string());
-    };
-    if chunk.num_cached_tokens != 0 {
-        return Err(format!("first chunk starts at {}", chunk.num_cached_tokens));
+    request_id: u64,
+    block_id: u32,
+    slot: usize,
+    token_id: u32,
+) {
+    let shared_with = state
+        .requests
+        .iter()
+        .find(|(&other, request)| other != request_id && request.block_table.contains(&block_id));
+    if let Some((&other, _)) = shared_with {
+        state.violations.push(format!(
+            "request {request_id} wrote into block {block_id}, which request {other} holds"
+        ));
     }
-    if config.poison_token_id.is_some()
-        && chunk.input_ids.first() == config.poison_token_id.as_ref()
-    {
-        return Err("poisoned prompt".to_string());
-    }
-    let stopping = parameters.stopping.unwrap_or_default();
-    state.requests.insert(
-        chunk.request_id,
-        FakeRequest {
-            token_ids: Vec::new(),
-            num_computed_tokens: 0,
-            num_generated_tokens: parameters.resumed_generated_tokens as usize,
-            max_new_tokens: stopping.max_new_tokens as usize,
-            ignore_eos: stopping.ignore_eos,
-            top_n_tokens: parameters.top_n_tokens as usize,
-            wants_prompt_logprobs: parameters.prompt_logprobs,
-            block_table: Vec::new(),
-            is_decoding: false,
-        },
-    );
-    Ok(())
+    let slots = state
+        .block_slots
+        .entry(block_id)
+        .or_insert_with(|| vec![None; config.block_size]);
+    slots[slot] = Some(token_id);
 }
 
-pub(super) fn run_decode(
-    state: &mut FakeState,
-    config: &FakeShardConfig,
-    decode: proto::DecodeEntry,
-) -> proto::Generation {
-    let request_id = decode.request_id;
-    let Some(request) = state.requests.get_mut(&request_id) else {
-        return reject(
-            state,
-            request_id,
-            "decode of an unknown request".to_string(),
-        );
-    };
-    let num_tokens = request.token_ids.len();
-    let problem = if !request.is_decoding {
-        Some("decode before the prompt is done".to_string())
-    } else if request.num_computed_tokens + 1 != num_tokens {
-        Some(format!(
-            "decode with {} of {num_tokens} tokens cached",
-            request.num_computed_tokens
-        ))
-    } else {
-        check_block_table(request, &decode.block_table, num_tokens, config.block_size)
-    };
-    if let Some(problem) = problem {
-        return reject(state, request_id, problem);
-    }
-    request.num_computed_tokens = num_tokens;
-    request.block_table = decode.block_table;
-    let mut generation = proto::Generation {
-        request_id,
-        ..Default::default()
-    };
-    sample(state, config, request_id, &mut generation);
-    generation
-}
-
-/// Appends the next token to `generation` and finishes the request when it should stop.
+/// Answers the next token (the router appends it) and finishes the request when it stops.
 fn sample(
     state: &mut FakeState,
     config: &FakeShardConfig,
     request_id: u64,
     generation: &mut proto::Generation,
 ) {
-    let Some(request) = state.requests.get_mut(&request_id) else {
+    let Some(request) = state.requests.get(&request_id) else {
         return;
     };
     let vocab_size = config.vocab_size;
     let last = request.token_ids.last().copied().unwrap_or(0);
     let token_id = (last + 1) % vocab_size;
-    request.token_ids.push(token_id);
-    request.num_generated_tokens += 1;
+    let num_generated_tokens = request.token_ids.len() - request.num_prompt_tokens + 1;
     let top_tokens = (0..request.top_n_tokens as u32)
         .map(|rank| proto::TopToken {
             token_id: (token_id + rank) % vocab_size,
@@ -185,7 +240,7 @@ fn sample(
     });
     let finish = if !request.ignore_eos && config.eos_token_ids.contains(&token_id) {
         proto::FinishReason::Eos
-    } else if request.num_generated_tokens >= request.max_new_tokens {
+    } else if num_generated_tokens >= request.max_new_tokens {
         proto::FinishReason::Length
     } else {
         proto::FinishReason::Unspecified
@@ -209,33 +264,25 @@ pub(super) fn reject(state: &mut FakeState, request_id: u64, problem: String) ->
     }
 }
 
-fn check_block_table(
-    request: &FakeRequest,
-    block_table: &[u32],
-    num_tokens: usize,
-    block_size: usize,
-) -> Option<String> {
-    if block_table.len() * block_size < num_tokens {
-        return Some(format!(
-            "{} blocks cannot hold {num_tokens} tokens",
-            block_table.len()
-        ));
-    }
-    if !block_table.starts_with(&request.block_table) {
-        return Some("block table changed blocks already holding tokens".to_string());
-    }
-    None
-}
-
-/// No block may be in two live requests' tables (nor twice in one).
-pub(super) fn check_block_ownership(state: &mut FakeState) {
-    let mut owners: HashMap<u32, u64> = HashMap::new();
+/// A block in two live requests' tables must be a full block both have computed (a shared
+/// prefix block), at the same position; no table holds a block twice.
+pub(super) fn check_block_ownership(state: &mut FakeState, block_size: usize) {
+    let mut owners: HashMap<u32, (u64, usize)> = HashMap::new();
     let mut problems = Vec::new();
     for (&request_id, request) in &state.requests {
-        for &block_id in &request.block_table {
-            if let Some(other) = owners.insert(block_id, request_id) {
+        let num_full_blocks = request.num_computed_tokens / block_size;
+        for (index, &block_id) in request.block_table.iter().enumerate() {
+            let Some((other, other_index)) = owners.insert(block_id, (request_id, index)) else {
+                continue;
+            };
+            let other_full = state.requests[&other].num_computed_tokens / block_size;
+            if other == request_id
+                || other_index != index
+                || index >= num_full_blocks
+                || index >= other_full
+            {
                 problems.push(format!(
-                    "block {block_id} used by requests {other} and {request_id}"
+                    "block {block_id} used by requests {other} and {request_id} but not as a computed shared prefix"
                 ));
             }
         }

@@ -2,18 +2,14 @@
 
 use super::*;
 
-fn chunk(
-    request_id: u64,
-    input_ids: Vec<u32>,
-    num_cached_tokens: u32,
-    block_table: Vec<u32>,
-) -> proto::PrefillChunk {
-    proto::PrefillChunk {
+fn new_request(request_id: u64, token_ids: Vec<u32>, block_ids: Vec<u32>) -> proto::NewRequest {
+    proto::NewRequest {
         request_id,
-        input_ids,
-        num_cached_tokens,
-        block_table,
-        is_last_chunk: true,
+        num_prompt_tokens: token_ids.len() as u32,
+        num_scheduled_tokens: token_ids.len() as u32,
+        token_ids,
+        num_cached_tokens: 0,
+        block_ids,
         parameters: Some(proto::RequestParameters {
             stopping: Some(proto::StoppingParameters {
                 max_new_tokens: 3,
@@ -24,9 +20,21 @@ fn chunk(
     }
 }
 
-fn prefill(chunks: Vec<proto::PrefillChunk>) -> proto::PrefillRequest {
-    proto::PrefillRequest {
-        chunks,
+fn step_of(new_requests: Vec<proto::NewRequest>) -> proto::Step {
+    proto::Step {
+        new_requests,
+        ..Default::default()
+    }
+}
+
+fn decode_of(request_id: u64, token_id: u32) -> proto::Step {
+    proto::Step {
+        running_requests: vec![proto::RunningRequest {
+            request_id,
+            new_token_ids: vec![token_id],
+            new_block_ids: vec![],
+            num_scheduled_tokens: 1,
+        }],
         ..Default::default()
     }
 }
@@ -39,18 +47,11 @@ async fn produces_the_expected_tokens_and_stops_at_eos() {
     };
     let fake = FakeShard::new(config);
     let first = fake
-        .prefill(prefill(vec![chunk(1, vec![9, 10], 0, vec![0])]))
+        .prefill(step_of(vec![new_request(1, vec![9, 10], vec![0])]))
         .await
         .expect("ok");
     assert_eq!(first.generations[0].tokens[0].token_id, 11);
-    let decode = proto::DecodeRequest {
-        decodes: vec![proto::DecodeEntry {
-            request_id: 1,
-            block_table: vec![0],
-        }],
-        release_request_ids: vec![],
-    };
-    let second = fake.decode(decode).await.expect("ok");
+    let second = fake.decode(decode_of(1, 11)).await.expect("ok");
     assert_eq!(second.generations[0].tokens[0].token_id, 12);
     assert_eq!(
         second.generations[0].finish_reason,
@@ -62,24 +63,24 @@ async fn produces_the_expected_tokens_and_stops_at_eos() {
 }
 
 #[tokio::test]
-async fn shared_blocks_and_gaps_are_violations() {
+async fn writing_a_shared_block_and_gaps_are_violations() {
     let fake = FakeShard::new(FakeShardConfig::default());
     let shared = vec![
-        chunk(1, vec![1, 2], 0, vec![5]),
-        chunk(2, vec![3, 4], 0, vec![5]),
+        new_request(1, vec![1, 2], vec![5]),
+        new_request(2, vec![3, 4], vec![5]),
     ];
-    fake.prefill(prefill(shared)).await.expect("ok");
+    fake.prefill(step_of(shared)).await.expect("ok");
     assert!(fake
         .violations()
         .iter()
-        .any(|problem| problem.contains("block 5 used by")));
+        .any(|problem| problem.contains("which request 1 holds")));
 
     let fake = FakeShard::new(FakeShardConfig::default());
-    let mut gap = chunk(3, vec![1, 2], 4, vec![0, 1]);
-    gap.parameters = None;
-    let short_table = chunk(4, vec![1, 2, 3, 4, 5], 0, vec![2]);
+    let mut no_parameters = new_request(3, vec![1, 2], vec![0]);
+    no_parameters.parameters = None;
+    let short_table = new_request(4, vec![1, 2, 3, 4, 5], vec![2]);
     let answer = fake
-        .prefill(prefill(vec![gap, short_table]))
+        .prefill(step_of(vec![no_parameters, short_table]))
         .await
         .expect("ok");
     assert!(answer
@@ -87,4 +88,31 @@ async fn shared_blocks_and_gaps_are_violations() {
         .iter()
         .all(|generation| !generation.error.is_empty()));
     assert_eq!(fake.violations().len(), 2);
+}
+
+#[tokio::test]
+async fn a_cached_prefix_must_be_in_the_blocks_given() {
+    let fake = FakeShard::new(FakeShardConfig::default());
+    // Request 1 computes blocks 0 and 1 (tokens 0..8) and one token of block 2.
+    fake.prefill(step_of(vec![new_request(
+        1,
+        (0..9).collect(),
+        vec![0, 1, 2],
+    )]))
+    .await
+    .expect("ok");
+    // Request 2 starts from the cached first two blocks: no violation.
+    let mut hit = new_request(2, (0..10).collect(), vec![0, 1, 3]);
+    hit.num_cached_tokens = 8;
+    hit.num_scheduled_tokens = 2;
+    let answer = fake.prefill(step_of(vec![hit])).await.expect("ok");
+    assert!(answer.generations[0].error.is_empty());
+    assert_eq!(answer.generations[0].tokens[0].token_id, 10);
+    assert!(fake.violations().is_empty(), "{:?}", fake.violations());
+    // Request 3 claims block 1 caches other tokens.
+    let mut wrong = new_request(3, (100..110).collect(), vec![0, 1, 4]);
+    wrong.num_cached_tokens = 8;
+    wrong.num_scheduled_tokens = 2;
+    let answer = fake.prefill(step_of(vec![wrong])).await.expect("ok");
+    assert!(answer.generations[0].error.contains("cached position 0"));
 }

@@ -20,9 +20,9 @@ fn serve_tcp(listener: TcpListener, rank: FakeRank) {
     tokio::spawn(server);
 }
 
-fn one_chunk() -> proto::PrefillRequest {
-    proto::PrefillRequest {
-        chunks: vec![proto::PrefillChunk {
+fn one_chunk() -> proto::Step {
+    proto::Step {
+        new_requests: vec![proto::NewRequest {
             request_id: 5,
             ..Default::default()
         }],

@@ -58,7 +58,7 @@ impl Shard for FakeRank {
     }
     async fn prefill(
         &self,
-        request: Request<proto::PrefillRequest>,
+        request: Request<proto::Step>,
     ) -> Result<Response<proto::StepResponse>, Status> {
         self.prefill_calls.fetch_add(1, Ordering::SeqCst);
         if self.fail_prefill {
@@ -66,10 +66,10 @@ impl Shard for FakeRank {
         }
         let generations = request
             .into_inner()
-            .chunks
+            .new_requests
             .iter()
-            .map(|chunk| proto::Generation {
-                request_id: chunk.request_id,
+            .map(|new| proto::Generation {
+                request_id: new.request_id,
                 tokens: vec![proto::GeneratedToken {
                     token_id: 100 + self.token_offset,
                     ..Default::default()
@@ -84,7 +84,7 @@ impl Shard for FakeRank {
     }
     async fn decode(
         &self,
-        _: Request<proto::DecodeRequest>,
+        _: Request<proto::Step>,
     ) -> Result<Response<proto::StepResponse>, Status> {
         Ok(Response::new(proto::StepResponse::default()))
     }
@@ -143,12 +143,12 @@ async fn every_rank_gets_the_call_and_rank0_answers() {
     let warmup = warmup.await.expect("warmup");
     assert_eq!((warmup.num_blocks, warmup.model_memory_bytes), (7, 0));
 
-    let chunk = proto::PrefillChunk {
+    let new = proto::NewRequest {
         request_id: 42,
         ..Default::default()
     };
-    let request = proto::PrefillRequest {
-        chunks: vec![chunk],
+    let request = proto::Step {
+        new_requests: vec![new],
         ..Default::default()
     };
     let step = client.prefill(request).await.expect("prefill");
@@ -182,7 +182,7 @@ async fn any_rank_failing_fails_the_call() {
         .await
         .expect("connect");
     let error = client
-        .prefill(proto::PrefillRequest::default())
+        .prefill(proto::Step::default())
         .await
         .expect_err("rank 1 fails");
     match error {
