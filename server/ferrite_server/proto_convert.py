@@ -40,17 +40,17 @@ def request_params_from_proto(message: pb.RequestParameters) -> engine.RequestPa
         ),
         top_n_tokens=message.top_n_tokens,
         prompt_logprobs=message.prompt_logprobs,
-        resumed_generated_tokens=message.resumed_generated_tokens,
     )
 
 
-def chunk_from_proto(message: pb.PrefillChunk) -> engine.PrefillChunk:
-    return engine.PrefillChunk(
+def new_request_from_proto(message: pb.NewRequest) -> engine.NewRequest:
+    return engine.NewRequest(
         request_id=message.request_id,
-        input_ids=tuple(message.input_ids),
+        token_ids=tuple(message.token_ids),
+        num_prompt_tokens=message.num_prompt_tokens,
         num_cached_tokens=message.num_cached_tokens,
-        block_table=tuple(message.block_table),
-        is_last_chunk=message.is_last_chunk,
+        num_scheduled_tokens=message.num_scheduled_tokens,
+        block_table=tuple(message.block_ids),
         params=(
             request_params_from_proto(message.parameters)
             if message.HasField("parameters")
@@ -59,23 +59,21 @@ def chunk_from_proto(message: pb.PrefillChunk) -> engine.PrefillChunk:
     )
 
 
-def decode_from_proto(message: pb.DecodeEntry) -> engine.DecodeEntry:
-    return engine.DecodeEntry(
-        request_id=message.request_id, block_table=tuple(message.block_table)
+def running_request_from_proto(message: pb.RunningRequest) -> engine.RunningRequest:
+    return engine.RunningRequest(
+        request_id=message.request_id,
+        new_token_ids=tuple(message.new_token_ids),
+        new_block_ids=tuple(message.new_block_ids),
+        num_scheduled_tokens=message.num_scheduled_tokens,
     )
 
 
-def prefill_step_from_proto(message: pb.PrefillRequest) -> engine.StepInput:
+def step_from_proto(message: pb.Step) -> engine.StepInput:
     return engine.StepInput(
-        chunks=tuple(chunk_from_proto(chunk) for chunk in message.chunks),
-        decodes=tuple(decode_from_proto(entry) for entry in message.decodes),
-        release_request_ids=tuple(message.release_request_ids),
-    )
-
-
-def decode_step_from_proto(message: pb.DecodeRequest) -> engine.StepInput:
-    return engine.StepInput(
-        decodes=tuple(decode_from_proto(entry) for entry in message.decodes),
+        new_requests=tuple(new_request_from_proto(new) for new in message.new_requests),
+        running_requests=tuple(
+            running_request_from_proto(running) for running in message.running_requests
+        ),
         release_request_ids=tuple(message.release_request_ids),
     )
 

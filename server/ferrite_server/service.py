@@ -101,13 +101,11 @@ class ShardService(shard_pb2_grpc.ShardServicer):
 
         return await self._engine_call(context, work)
 
-    async def Prefill(self, request: pb.PrefillRequest, context: grpc.aio.ServicerContext) -> pb.StepResponse:
-        sizes = {"num_chunks": len(request.chunks), "num_decodes": len(request.decodes)}
-        return await self._step(context, "prefill", sizes, lambda: convert.prefill_step_from_proto(request))
+    async def Prefill(self, request: pb.Step, context: grpc.aio.ServicerContext) -> pb.StepResponse:
+        return await self._step(context, "prefill", _step_sizes(request), lambda: convert.step_from_proto(request))
 
-    async def Decode(self, request: pb.DecodeRequest, context: grpc.aio.ServicerContext) -> pb.StepResponse:
-        sizes = {"num_chunks": 0, "num_decodes": len(request.decodes)}
-        return await self._step(context, "decode", sizes, lambda: convert.decode_step_from_proto(request))
+    async def Decode(self, request: pb.Step, context: grpc.aio.ServicerContext) -> pb.StepResponse:
+        return await self._step(context, "decode", _step_sizes(request), lambda: convert.step_from_proto(request))
 
     async def Filter(self, request: pb.FilterRequest, context: grpc.aio.ServicerContext) -> pb.FilterResponse:
         keep_request_ids = tuple(request.keep_request_ids)
@@ -212,3 +210,11 @@ async def serve_bound_until_stopped(
         await server.stop(SHUTDOWN_GRACE_S)
     finally:
         uds_path.unlink(missing_ok=True)
+
+
+def _step_sizes(request: pb.Step) -> dict[str, int]:
+    """Span attributes: new requests, and running ones split into prompt chunks / decodes (a
+    running request handed a new token decodes)."""
+    num_decodes = sum(1 for running in request.running_requests if running.new_token_ids)
+    num_chunks = len(request.new_requests) + len(request.running_requests) - num_decodes
+    return {"num_chunks": num_chunks, "num_decodes": num_decodes}

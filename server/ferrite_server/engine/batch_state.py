@@ -1,8 +1,10 @@
 """Per-request state the shard keeps between steps, and the set of live requests.
 
-The router owns scheduling and KV blocks; the shard only remembers what it needs to compute
-the next step of each request: its tokens (for penalties and the next decode input), how many
-of them are in the KV cache, its parameters and resolved seed.
+The router owns every request's tokens and KV blocks. The shard holds a copy of what it was
+sent (a new request's whole history, then each step's appended tokens and block ids) and
+never adds to it on its own: a token it samples becomes part of the history when the router
+sends it back. Beside that copy it keeps only what computing needs: how many tokens are in the
+KV cache, the parameters and the resolved seed.
 """
 
 from __future__ import annotations
@@ -20,22 +22,28 @@ class RequestState:
     request_id: int
     params: RequestParams
     seed: int  # params.sampling.seed, or one the engine drew at creation
-    # Prompt tokens seen in chunks so far. A prefix-cache hit's tokens never reach the shard,
-    # so they are not here.
-    prompt_ids: list[int] = field(default_factory=list)
-    # Tokens generated for this request: those resumed after a preemption (the prompt's last
-    # `resumed_generated_tokens`), then each sampled token. The last one is the next decode's
-    # input.
-    generated_ids: list[int] = field(default_factory=list)
+    # The whole sequence as the router sent it: the prompt (cached part included), then the
+    # generated tokens. The last one is the next decode's input.
+    token_ids: list[int] = field(default_factory=list)
+    num_prompt_tokens: int = 0
+    block_table: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0  # tokens whose K/V are in the cache
-    prompt_complete: bool = False
     # [hidden] float: the previous chunk's last hidden state, kept when prompt logprobs are
     # wanted, because it predicts the next chunk's first token.
     pending_hidden: torch.Tensor | None = None
 
     @property
+    def prompt_ids(self) -> list[int]:
+        return self.token_ids[: self.num_prompt_tokens]
+
+    @property
+    def generated_ids(self) -> list[int]:
+        """Tokens generated so far (including those before a preemption)."""
+        return self.token_ids[self.num_prompt_tokens :]
+
+    @property
     def num_generated_tokens(self) -> int:
-        return len(self.generated_ids)
+        return len(self.token_ids) - self.num_prompt_tokens
 
 
 class BatchState:

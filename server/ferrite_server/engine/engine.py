@@ -216,13 +216,12 @@ class Engine:
         clock.start()
         hidden = self._forward(inputs, kv_caches)  # [T, H]
         clock.forward_done()  # no device synchronize: sampling is queued behind the forward
-        histories = [sequence.history_after_step() for sequence in sequences]
-        sampled = self._sample(sequences, histories, inputs, hidden)
+        sampled = self._sample(sequences, inputs, hidden)
         prompt_logprobs = self._prompt_logprobs(sequences, inputs, hidden)
         forward_ns, sampling_ns = clock.split()
         generations = [
-            self._commit(sequence, history, sampled.get(index), prompt_logprobs.get(index))
-            for index, (sequence, history) in enumerate(zip(sequences, histories, strict=True))
+            self._commit(sequence, sampled.get(index), prompt_logprobs.get(index))
+            for index, sequence in enumerate(sequences)
         ]
         for index, sequence in enumerate(sequences):
             if sequence.wants_prompt_logprobs and not sequence.samples:
@@ -241,7 +240,6 @@ class Engine:
     def _sample(
         self,
         sequences: Sequence[ScheduledSequence],
-        histories: Sequence[tuple[list[int], list[int]]],
         inputs: ForwardInputs,
         hidden: torch.Tensor,  # [T, H]
     ) -> dict[int, GeneratedToken]:
@@ -254,8 +252,9 @@ class Engine:
         states = [
             SequenceSamplingState(
                 params=sequences[index].state.params.sampling,
-                prompt_ids=histories[index][0],
-                generated_ids=histories[index][1],
+                # The whole prompt, cached part included (the router sent it all).
+                prompt_ids=sequences[index].state.prompt_ids,
+                generated_ids=sequences[index].state.generated_ids,
                 seed=sequences[index].state.seed,
             )
             for index in indices
@@ -294,23 +293,19 @@ class Engine:
     def _commit(
         self,
         sequence: ScheduledSequence,
-        history: tuple[list[int], list[int]],
         token: GeneratedToken | None,
         prompt_logprobs: tuple[float, ...] | None,
     ) -> Generation:
-        """Record the step's progress in the request's state; stop it if it finished."""
+        """Record the step's progress in the request's state; stop it if it finished. The
+        sampled token is only reported: the router appends it and sends it back."""
         state = sequence.state
-        state.prompt_ids, state.generated_ids = history
         state.num_computed_tokens = sequence.end_position
         state.pending_hidden = None
-        if sequence.is_prompt_chunk and sequence.samples:
-            state.prompt_complete = True
         if sequence.is_new:
             self._batch.add(state)
         finish_reason = FinishReason.NONE
         if token is not None:
-            state.generated_ids.append(token.token_id)
-            finish_reason = self._stop.finish_reason(state)
+            finish_reason = self._stop.finish_reason(state, token.token_id)
             if finish_reason != FinishReason.NONE:
                 self._batch.forget(state.request_id)
         return Generation(

@@ -1,13 +1,13 @@
 """Turning a StepInput into the sequences one forward computes, rejecting bad requests alone.
 
 Every check that could otherwise crash the forward for everyone (an unknown id, a token id
-outside the vocabulary, a block table too short or pointing outside the cache, a sequence
-longer than the model's positions) is made here, per request: a bad request gets a
-`Generation(error=...)` and is forgotten; the rest of the step runs. Only a step that is
-malformed as a whole (the same request twice) raises.
+outside the vocabulary, scheduled tokens the request does not have, a block table too short
+or pointing outside the cache, a sequence longer than the model's positions) is made here,
+per request: a bad request gets a `Generation(error=...)` and is forgotten; the rest of the
+step runs. Only a step that is malformed as a whole (the same request twice) raises.
 
-Nothing here changes a request's tokens or counters: the engine commits a sequence's progress
-only after its forward and sampling succeeded.
+Only the router's diffs (appended tokens and blocks) are applied here; the engine commits a
+sequence's progress (computed tokens) only after its forward and sampling succeeded.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from ferrite_server.engine.batch_state import BatchState, RequestState
 from ferrite_server.engine.errors import InvalidStepError
-from ferrite_server.engine.types import DecodeEntry, Generation, PrefillChunk, StepInput
+from ferrite_server.engine.types import Generation, NewRequest, RunningRequest, StepInput
 
 
 @dataclass(frozen=True)
@@ -33,30 +33,23 @@ class ScheduledSequence:
     """One sequence's part of the forward: `input_ids` at positions start_position.."""
 
     state: RequestState
-    is_new: bool  # created by this step's chunk; joins the batch when the step succeeds
+    is_new: bool  # created by this step; joins the batch when the step succeeds
     input_ids: tuple[int, ...]
     start_position: int
     block_table: tuple[int, ...]
-    is_prompt_chunk: bool
-    samples: bool  # computes the next token (a last chunk or a decode)
+
+    @property
+    def samples(self) -> bool:
+        """Computes the next token: the step reaches the end of the known tokens."""
+        return self.end_position == len(self.state.token_ids)
 
     @property
     def wants_prompt_logprobs(self) -> bool:
-        return self.is_prompt_chunk and self.state.params.prompt_logprobs
+        return self.state.params.prompt_logprobs and self.start_position < self.state.num_prompt_tokens
 
     @property
     def end_position(self) -> int:
         return self.start_position + len(self.input_ids)
-
-    def history_after_step(self) -> tuple[list[int], list[int]]:
-        """(prompt_ids, generated_ids) including this step's input, for the sampler."""
-        state = self.state
-        if not self.is_prompt_chunk:
-            return state.prompt_ids, state.generated_ids
-        prompt_ids = state.prompt_ids + list(self.input_ids)
-        num_resumed = state.params.resumed_generated_tokens if self.samples else 0
-        split = len(prompt_ids) - num_resumed
-        return prompt_ids[:split], prompt_ids[split:]
 
 
 @dataclass(frozen=True)
@@ -72,21 +65,22 @@ class _Rejected(Exception):
 def plan_step(
     step: StepInput, batch: BatchState, limits: StepLimits, draw_seed: Callable[[], int]
 ) -> StepPlan:
-    """Validate each chunk and decode of `step` against the live requests.
+    """Validate each new and running request of `step` against the live requests.
 
     Requests the step names are released first by the caller. A rejected request that the
-    shard knew is forgotten here.
+    shard knew is forgotten here. A running request's appended tokens and blocks are facts
+    from the router and are applied here; its progress is committed after the forward.
     """
     _refuse_duplicate_ids(step)
     sequences: list[ScheduledSequence] = []
     rejected: list[Generation] = []
-    entries: list[PrefillChunk | DecodeEntry] = [*step.chunks, *step.decodes]
+    entries: list[NewRequest | RunningRequest] = [*step.new_requests, *step.running_requests]
     for entry in entries:
         try:
-            if isinstance(entry, PrefillChunk):
-                sequence = _plan_chunk(entry, batch, limits, draw_seed)
+            if isinstance(entry, NewRequest):
+                sequence = _plan_new(entry, batch, limits, draw_seed)
             else:
-                sequence = _plan_decode(entry, batch, limits)
+                sequence = _plan_running(entry, batch, limits)
         except _Rejected as problem:
             batch.forget(entry.request_id)
             rejected.append(Generation(request_id=entry.request_id, error=str(problem)))
@@ -96,68 +90,63 @@ def plan_step(
 
 
 def _refuse_duplicate_ids(step: StepInput) -> None:
-    ids = [c.request_id for c in step.chunks] + [d.request_id for d in step.decodes]
+    ids = [r.request_id for r in step.new_requests] + [r.request_id for r in step.running_requests]
     if len(ids) != len(set(ids)):
         duplicates = sorted({rid for rid in ids if ids.count(rid) > 1})
         raise InvalidStepError(f"request ids appear more than once in one step: {duplicates}")
 
 
-def _plan_chunk(
-    chunk: PrefillChunk, batch: BatchState, limits: StepLimits, draw_seed: Callable[[], int]
+def _plan_new(
+    new: NewRequest, batch: BatchState, limits: StepLimits, draw_seed: Callable[[], int]
 ) -> ScheduledSequence:
-    state = batch.get(chunk.request_id)
-    is_new = state is None
+    if new.request_id in batch:
+        raise _Rejected("new request for an id the shard already holds")
+    if new.params is None:
+        raise _Rejected("new request without parameters")
+    if not 0 <= new.num_prompt_tokens <= len(new.token_ids):
+        raise _Rejected(f"num_prompt_tokens {new.num_prompt_tokens} of {len(new.token_ids)} tokens")
+    _check_token_ids(new.token_ids, limits)
+    seed = new.params.sampling.seed
+    state = RequestState(
+        request_id=new.request_id,
+        params=new.params,
+        seed=draw_seed() if seed is None else seed,
+        token_ids=list(new.token_ids),
+        num_prompt_tokens=new.num_prompt_tokens,
+        block_table=list(new.block_table),
+        num_computed_tokens=new.num_cached_tokens,
+    )
+    return _scheduled(state, new.num_scheduled_tokens, is_new=True, limits=limits)
+
+
+def _plan_running(running: RunningRequest, batch: BatchState, limits: StepLimits) -> ScheduledSequence:
+    state = batch.get(running.request_id)
     if state is None:
-        if chunk.params is None:
-            raise _Rejected("unknown request: its first chunk must carry parameters")
-        seed = chunk.params.sampling.seed
-        state = RequestState(
-            request_id=chunk.request_id,
-            params=chunk.params,
-            seed=draw_seed() if seed is None else seed,
-            num_computed_tokens=chunk.num_cached_tokens,
-        )
-    elif state.prompt_complete:
-        raise _Rejected("prompt chunk for a request whose prompt is already complete")
-    elif chunk.num_cached_tokens != state.num_computed_tokens:
+        raise _Rejected("unknown request (finished, released or never sent as new)")
+    _check_token_ids(running.new_token_ids, limits)
+    state.token_ids.extend(running.new_token_ids)
+    state.block_table.extend(running.new_block_ids)
+    return _scheduled(state, running.num_scheduled_tokens, is_new=False, limits=limits)
+
+
+def _scheduled(
+    state: RequestState, num_scheduled_tokens: int, is_new: bool, limits: StepLimits
+) -> ScheduledSequence:
+    start = state.num_computed_tokens
+    end = start + num_scheduled_tokens
+    if num_scheduled_tokens <= 0:
+        raise _Rejected("no tokens scheduled")
+    if end > len(state.token_ids):
         raise _Rejected(
-            f"num_cached_tokens {chunk.num_cached_tokens} != {state.num_computed_tokens} "
-            "tokens the shard has computed for this request"
+            f"{num_scheduled_tokens} tokens scheduled from position {start}, but the request "
+            f"has {len(state.token_ids)} tokens"
         )
-    if not chunk.input_ids:
-        raise _Rejected("empty prompt chunk")
-    _check_token_ids(chunk.input_ids, limits)
-    if chunk.is_last_chunk:
-        num_prompt_ids = len(state.prompt_ids) + len(chunk.input_ids)
-        if state.params.resumed_generated_tokens > num_prompt_ids:
-            raise _Rejected("resumed_generated_tokens exceeds the tokens sent for the request")
     sequence = ScheduledSequence(
         state=state,
         is_new=is_new,
-        input_ids=tuple(chunk.input_ids),
-        start_position=chunk.num_cached_tokens,
-        block_table=tuple(chunk.block_table),
-        is_prompt_chunk=True,
-        samples=chunk.is_last_chunk,
-    )
-    _check_positions_and_blocks(sequence, limits)
-    return sequence
-
-
-def _plan_decode(entry: DecodeEntry, batch: BatchState, limits: StepLimits) -> ScheduledSequence:
-    state = batch.get(entry.request_id)
-    if state is None:
-        raise _Rejected("unknown request (finished, released or never prefilled)")
-    if not state.prompt_complete or not state.generated_ids:
-        raise _Rejected("decode for a request whose prompt is not complete")
-    sequence = ScheduledSequence(
-        state=state,
-        is_new=False,
-        input_ids=(state.generated_ids[-1],),
-        start_position=state.num_computed_tokens,
-        block_table=tuple(entry.block_table),
-        is_prompt_chunk=False,
-        samples=True,
+        input_ids=tuple(state.token_ids[start:end]),
+        start_position=start,
+        block_table=tuple(state.block_table),
     )
     _check_positions_and_blocks(sequence, limits)
     return sequence

@@ -14,13 +14,13 @@ class StopCriteria:
     eos_token_ids: frozenset[int]
     max_position_embeddings: int
 
-    def finish_reason(self, state: RequestState) -> FinishReason:
-        """Checked right after a token was appended to state.generated_ids."""
+    def finish_reason(self, state: RequestState, new_token_id: int) -> FinishReason:
+        """Checked right after `new_token_id` was sampled (the state does not hold it yet)."""
         stopping = state.params.stopping
-        if not stopping.ignore_eos and state.generated_ids[-1] in self.eos_token_ids:
+        if not stopping.ignore_eos and new_token_id in self.eos_token_ids:
             return FinishReason.EOS
-        # generated_ids includes tokens generated before a preemption, as max_new_tokens does.
-        if state.num_generated_tokens >= stopping.max_new_tokens:
+        # Generated tokens include those before a preemption, as max_new_tokens does.
+        if state.num_generated_tokens + 1 >= stopping.max_new_tokens:
             return FinishReason.LENGTH
         # The new token would be computed at position num_computed_tokens; none left.
         if state.num_computed_tokens >= self.max_position_embeddings:

@@ -40,33 +40,37 @@ class RequestParams:
     stopping: StoppingParams = field(default_factory=StoppingParams)
     top_n_tokens: int = 0
     prompt_logprobs: bool = False
-    # Trailing input tokens generated before a preemption (count towards max_new_tokens and
-    # frequency / presence penalties).
-    resumed_generated_tokens: int = 0
 
 
 @dataclass(frozen=True)
-class PrefillChunk:
+class NewRequest:
+    """A request the engine does not hold, with the whole token history the router owns."""
+
     request_id: int
-    input_ids: tuple[int, ...]  # tokens computed now, positions num_cached_tokens ..
-    num_cached_tokens: int
+    token_ids: tuple[int, ...]  # prompt, then tokens generated before a preemption
+    num_prompt_tokens: int  # token_ids[:num_prompt_tokens] is the prompt
+    num_cached_tokens: int  # leading tokens whose K/V are already in block_table's blocks
+    num_scheduled_tokens: int  # computed now, from num_cached_tokens on
     block_table: tuple[int, ...]
-    is_last_chunk: bool
-    params: RequestParams | None  # required when the engine does not know request_id yet
+    params: RequestParams | None  # None (a malformed request) is rejected
 
 
 @dataclass(frozen=True)
-class DecodeEntry:
+class RunningRequest:
+    """A request the engine holds: only what changed since its previous step."""
+
     request_id: int
-    block_table: tuple[int, ...]
+    new_token_ids: tuple[int, ...]  # appended by the router (normally the last sampled token)
+    new_block_ids: tuple[int, ...]  # appended to its block table
+    num_scheduled_tokens: int  # computed now, continuing where the previous step stopped
 
 
 @dataclass(frozen=True)
 class StepInput:
-    """One forward: new prompt chunks plus one decode token of each listed running request."""
+    """One forward over the scheduled tokens of new and running requests (as diffs)."""
 
-    chunks: tuple[PrefillChunk, ...] = ()
-    decodes: tuple[DecodeEntry, ...] = ()
+    new_requests: tuple[NewRequest, ...] = ()
+    running_requests: tuple[RunningRequest, ...] = ()
     release_request_ids: tuple[int, ...] = ()
 
 
