@@ -172,6 +172,10 @@ pub struct Args {
     #[arg(long, env, default_value_t = 128)]
     pub max_concurrent_requests: u32,
 
+    /// Reuse the KV blocks of identical token prefixes (shared prompts, earlier conversation turns, n / best_of candidates): on or off
+    #[arg(long, env, default_value = "on", value_parser = ["on", "off"])]
+    pub prefix_caching: String,
+
     /// Memory for the KV cache, e.g. 2GiB or 500MB (default: measured free memory)
     #[arg(long, env, value_parser = parse_byte_size)]
     pub kv_cache_memory: Option<u64>,

@@ -289,6 +289,8 @@ fn router_spec(
         args.port.to_string(),
         "--max-concurrent-requests".into(),
         args.max_concurrent_requests.to_string(),
+        "--prefix-caching".into(),
+        args.prefix_caching.clone(),
     ];
     // One socket per rank, rank 0 first (the router's contract).
     for shard in shards {

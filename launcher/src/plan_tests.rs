@@ -174,6 +174,14 @@ fn router_gets_tokenizer_sockets_and_limits() {
     );
     assert!(router.args.iter().any(|arg| arg == "--json-output"));
     assert_eq!(
+        flag_value(router, "--prefix-caching"),
+        Some("on"),
+        "on by default"
+    );
+    let off = self::plan(&["--prefix-caching", "off"]).expect("valid");
+    let off_router = off.router.as_ref().expect("router");
+    assert_eq!(flag_value(off_router, "--prefix-caching"), Some("off"));
+    assert_eq!(
         plan.router_probe_host, "127.0.0.1",
         "wildcard bind is probed on loopback"
     );

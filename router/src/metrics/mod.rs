@@ -257,13 +257,18 @@ fn render_scheduler(out: &mut PrometheusText, stats: &SchedulerStats) {
         ),
         (
             "ferrite_kv_blocks_free",
-            "KV blocks not allocated",
+            "KV blocks an allocation can take (unused, or cached and held by no request)",
             stats.kv_blocks_free as f64,
         ),
         (
             "ferrite_kv_blocks_used",
             "KV blocks allocated to requests",
             kv_blocks_used as f64,
+        ),
+        (
+            "ferrite_kv_blocks_cached",
+            "KV blocks indexed by the prefix cache (held or free)",
+            stats.kv_blocks_cached as f64,
         ),
         (
             "ferrite_last_batch_size",
@@ -284,6 +289,31 @@ fn render_scheduler(out: &mut PrometheusText, stats: &SchedulerStats) {
         "Requests preempted for KV space",
         stats.preemptions_total,
     );
+    let prefix_counters = [
+        (
+            "ferrite_prefix_cache_queries_tokens_total",
+            "Prompt tokens looked up in the prefix cache when requests were admitted",
+            stats.prefix_cache_query_tokens_total,
+        ),
+        (
+            "ferrite_prefix_cache_hits_tokens_total",
+            "Prompt tokens found in the prefix cache (not computed again)",
+            stats.prefix_cache_hit_tokens_total,
+        ),
+        (
+            "ferrite_prefix_cache_evictions_total",
+            "Cached KV blocks dropped to make room",
+            stats.prefix_cache_evicted_blocks_total,
+        ),
+        (
+            "ferrite_prompt_tokens_computed_total",
+            "Prompt tokens the shards computed (cached ones excluded)",
+            stats.prompt_tokens_computed_total,
+        ),
+    ];
+    for (name, help, value) in prefix_counters {
+        out.counter(name, help, value);
+    }
     out.counter(
         "ferrite_scheduler_steps_total",
         "Scheduler steps run",
@@ -335,6 +365,10 @@ mod tests {
             waiting_requests: 4,
             kv_blocks_total: 10,
             kv_blocks_free: 7,
+            kv_blocks_cached: 5,
+            prefix_cache_query_tokens_total: 40,
+            prefix_cache_hit_tokens_total: 16,
+            prompt_tokens_computed_total: 24,
             preemptions_total: 2,
             ..Default::default()
         };
@@ -351,6 +385,10 @@ mod tests {
             "ferrite_kv_blocks_free 7",
             "ferrite_kv_blocks_total 10",
             "ferrite_preemptions_total 2",
+            "ferrite_kv_blocks_cached 5",
+            "ferrite_prefix_cache_queries_tokens_total 40",
+            "ferrite_prefix_cache_hits_tokens_total 16",
+            "ferrite_prompt_tokens_computed_total 24",
             "# TYPE tgi_request_duration histogram",
         ] {
             assert!(

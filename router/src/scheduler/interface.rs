@@ -95,6 +95,8 @@ pub struct SchedulerStats {
     pub prefix_cache_hit_tokens_total: u64,
     /// Cached blocks dropped to make room.
     pub prefix_cache_evicted_blocks_total: u64,
+    /// Prompt tokens sent to be computed (chunks), cached ones excluded.
+    pub prompt_tokens_computed_total: u64,
     pub preemptions_total: u64,
     pub steps_total: u64,
     /// Requests and tokens in the most recent step.

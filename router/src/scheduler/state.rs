@@ -46,6 +46,8 @@ pub struct PreparedStep {
     pub request: StepRequest,
     pub members: StepMembers,
     pub num_tokens: usize,
+    /// Of num_tokens, those of prompt chunks (cached prefixes excluded).
+    pub num_prompt_tokens: usize,
     pub num_preempted: usize,
     /// Where the step's span goes in the traces of its requests.
     pub trace: StepTrace,
@@ -170,7 +172,7 @@ impl SchedulerState {
             release_request_ids: std::mem::take(&mut self.pending_release_ids),
             ..Default::default()
         };
-        let mut num_tokens = 0;
+        let (mut num_tokens, mut num_prompt_tokens) = (0, 0);
         let planned = plan
             .decodes
             .iter()
@@ -184,10 +186,14 @@ impl SchedulerState {
             let Some(entry) = self.grant(&positions, request_id, chunk.as_ref(), now) else {
                 continue;
             };
-            num_tokens += match &entry {
+            let num_entry_tokens = match &entry {
                 StepEntry::New(new) => new.num_scheduled_tokens,
                 StepEntry::Running(running) => running.num_scheduled_tokens,
             } as usize;
+            num_tokens += num_entry_tokens;
+            if chunk.is_some() {
+                num_prompt_tokens += num_entry_tokens;
+            }
             match entry {
                 StepEntry::New(new) => step.new_requests.push(new),
                 StepEntry::Running(running) => step.running_requests.push(running),
@@ -210,6 +216,7 @@ impl SchedulerState {
             request,
             members,
             num_tokens,
+            num_prompt_tokens,
             num_preempted: plan.preempted_ids.len(),
             trace,
         }

@@ -15,6 +15,8 @@ pub struct StepRecord {
     pub succeeded: bool,
     pub batch_size: usize,
     pub num_tokens: usize,
+    /// Of num_tokens, those of prompt chunks.
+    pub num_prompt_tokens: usize,
     pub num_preempted: usize,
     pub forward_ns: u64,
     pub sampling_ns: u64,
@@ -61,6 +63,7 @@ impl StatsCell {
         stats.last_batch_size = record.batch_size;
         stats.last_batch_tokens = record.num_tokens;
         stats.preemptions_total += record.num_preempted as u64;
+        stats.prompt_tokens_computed_total += record.num_prompt_tokens as u64;
         stats.forward_ns_total += record.forward_ns;
         stats.step_wall_ns_total += record.step_wall_ns;
     }
@@ -110,6 +113,7 @@ mod tests {
             succeeded: true,
             batch_size: 2,
             num_tokens: 9,
+            num_prompt_tokens: 8,
             num_preempted: 1,
             forward_ns: 100,
             sampling_ns: 10,
@@ -120,6 +124,7 @@ mod tests {
             method: StepMethod::Decode,
             batch_size: 1,
             num_tokens: 1,
+            num_prompt_tokens: 0,
             ..step
         });
         let stats = cell.snapshot(&gate);
@@ -139,6 +144,7 @@ mod tests {
             (2, 7, 10)
         );
         assert_eq!(stats.waiting_requests, 1);
+        assert_eq!(stats.prompt_tokens_computed_total, 8);
         assert_eq!(stats.kv_blocks_cached, 3);
         assert_eq!(
             (

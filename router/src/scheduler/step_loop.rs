@@ -81,6 +81,7 @@ impl<C: ShardClient> StepLoop<C> {
             request,
             members,
             num_tokens,
+            num_prompt_tokens,
             num_preempted,
             trace,
         } = step;
@@ -120,6 +121,7 @@ impl<C: ShardClient> StepLoop<C> {
             succeeded,
             batch_size,
             num_tokens,
+            num_prompt_tokens,
             num_preempted,
             forward_ns,
             sampling_ns,

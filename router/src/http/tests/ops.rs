@@ -23,6 +23,7 @@ async fn info_reports_tgi_fields_and_the_limits() {
     assert_eq!(info["max_batch_total_tokens"], 1024);
     assert_eq!(info["router"], "ferrite-router");
     assert_eq!(info["kv_num_blocks"], 64);
+    assert_eq!(info["prefix_caching"], true);
     assert!(info["quantize"].is_null());
     assert_eq!(info["kv_cache_dtype"], "auto");
     assert!(info["version"].is_string());

@@ -72,6 +72,7 @@ fn start_request(config: &FakeShardConfig, new: &proto::NewRequest) -> Result<Fa
     if new.num_prompt_tokens as usize > new.token_ids.len() {
         return Err("more prompt tokens than tokens".to_string());
     }
+    check_token_ids(config, &new.token_ids)?;
     let stopping = parameters.stopping.unwrap_or_default();
     Ok(FakeRequest {
         token_ids: new.token_ids.clone(),
@@ -83,6 +84,16 @@ fn start_request(config: &FakeShardConfig, new: &proto::NewRequest) -> Result<Fa
         wants_prompt_logprobs: parameters.prompt_logprobs,
         block_table: new.block_ids.clone(),
     })
+}
+
+fn check_token_ids(config: &FakeShardConfig, token_ids: &[u32]) -> Result<(), String> {
+    match token_ids
+        .iter()
+        .find(|&&token_id| token_id >= config.vocab_size)
+    {
+        Some(token_id) => Err(format!("token id {token_id} outside the vocabulary")),
+        None => Ok(()),
+    }
 }
 
 /// The cached tokens must be in the blocks the request was given.
@@ -110,6 +121,9 @@ pub(super) fn run_running(
     running: proto::RunningRequest,
 ) -> proto::Generation {
     let request_id = running.request_id;
+    if let Err(problem) = check_token_ids(config, &running.new_token_ids) {
+        return reject(state, request_id, problem);
+    }
     let Some(request) = state.requests.get_mut(&request_id) else {
         return reject(state, request_id, "running request is unknown".to_string());
     };

@@ -116,3 +116,16 @@ async fn a_cached_prefix_must_be_in_the_blocks_given() {
     let answer = fake.prefill(step_of(vec![wrong])).await.expect("ok");
     assert!(answer.generations[0].error.contains("cached position 0"));
 }
+
+#[tokio::test]
+async fn the_fake_follows_the_step_contract() {
+    let conformance = crate::testing::step_contract::conformance();
+    let config = FakeShardConfig {
+        vocab_size: 320, // the real shard's tiny test model, so out-of-vocabulary ids agree
+        block_size: conformance.block_size,
+        num_blocks: conformance.num_blocks,
+        ..FakeShardConfig::default()
+    };
+    let problems = conformance.run(|| FakeShard::new(config.clone())).await;
+    assert_eq!(problems, Vec::<String>::new());
+}
