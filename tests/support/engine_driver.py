@@ -2,9 +2,10 @@
 
 A `ScriptedRequest` says when a request joins (step number) and how its prompt is cut into
 chunks; `EngineDriver` runs steps until every request finished, building each step from the
-running set (chunks of prefilling requests + one decode of every other live request) and
-allocating KV blocks as sequences grow from a shuffled free list, so block tables are not
-contiguous.
+running set (chunks of prefilling requests + one decode of every other live request) as the
+router does: a request's first step sends it whole (`NewRequest`), later ones only what
+changed (`RunningRequest`: the token sampled last, new block ids). KV blocks are allocated as
+sequences grow from a shuffled free list, so block tables are not contiguous.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from dataclasses import dataclass, field
 
 from ferrite_server.engine.engine import Engine
 from ferrite_server.engine.types import (
-    DecodeEntry,
     FinishReason,
     GeneratedToken,
-    PrefillChunk,
+    NewRequest,
     RequestParams,
+    RunningRequest,
     StepInput,
 )
 
@@ -48,10 +49,13 @@ class ScriptedRequest:
     params: RequestParams
     join_step: int = 0
     chunk_sizes: Sequence[int] = ()  # empty: the whole prompt in one chunk
+    # prompt_ids[num_prompt_tokens:] were generated before a preemption (None: all prompt).
+    num_prompt_tokens: int | None = None
     # Filled while driving:
     num_prompt_sent: int = 0
     num_chunks_sent: int = 0
     block_table: list[int] = field(default_factory=list)
+    num_blocks_sent: int = 0  # of block_table, as the engine knows it
     tokens: list[GeneratedToken] = field(default_factory=list)
     prompt_logprobs: list[float] = field(default_factory=list)
     finish_reason: FinishReason = FinishReason.NONE
@@ -93,25 +97,26 @@ class EngineDriver:
         raise AssertionError(f"requests still running after {max_steps} steps")
 
     def run_step(self, step_index: int, requests: Sequence[ScriptedRequest]) -> None:
-        chunks: list[PrefillChunk] = []
-        decodes: list[DecodeEntry] = []
+        new_requests: list[NewRequest] = []
+        running: list[RunningRequest] = []
+        chunk_ids: list[int] = []
+        decode_ids: list[int] = []
         for request in requests:
             if request.finished or request.join_step > step_index:
                 continue
             if request.num_prompt_sent < len(request.prompt_ids):
-                chunks.append(self._next_chunk(request))
+                chunk_ids.append(request.request_id)
+                entry = self._next_chunk(request)
             else:
-                num_tokens = len(request.prompt_ids) + len(request.tokens)
-                self.allocator.extend(request.block_table, num_tokens, self.block_size)
-                decodes.append(DecodeEntry(request.request_id, tuple(request.block_table)))
-        self.steps.append(
-            StepRecord(
-                step_index,
-                tuple(chunk.request_id for chunk in chunks),
-                tuple(decode.request_id for decode in decodes),
-            )
-        )
-        output = self.engine.step(StepInput(chunks=tuple(chunks), decodes=tuple(decodes)))
+                decode_ids.append(request.request_id)
+                entry = self._decode(request)
+            if isinstance(entry, NewRequest):
+                new_requests.append(entry)
+            else:
+                running.append(entry)
+        self.steps.append(StepRecord(step_index, tuple(chunk_ids), tuple(decode_ids)))
+        step = StepInput(new_requests=tuple(new_requests), running_requests=tuple(running))
+        output = self.engine.step(step)
         by_id = {request.request_id: request for request in requests}
         for generation in output.generations:
             assert not generation.error, generation.error
@@ -122,19 +127,41 @@ class EngineDriver:
             if request.finished:
                 self.allocator.release(request.block_table)
 
-    def _next_chunk(self, request: ScriptedRequest) -> PrefillChunk:
+    def _next_chunk(self, request: ScriptedRequest) -> NewRequest | RunningRequest:
         size = request.next_chunk_size()
         start = request.num_prompt_sent
         end = start + size
         self.allocator.extend(request.block_table, end, self.block_size)
-        chunk = PrefillChunk(
-            request_id=request.request_id,
-            input_ids=tuple(request.prompt_ids[start:end]),
-            num_cached_tokens=start,
-            block_table=tuple(request.block_table),
-            is_last_chunk=end == len(request.prompt_ids),
-            params=request.params if start == 0 else None,
-        )
         request.num_prompt_sent = end
         request.num_chunks_sent += 1
-        return chunk
+        if start == 0:
+            request.num_blocks_sent = len(request.block_table)
+            num_prompt = request.num_prompt_tokens
+            return NewRequest(
+                request_id=request.request_id,
+                token_ids=tuple(request.prompt_ids),
+                num_prompt_tokens=len(request.prompt_ids) if num_prompt is None else num_prompt,
+                num_cached_tokens=0,
+                num_scheduled_tokens=size,
+                block_table=tuple(request.block_table),
+                params=request.params,
+            )
+        return self._running(request, new_token_ids=(), num_scheduled_tokens=size)
+
+    def _decode(self, request: ScriptedRequest) -> RunningRequest:
+        num_tokens = len(request.prompt_ids) + len(request.tokens)
+        self.allocator.extend(request.block_table, num_tokens, self.block_size)
+        return self._running(request, (request.tokens[-1].token_id,), num_scheduled_tokens=1)
+
+    @staticmethod
+    def _running(
+        request: ScriptedRequest, new_token_ids: tuple[int, ...], num_scheduled_tokens: int
+    ) -> RunningRequest:
+        new_block_ids = tuple(request.block_table[request.num_blocks_sent :])
+        request.num_blocks_sent = len(request.block_table)
+        return RunningRequest(
+            request_id=request.request_id,
+            new_token_ids=new_token_ids,
+            new_block_ids=new_block_ids,
+            num_scheduled_tokens=num_scheduled_tokens,
+        )
