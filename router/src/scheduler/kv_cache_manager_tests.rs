@@ -1,4 +1,5 @@
 use super::*;
+use crate::testing::lcg::Lcg;
 
 const BLOCK_SIZE: usize = 4;
 
@@ -153,19 +154,6 @@ fn allocation_is_all_or_nothing_and_a_second_table_is_refused() {
     );
 }
 
-/// A small deterministic generator (no dependency needed for a stress test).
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self, bound: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % bound
-    }
-}
-
 #[test]
 fn a_thousand_random_operations_leak_nothing() {
     let mut kv = KvCacheManager::new(24, BLOCK_SIZE, true);
@@ -173,11 +161,11 @@ fn a_thousand_random_operations_leak_nothing() {
     // request id -> (tokens, computed)
     let mut live: HashMap<u64, (Vec<u32>, usize)> = HashMap::new();
     for step in 0..1000u64 {
-        match random.next(4) {
+        match random.below(4) {
             0 | 1 => {
                 // A new request from one of a few prompt families (so prefixes repeat).
-                let family = random.next(3) as u32;
-                let length = 1 + random.next(14) as usize;
+                let family = random.below(3) as u32;
+                let length = 1 + random.below(14) as usize;
                 let token_ids: Vec<u32> = (0..length as u32).map(|i| family * 1000 + i).collect();
                 let hashes = hashes_of(&token_ids);
                 let hit = kv.cached_prefix(&token_ids, &hashes);

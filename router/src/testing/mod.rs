@@ -2,6 +2,7 @@
 //! ready-made configuration / app state.
 
 pub mod fake_submitter;
+pub mod lcg;
 pub mod step_contract;
 pub mod tiny_tokenizer;
 

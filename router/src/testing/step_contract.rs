@@ -194,7 +194,8 @@ fn parameters(new: &NewSpec) -> proto::RequestParameters {
 }
 
 fn check(expectation: &Expectation, generation: &proto::Generation) -> Option<String> {
-    if expectation.error != !generation.error.is_empty() {
+    let is_rejected = !generation.error.is_empty();
+    if expectation.error != is_rejected {
         return Some(format!(
             "error expected: {}, got {:?}",
             expectation.error, generation.error

@@ -63,7 +63,7 @@ fn start_request(config: &FakeShardConfig, new: &proto::NewRequest) -> Result<Fa
     {
         return Err("poisoned prompt".to_string());
     }
-    if new.num_cached_tokens as usize % config.block_size != 0 {
+    if !(new.num_cached_tokens as usize).is_multiple_of(config.block_size) {
         return Err(format!(
             "{} cached tokens are not whole blocks",
             new.num_cached_tokens

@@ -2,19 +2,7 @@
 //! complete with exactly their tokens; cancellations mixed in never leak blocks.
 
 use super::*;
-
-/// A tiny deterministic generator (no dependency needed for test shapes).
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, bound: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % bound
-    }
-}
+use crate::testing::lcg::Lcg;
 
 struct Case {
     prompt: Vec<u32>,
