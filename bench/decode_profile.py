@@ -36,10 +36,10 @@ def main() -> None:
         max_total = args.context + 64
         engine.warmup(bench.PREFILL_BUDGET_TOKENS, args.batch_size, max_total)
         blocks_per_seq = math.ceil((max_total + 1) / bench.BLOCK_SIZE)
-        bench.fill_batch(engine, args.batch_size, args.context, blocks_per_seq)
-        bench.time_decode_steps(engine, args.batch_size, blocks_per_seq, 5)  # warm
+        last_tokens = bench.fill_batch(engine, args.batch_size, args.context, blocks_per_seq)
+        bench.time_decode_steps(engine, last_tokens, 5)  # warm
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            bench.time_decode_steps(engine, args.batch_size, blocks_per_seq, 4)
+            bench.time_decode_steps(engine, last_tokens, 4)
         print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=25,
                                         max_name_column_width=70))
 

@@ -32,9 +32,9 @@ from ferrite_server.config import ShardConfig  # noqa: E402
 from ferrite_server.engine.engine import Engine  # noqa: E402
 from ferrite_server.engine.model_runner import ModelRunner  # noqa: E402
 from ferrite_server.engine.types import (  # noqa: E402
-    DecodeEntry,
-    PrefillChunk,
+    NewRequest,
     RequestParams,
+    RunningRequest,
     StepInput,
     StepOutput,
     StoppingParams,
@@ -79,23 +79,29 @@ def copy_bandwidth_bytes_per_s(device: torch.device) -> float:
     return 2 * source.numel() * 4 / statistics.median(times_s[2:])
 
 
-def fill_batch(engine: Engine, batch_size: int, context_tokens: int, blocks_per_seq: int) -> None:
-    """Prefill `batch_size` random prompts of `context_tokens` tokens, within the prefill budget."""
+def fill_batch(engine: Engine, batch_size: int, context_tokens: int, blocks_per_seq: int) -> dict[int, int]:
+    """Prefill `batch_size` random prompts of `context_tokens` tokens, within the prefill budget
+    (each request's whole block table sent up front). Returns each request's sampled token."""
     params = RequestParams(stopping=StoppingParams(max_new_tokens=10**6, ignore_eos=True))
-    chunks = []
+    new_requests = []
     for request_id in range(batch_size):
-        prompt = torch.randint(0, VOCAB_FOR_PROMPTS, (context_tokens,)).tolist()
+        prompt = tuple(torch.randint(0, VOCAB_FOR_PROMPTS, (context_tokens,)).tolist())
         table = tuple(range(request_id * blocks_per_seq, (request_id + 1) * blocks_per_seq))
-        chunks.append(PrefillChunk(request_id, tuple(prompt), 0, table, True, params))
+        new_requests.append(NewRequest(request_id, prompt, len(prompt), 0, len(prompt), table, params))
     per_step = max(1, PREFILL_BUDGET_TOKENS // context_tokens)
+    last_tokens: dict[int, int] = {}
     for start in range(0, batch_size, per_step):
-        check(engine.step(StepInput(chunks=tuple(chunks[start:start + per_step]))))
+        output = engine.step(StepInput(new_requests=tuple(new_requests[start:start + per_step])))
+        last_tokens.update(check(output))
+    return last_tokens
 
 
-def check(output: StepOutput) -> None:
+def check(output: StepOutput) -> dict[int, int]:
+    """Each request's sampled token; raises if any request failed."""
     errors = [g.error for g in output.generations if g.error]
     if errors:
         raise RuntimeError(f"{len(errors)} requests failed, e.g. {errors[0]}")
+    return {g.request_id: g.tokens[-1].token_id for g in output.generations}
 
 
 @dataclass(frozen=True)
@@ -105,18 +111,18 @@ class StepTime:
     sampling_s: float
 
 
-def time_decode_steps(engine: Engine, batch_size: int, blocks_per_seq: int, num_steps: int) -> StepTime:
-    decodes = tuple(
-        DecodeEntry(i, tuple(range(i * blocks_per_seq, (i + 1) * blocks_per_seq)))
-        for i in range(batch_size)
-    )
+def time_decode_steps(engine: Engine, last_tokens: dict[int, int], num_steps: int) -> StepTime:
+    """Decode steps as the router sends them: each request's sampled token, no new blocks (its
+    table already covers every step). last_tokens (request id -> token sampled last) is kept
+    up to date, so a later call continues the same requests."""
     walls_s, forwards_s, samplings_s = [], [], []
     for _ in range(num_steps):
+        decodes = tuple(RunningRequest(rid, (token,), (), 1) for rid, token in last_tokens.items())
         synchronize()
         start = time.perf_counter()
-        output = engine.step(StepInput(decodes=decodes))  # host lists: already synchronized
+        output = engine.step(StepInput(running_requests=decodes))  # host lists: already synchronized
         walls_s.append(time.perf_counter() - start)
-        check(output)
+        last_tokens.update(check(output))
         forwards_s.append(output.timings.forward_ns / 1e9)
         samplings_s.append(output.timings.sampling_ns / 1e9)
     warm = slice(min(3, num_steps - 1), None)
@@ -134,8 +140,8 @@ def step_times_by_batch(
     blocks_per_seq = math.ceil((max_total + 1) / BLOCK_SIZE)
     for batch_size in batch_sizes:
         engine.clear()
-        fill_batch(engine, batch_size, context, blocks_per_seq)
-        yield batch_size, time_decode_steps(engine, batch_size, blocks_per_seq, steps)
+        last_tokens = fill_batch(engine, batch_size, context, blocks_per_seq)
+        yield batch_size, time_decode_steps(engine, last_tokens, steps)
 
 
 def synchronize() -> None:

@@ -23,9 +23,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from ferrite_server.config import ShardConfig
 from ferrite_server.engine.engine import Engine
 from ferrite_server.engine.types import (
-    DecodeEntry,
-    PrefillChunk,
+    NewRequest,
     RequestParams,
+    RunningRequest,
     StepInput,
     StoppingParams,
 )
@@ -39,13 +39,16 @@ def engine_round(engine: Engine, prompt_ids: list[int], new_tokens: int) -> dict
     num_blocks = -(-(len(prompt_ids) + new_tokens + 1) // BLOCK_SIZE)
     table = tuple(range(num_blocks))
     params = RequestParams(stopping=StoppingParams(max_new_tokens=new_tokens + 1, ignore_eos=True))
-    chunk = PrefillChunk(1, tuple(prompt_ids), 0, table, True, params)
-    engine.step(StepInput(chunks=(chunk,)))
+    prompt = tuple(prompt_ids)
+    new = NewRequest(1, prompt, len(prompt), 0, len(prompt), table, params)
+    output = engine.step(StepInput(new_requests=(new,)))
     step_s, forward_s, sampling_s, bookkeeping_s = [], [], [], []
     start = time.perf_counter()
     for _ in range(new_tokens):
+        # As the router sends it: the token sampled last, no new blocks (the table covers all).
+        last_token = output.generations[0].tokens[-1].token_id
         step_start = time.perf_counter()
-        output = engine.step(StepInput(decodes=(DecodeEntry(1, table),)))
+        output = engine.step(StepInput(running_requests=(RunningRequest(1, (last_token,), (), 1),)))
         step_s.append(time.perf_counter() - step_start)
         timings = output.timings
         forward_s.append(timings.forward_ns / 1e9)

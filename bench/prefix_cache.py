@@ -81,20 +81,23 @@ async def run_chat(client: AsyncOpenAI, messages: list[dict[str, str]], max_toke
     return (ttft_s if ttft_s is not None else time.perf_counter() - started), num_tokens
 
 
-async def unique_prompts(base_url: str, num_requests: int, concurrency: int) -> dict[str, float]:
-    """TGI's /generate (no chat template, whose default system prompt every chat shares)."""
+async def unique_prompts(base_url: str, num_requests: int, concurrency: int, run: int) -> dict[str, float]:
+    """TGI's /generate (no chat template, whose default system prompt every chat shares);
+    `run` makes every run's prompts new, so a repeat finds nothing cached either."""
     client = AsyncClient(base_url, timeout=600)
     gate = asyncio.Semaphore(concurrency)
 
     async def one(index: int) -> int:
         async with gate:  # distinct first words: no two prompts share a block
-            text = f"{index} {WORDS[index % len(WORDS)]} " + random_text(150, seed=index + 77 * num_requests)
+            text = f"{run} {index} {WORDS[index % len(WORDS)]} " + random_text(150, seed=index + 1000 * run)
             answer = await client.generate(text, max_new_tokens=32, decoder_input_details=False)
             return answer.details.generated_tokens
 
+    hits_before = hit_tokens(base_url)
     started = time.perf_counter()
     num_tokens = await asyncio.gather(*(one(index) for index in range(num_requests)))
-    return {"output_tokens_per_s": sum(num_tokens) / (time.perf_counter() - started)}
+    return {"output_tokens_per_s": sum(num_tokens) / (time.perf_counter() - started),
+            "hit_tokens": hit_tokens(base_url) - hits_before}
 
 
 def multi_turn_conversations(num_conversations: int, num_turns: int) -> list[list[tuple[str, str]]]:
@@ -143,7 +146,9 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2, help="on/off alternations per workload")
     args = parser.parse_args()
-    conversations = multi_turn_conversations(num_conversations=8, num_turns=3)
+    # Each repeat gets its own conversations (a second pass over the same ones would hit the
+    # cache of the first).
+    conversations = multi_turn_conversations(num_conversations=8 * args.repeats, num_turns=3)
     report: dict[str, object] = {"cpu": cpu_model(), "python": platform.python_version(),
                                  "command": "python bench/prefix_cache.py"}
     with running_ferrite([*LIMITS, "--prefix-caching", "on"]) as on, \
@@ -152,12 +157,12 @@ def main() -> None:
         time_to_first_token_s(on.base_url, "warm up")
         time_to_first_token_s(off.base_url, "warm up")
         report["cached_vs_cold"] = cached_against_cold(on.base_url, args.trials)
-        for name, workload in (("zero_hit_rate", lambda url: unique_prompts(url, 32, 8)),
-                               ("sharegpt_multi_turn", lambda url: multi_turn(url, conversations))):
+        for name, workload in (("zero_hit_rate", lambda url, run: unique_prompts(url, 32, 8, run)),
+                               ("sharegpt_multi_turn", lambda url, run: multi_turn(url, conversations[8 * run:8 * (run + 1)]))):
             runs: dict[str, list[dict[str, float]]] = {"on": [], "off": []}
-            for _ in range(args.repeats):
+            for repeat in range(args.repeats):
                 for label in ("on", "off"):
-                    runs[label].append(asyncio.run(workload(servers[label])))
+                    runs[label].append(asyncio.run(workload(servers[label], repeat)))
             report[name] = {label: {key: statistics.mean(run[key] for run in label_runs) for key in label_runs[0]}
                             for label, label_runs in runs.items()}
             report[name]["throughput_on_over_off"] = (report[name]["on"]["output_tokens_per_s"]

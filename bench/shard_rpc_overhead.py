@@ -54,11 +54,15 @@ def measure(stub: shard_pb2_grpc.ShardStub, num_steps: int) -> dict[str, list[fl
     stub.Warmup(pb.WarmupRequest(max_batch_prefill_tokens=64, max_batch_size=1, max_total_tokens=max_total_tokens))
     block_table = list(range((max_total_tokens + BLOCK_SIZE - 1) // BLOCK_SIZE))
     params = pb.RequestParameters(stopping=pb.StoppingParameters(max_new_tokens=num_steps + 2, ignore_eos=True))
-    stub.Prefill(pb.PrefillRequest(chunks=[pb.PrefillChunk(
-        request_id=1, input_ids=PROMPT, block_table=block_table, is_last_chunk=True, parameters=params)]))
-    request = pb.DecodeRequest(decodes=[pb.DecodeEntry(request_id=1, block_table=block_table)])
+    response = stub.Prefill(pb.Step(new_requests=[pb.NewRequest(
+        request_id=1, token_ids=PROMPT, num_prompt_tokens=len(PROMPT), num_scheduled_tokens=len(PROMPT),
+        block_ids=block_table, parameters=params)]))
     series: dict[str, list[float]] = {k: [] for k in ("wall", "total", "forward", "sampling", "rest", "grpc")}
     for _ in range(num_steps):
+        # As the router sends it: the token sampled last, no new blocks (the table covers all).
+        last_token = response.generations[0].tokens[-1].token_id
+        request = pb.Step(running_requests=[
+            pb.RunningRequest(request_id=1, new_token_ids=[last_token], num_scheduled_tokens=1)])
         started_ns = time.perf_counter_ns()
         response = stub.Decode(request)
         wall_ns = time.perf_counter_ns() - started_ns

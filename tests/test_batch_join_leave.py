@@ -21,11 +21,11 @@ from ferrite_server.engine.errors import (
     NotWarmedUpError,
 )
 from ferrite_server.engine.types import (
-    DecodeEntry,
     FinishReason,
     Generation,
-    PrefillChunk,
+    NewRequest,
     RequestParams,
+    RunningRequest,
     SamplingParams,
     StepInput,
     StoppingParams,
@@ -84,48 +84,80 @@ def test_outputs_do_not_depend_on_who_else_is_in_the_batch(model_dir: Path) -> N
     assert all(r.finish_reason == FinishReason.LENGTH for r in [*others, greedy, seeded])
 
 
-def _prefill(engine: Engine, request_id: int, block_table: tuple[int, ...]) -> Generation:
-    chunk = PrefillChunk(request_id, tuple(PROMPT), 0, block_table, True, GREEDY)
-    (generation,) = engine.step(StepInput(chunks=(chunk,))).generations
+def _new(
+    request_id: int,
+    block_table: tuple[int, ...],
+    prompt: tuple[int, ...] = tuple(PROMPT),
+    params: RequestParams | None = GREEDY,
+    num_scheduled_tokens: int | None = None,
+) -> NewRequest:
+    """A whole prompt, nothing cached, computed at once unless num_scheduled_tokens says."""
+    scheduled = len(prompt) if num_scheduled_tokens is None else num_scheduled_tokens
+    return NewRequest(request_id, prompt, len(prompt), 0, scheduled, block_table, params)
+
+
+def _prefill(
+    engine: Engine, request_id: int, block_table: tuple[int, ...], **kwargs: object
+) -> Generation:
+    step = StepInput(new_requests=(_new(request_id, block_table, **kwargs),))
+    (generation,) = engine.step(step).generations
     return generation
 
 
-def _decode(engine: Engine, *entries: DecodeEntry) -> dict[int, Generation]:
-    output = engine.step(StepInput(decodes=entries))
+def _decode_of(generation: Generation) -> RunningRequest:
+    """The next decode of the request `generation` came from: its sampled token, no new block."""
+    return RunningRequest(generation.request_id, (generation.tokens[-1].token_id,), (), 1)
+
+
+def _decode(engine: Engine, *entries: RunningRequest) -> dict[int, Generation]:
+    output = engine.step(StepInput(running_requests=entries))
     return {generation.request_id: generation for generation in output.generations}
 
 
 def test_released_filtered_and_cleared_requests_are_forgotten(model_dir: Path) -> None:
     engine, _ = warmed_up_engine(model_dir)
     tables = {1: (0, 1, 2, 3), 2: (4, 5, 6, 7), 3: (8, 9, 10, 11)}
-    for request_id, table in tables.items():
-        assert _prefill(engine, request_id, table).tokens
-    decodes = [DecodeEntry(rid, table) for rid, table in tables.items()]
-    output = engine.step(StepInput(decodes=tuple(decodes[1:]), release_request_ids=(1,)))
+    last = {rid: _prefill(engine, rid, table) for rid, table in tables.items()}
+    assert all(generation.tokens for generation in last.values())
+    decodes = (_decode_of(last[2]), _decode_of(last[3]))
+    output = engine.step(StepInput(running_requests=decodes, release_request_ids=(1,)))
     assert all(generation.tokens for generation in output.generations)
-    assert "unknown request" in _decode(engine, decodes[0])[1].error
+    last.update({generation.request_id: generation for generation in output.generations})
+    assert "unknown request" in _decode(engine, _decode_of(last[1]))[1].error
     engine.filter([2])
-    results = _decode(engine, *decodes[1:])
+    results = _decode(engine, _decode_of(last[2]), _decode_of(last[3]))
     assert results[2].tokens and not results[2].error
     assert "unknown request" in results[3].error
     engine.clear()
-    assert "unknown request" in _decode(engine, decodes[1])[2].error
+    assert "unknown request" in _decode(engine, _decode_of(results[2]))[2].error
 
 
 def test_bad_requests_fail_alone_and_are_forgotten(model_dir: Path) -> None:
     engine, num_blocks = warmed_up_engine(model_dir)
-    assert _prefill(engine, 7, (20, 21, 22, 23)).tokens  # known; its decode below is bad
+    # Known requests whose step below is bad: 7's 12 tokens fill its 3 blocks, so its decode
+    # needs a new one; 9 computed 4 of its 11 prompt tokens; 11 is sent as new again.
+    seventh = _prefill(engine, 7, (20, 21, 22), prompt=(*PROMPT, 5))
+    assert seventh.tokens
+    assert not _prefill(engine, 9, (24, 25, 26), num_scheduled_tokens=4).tokens
+    assert _prefill(engine, 11, (27, 28, 29)).tokens
     too_long = tuple(range(1, 200))  # the tiny model has 256 positions; blocks of 4
-    chunks = (
-        PrefillChunk(1, tuple(PROMPT), 0, (0, 1, 2), True, GREEDY),  # the good one
-        PrefillChunk(2, tuple(PROMPT), 0, (3, 4, 5), True, None),  # no parameters
-        PrefillChunk(3, tuple(PROMPT), 0, (6, 7), True, GREEDY),  # 11 tokens need 3 blocks
-        PrefillChunk(4, tuple(PROMPT), 0, (8, 9, num_blocks), True, GREEDY),  # block id
-        PrefillChunk(5, (1, TINY_VOCAB_SIZE), 0, (10,), True, GREEDY),  # token id
-        PrefillChunk(6, too_long * 2, 0, tuple(range(30, 130)), True, GREEDY),  # positions
+    new_requests = (
+        _new(1, (0, 1, 2)),  # the good one
+        _new(2, (3, 4, 5), params=None),  # no parameters
+        _new(3, (6, 7)),  # 11 tokens need 3 blocks
+        _new(4, (8, 9, num_blocks)),  # block id
+        _new(5, (10,), prompt=(1, TINY_VOCAB_SIZE)),  # token id
+        _new(6, tuple(range(30, 130)), prompt=too_long * 2),  # positions
+        replace(_new(10, (11, 12, 13)), num_prompt_tokens=len(PROMPT) + 1),  # prompt > tokens
+        _new(11, (14, 15, 16)),  # the shard already holds 11
+        _new(12, (17, 18, 19), num_scheduled_tokens=0),  # computes nothing
     )
-    decodes = (DecodeEntry(7, (20, 21)), DecodeEntry(8, (24,)))  # too short; unknown id
-    output = engine.step(StepInput(chunks=chunks, decodes=decodes))
+    running = (
+        _decode_of(seventh),  # 13 tokens, 3 blocks
+        RunningRequest(9, (), (), 8),  # 4 + 8 tokens scheduled, the request has 11
+        RunningRequest(8, (3,), (), 1),  # unknown id
+    )
+    output = engine.step(StepInput(new_requests=new_requests, running_requests=running))
     results = {generation.request_id: generation for generation in output.generations}
     assert len(results[1].tokens) == 1 and not results[1].error
     expected_errors = {
@@ -134,28 +166,39 @@ def test_bad_requests_fail_alone_and_are_forgotten(model_dir: Path) -> None:
         4: "block ids outside",
         5: "vocabulary",
         6: "positions",
+        10: "num_prompt_tokens",
+        11: "already holds",
+        12: "no tokens scheduled",
         7: "block table",
+        9: "the request has 11 tokens",
         8: "unknown request",
     }
+    assert set(results) == {1, *expected_errors}
     for request_id, words in expected_errors.items():
         assert words in results[request_id].error, (request_id, results[request_id].error)
         assert not results[request_id].tokens
-    assert "unknown request" in _decode(engine, DecodeEntry(7, (20, 21, 22, 23)))[7].error
-    assert not _decode(engine, DecodeEntry(1, (0, 1, 2)))[1].error
+    # Every rejected request is forgotten, 11 too (router and shard disagreed about it).
+    with_block = replace(_decode_of(seventh), new_block_ids=(23,))
+    assert "unknown request" in _decode(engine, with_block)[7].error
+    assert "unknown request" in _decode(engine, RunningRequest(9, (), (), 7))[9].error
+    assert "unknown request" in _decode(engine, RunningRequest(11, (3,), (), 1))[11].error
+    assert not _decode(engine, _decode_of(results[1]))[1].error
 
 
 def test_a_step_naming_a_request_twice_is_refused_whole(model_dir: Path) -> None:
     engine, _ = warmed_up_engine(model_dir)
-    chunk = PrefillChunk(1, tuple(PROMPT), 0, (0, 1, 2), True, GREEDY)
+    twice = StepInput(
+        new_requests=(_new(1, (0, 1, 2)),), running_requests=(RunningRequest(1, (3,), (), 1),)
+    )
     with pytest.raises(InvalidStepError, match="more than once"):
-        engine.step(StepInput(chunks=(chunk,), decodes=(DecodeEntry(1, (0, 1, 2)),)))
+        engine.step(twice)
     assert _prefill(engine, 1, (0, 1, 2)).tokens  # nothing was half-applied
 
 
 def test_steps_before_warmup_are_refused(model_dir: Path) -> None:
     engine = Engine.load(shard_config(model_dir))
     with pytest.raises(NotWarmedUpError):
-        engine.step(StepInput(decodes=(DecodeEntry(1, (0,)),)))
+        engine.step(StepInput(running_requests=(RunningRequest(1, (3,), (), 1),)))
 
 
 def test_warmup_explains_when_the_kv_cache_is_too_small(model_dir: Path) -> None:
@@ -174,8 +217,9 @@ def test_a_preempted_request_resumes_where_it_stopped(model_dir: Path) -> None:
     assert first.generated_ids == uninterrupted[:3]
     # The router preempts it (release) and later recomputes prompt + generated tokens.
     engine.step(StepInput(release_request_ids=(1,)))
-    resumed_params = _params(8, resumed_generated_tokens=3)
-    resumed = ScriptedRequest(1, PROMPT + first.generated_ids, resumed_params)
+    resumed = ScriptedRequest(
+        1, PROMPT + first.generated_ids, _params(8), num_prompt_tokens=len(PROMPT)
+    )
     EngineDriver(engine, BlockAllocator(num_blocks, seed=5)).run([resumed])
     assert resumed.generated_ids == uninterrupted[3:]  # max_new_tokens counts the resumed 3
     assert resumed.finish_reason == FinishReason.LENGTH

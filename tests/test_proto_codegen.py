@@ -14,8 +14,13 @@ from ferrite_server.proto.codegen import (
 
 
 def test_modules_expose_the_contract() -> None:
-    request = shard_pb2.PrefillRequest(chunks=[shard_pb2.PrefillChunk(request_id=3, input_ids=[1, 2])])
-    assert shard_pb2.PrefillRequest.FromString(request.SerializeToString()) == request
+    request = shard_pb2.Step(
+        new_requests=[shard_pb2.NewRequest(request_id=3, token_ids=[1, 2], num_scheduled_tokens=2)],
+        running_requests=[shard_pb2.RunningRequest(request_id=4, new_token_ids=[7], num_scheduled_tokens=1)],
+    )
+    assert shard_pb2.Step.FromString(request.SerializeToString()) == request
+    methods = shard_pb2.DESCRIPTOR.services_by_name["Shard"].methods_by_name
+    assert methods["Prefill"].input_type.name == methods["Decode"].input_type.name == "Step"
     assert hasattr(shard_pb2_grpc, "ShardStub") and hasattr(shard_pb2_grpc, "add_ShardServicer_to_server")
     assert shard_pb2.DESCRIPTOR.package == "ferrite.shard.v1"
 

@@ -3,13 +3,7 @@ random-weight Llama; greedy tokens and logprobs are checked against transformers
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -18,52 +12,12 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from ferrite_server.proto import shard_pb2 as pb
-from ferrite_server.proto import shard_pb2_grpc
+from tests.support.shard_process import ShardProcess, start_shard
 from tests.support.tiny_models import TINY_GENERATION_EOS_TOKEN_IDS, TINY_VOCAB_SIZE, write_tiny_model
 
-SERVER_SOURCE_DIR = Path(__file__).resolve().parents[1] / "server"
-START_TIMEOUT_S = 180.0
-STOP_TIMEOUT_S = 30.0
 BLOCK_SIZE = 16
 PROMPT = [1, 17, 42, 99, 7, 250, 3]
 MAX_NEW_TOKENS = 6
-
-
-@dataclass
-class ShardProcess:
-    process: subprocess.Popen[bytes]
-    uds_path: Path
-    stub: shard_pb2_grpc.ShardStub
-    channel: grpc.Channel
-
-    def stop(self) -> int:
-        self.channel.close()
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=STOP_TIMEOUT_S)
-
-
-def start_shard(model_dir: Path, work_dir: Path) -> ShardProcess:
-    uds_path = work_dir / "shard.sock"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SERVER_SOURCE_DIR), os.environ.get("PYTHONPATH")]))}
-    command = [sys.executable, "-m", "ferrite_server.cli", "serve", "--model-id", str(model_dir),
-               "--uds-path", str(uds_path), "--dtype", "float32", "--kv-cache-memory", "1MiB",
-               "--block-size", str(BLOCK_SIZE)]
-    log_file = open(work_dir / "shard.log", "wb")
-    process = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT)
-    channel = grpc.insecure_channel(f"unix://{uds_path}")
-    stub = shard_pb2_grpc.ShardStub(channel)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        if process.poll() is not None:
-            raise AssertionError(f"shard exited {process.returncode}: {(work_dir / 'shard.log').read_text()}")
-        try:
-            stub.Health(pb.HealthRequest(), timeout=2.0)
-            return ShardProcess(process, uds_path, stub, channel)
-        except grpc.RpcError:
-            if time.monotonic() > deadline:
-                process.kill()
-                raise
-            time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +27,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def shard(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShardProcess]:
-    running = start_shard(model_dir, tmp_path_factory.mktemp("shard"))
+    running = start_shard(model_dir, tmp_path_factory.mktemp("shard"), BLOCK_SIZE)
     running.stub.Warmup(pb.WarmupRequest(max_batch_prefill_tokens=64, max_batch_size=4, max_total_tokens=128))
     yield running
     assert running.stop() == 0
@@ -84,16 +38,29 @@ def reference(model_dir: Path) -> tuple[list[int], list[float]]:
     return _reference(model_dir, PROMPT)
 
 
-def _greedy_chunk(request_id: int, input_ids: list[int], block_table: list[int], top_n: int = 0) -> pb.PrefillChunk:
+def _greedy_new(request_id: int, token_ids: list[int], block_ids: list[int], top_n: int = 0) -> pb.NewRequest:
+    """A whole prompt, nothing cached, computed in one step."""
     params = pb.RequestParameters(
         stopping=pb.StoppingParameters(max_new_tokens=MAX_NEW_TOKENS, ignore_eos=True), top_n_tokens=top_n
     )
-    return pb.PrefillChunk(request_id=request_id, input_ids=input_ids, block_table=block_table,
-                           is_last_chunk=True, parameters=params)
+    return pb.NewRequest(request_id=request_id, token_ids=token_ids, num_prompt_tokens=len(token_ids),
+                         num_scheduled_tokens=len(token_ids), block_ids=block_ids, parameters=params)
 
 
-def _decode(*entries: tuple[int, list[int]]) -> pb.DecodeRequest:
-    return pb.DecodeRequest(decodes=[pb.DecodeEntry(request_id=i, block_table=t) for i, t in entries])
+def _prefill(*new_requests: pb.NewRequest) -> pb.Step:
+    return pb.Step(new_requests=new_requests)
+
+
+def _decode(*entries: tuple[int, int]) -> pb.Step:
+    """(request id, the token it sampled last) -> one decode each, no new blocks."""
+    return pb.Step(running_requests=[
+        pb.RunningRequest(request_id=i, new_token_ids=[t], num_scheduled_tokens=1) for i, t in entries
+    ])
+
+
+def _last_token(response: pb.StepResponse, request_id: int) -> int:
+    (generation,) = [g for g in response.generations if g.request_id == request_id]
+    return generation.tokens[-1].token_id
 
 
 def _reference(model_dir: Path, prompt: list[int]) -> tuple[list[int], list[float]]:
@@ -119,11 +86,12 @@ def test_prefill_and_decode_match_transformers(
     shard: ShardProcess, reference: tuple[list[int], list[float]]
 ) -> None:
     expected_tokens, expected_logprobs = reference
-    first = shard.stub.Prefill(pb.PrefillRequest(chunks=[_greedy_chunk(1, PROMPT, [0], top_n=3)]))
+    first = shard.stub.Prefill(_prefill(_greedy_new(1, PROMPT, [0], top_n=3)))
     generations = [first.generations[0]]
     assert first.timings.total_ns >= first.timings.forward_ns > 0
     while generations[-1].finish_reason == pb.FINISH_REASON_UNSPECIFIED:
-        generations.append(shard.stub.Decode(_decode((1, [0]))).generations[0])
+        last_token = generations[-1].tokens[-1].token_id
+        generations.append(shard.stub.Decode(_decode((1, last_token))).generations[0])
     tokens = [g.tokens[0] for g in generations]
     assert [t.token_id for t in tokens] == expected_tokens
     assert [t.logprob for t in tokens] == pytest.approx(expected_logprobs, abs=1e-4)
@@ -132,37 +100,37 @@ def test_prefill_and_decode_match_transformers(
 
 
 def test_filter_and_clear_forget_requests(shard: ShardProcess) -> None:
-    shard.stub.Prefill(pb.PrefillRequest(chunks=[_greedy_chunk(10, PROMPT, [1]), _greedy_chunk(11, PROMPT, [2])]))
+    prefilled = shard.stub.Prefill(_prefill(_greedy_new(10, PROMPT, [1]), _greedy_new(11, PROMPT, [2])))
     shard.stub.Filter(pb.FilterRequest(keep_request_ids=[10]))
-    response = shard.stub.Decode(_decode((10, [1]), (11, [2])))
+    response = shard.stub.Decode(_decode((10, _last_token(prefilled, 10)), (11, _last_token(prefilled, 11))))
     by_id = {g.request_id: g for g in response.generations}
     assert by_id[10].error == "" and len(by_id[10].tokens) == 1
     assert by_id[11].error and not by_id[11].tokens
     shard.stub.Clear(pb.ClearRequest())
-    assert shard.stub.Decode(_decode((10, [1]))).generations[0].error
+    assert shard.stub.Decode(_decode((10, _last_token(response, 10)))).generations[0].error
 
 
 def test_bad_requests_fail_alone_and_the_process_keeps_serving(
     shard: ShardProcess, reference: tuple[list[int], list[float]]
 ) -> None:
-    unknown = shard.stub.Decode(_decode((12345, [3])))
+    unknown = shard.stub.Decode(_decode((12345, 3)))
     assert unknown.generations[0].request_id == 12345 and unknown.generations[0].error
-    too_long = shard.stub.Prefill(pb.PrefillRequest(chunks=[_greedy_chunk(20, PROMPT * 5, [4])]))
+    too_long = shard.stub.Prefill(_prefill(_greedy_new(20, PROMPT * 5, [4])))
     assert too_long.generations[0].error  # 35 tokens do not fit one 16-token block
     with pytest.raises(grpc.RpcError) as raised:
         shard.stub.Warmup(pb.WarmupRequest(max_batch_prefill_tokens=64, max_batch_size=4, max_total_tokens=10**6))
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     shard.stub.Health(pb.HealthRequest())
-    again = shard.stub.Prefill(pb.PrefillRequest(chunks=[_greedy_chunk(21, PROMPT, [5])]))
+    again = shard.stub.Prefill(_prefill(_greedy_new(21, PROMPT, [5])))
     assert again.generations[0].tokens[0].token_id == reference[0][0]
     shard.stub.Filter(pb.FilterRequest())
 
 
 def test_prefill_before_warmup_is_refused_and_sigterm_stops_cleanly(model_dir: Path, tmp_path: Path) -> None:
-    fresh = start_shard(model_dir, tmp_path)
+    fresh = start_shard(model_dir, tmp_path, BLOCK_SIZE)
     try:
         with pytest.raises(grpc.RpcError) as raised:
-            fresh.stub.Prefill(pb.PrefillRequest(chunks=[_greedy_chunk(1, PROMPT, [0])]))
+            fresh.stub.Prefill(_prefill(_greedy_new(1, PROMPT, [0])))
         assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         fresh.stub.Health(pb.HealthRequest())
     finally:

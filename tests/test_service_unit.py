@@ -69,7 +69,7 @@ class FakeEngine:
         if not self.warmed_up:
             raise NotWarmedUpError("Warmup first")
         self.steps.append(step)
-        ids = [c.request_id for c in step.chunks] + [d.request_id for d in step.decodes]
+        ids = [r.request_id for r in step.new_requests] + [r.request_id for r in step.running_requests]
         if CRASH_ID in ids:
             raise RuntimeError("kaboom")
         if not ids:
@@ -107,8 +107,10 @@ async def _with_server(tmp_path: Path, engine: FakeEngine, body) -> None:
     assert not uds_path.exists()
 
 
-def _decode(*ids: int) -> pb.DecodeRequest:
-    return pb.DecodeRequest(decodes=[pb.DecodeEntry(request_id=i, block_table=[0, 1]) for i in ids])
+def _decode(*ids: int) -> pb.Step:
+    return pb.Step(running_requests=[
+        pb.RunningRequest(request_id=i, new_token_ids=[i], num_scheduled_tokens=1) for i in ids
+    ])
 
 
 def test_info_warmup_and_conversions(tmp_path: Path) -> None:
@@ -121,25 +123,31 @@ def test_info_warmup_and_conversions(tmp_path: Path) -> None:
         warm = await stub.Warmup(pb.WarmupRequest(max_batch_prefill_tokens=64, max_batch_size=4, max_total_tokens=256))
         assert (warm.num_blocks, warm.max_supported_total_tokens, warm.peak_activation_memory_bytes) == (16, 256, 3)
         sampling = pb.SamplingParameters(do_sample=True, top_k=5, seed=7, has_seed=True, logit_bias={3: -1.0})
-        chunk = pb.PrefillChunk(
-            request_id=1, input_ids=[4, 5, 6], num_cached_tokens=16, block_table=[2, 3], is_last_chunk=True,
+        new = pb.NewRequest(
+            request_id=1, token_ids=[9, 9, 9, 9, 4, 5, 6], num_prompt_tokens=6, num_cached_tokens=4,
+            num_scheduled_tokens=3, block_ids=[2, 3],
             parameters=pb.RequestParameters(sampling=sampling, stopping=pb.StoppingParameters(max_new_tokens=9),
-                                            top_n_tokens=2, resumed_generated_tokens=1),
+                                            top_n_tokens=2, prompt_logprobs=True),
         )
-        plain = pb.PrefillChunk(request_id=2, input_ids=[8], block_table=[4])
-        response = await stub.Prefill(pb.PrefillRequest(chunks=[chunk, plain], decodes=[pb.DecodeEntry(request_id=3)],
-                                                        release_request_ids=[11]))
+        plain = pb.NewRequest(request_id=2, token_ids=[8], num_prompt_tokens=1, num_scheduled_tokens=1, block_ids=[4])
+        running = pb.RunningRequest(request_id=3, new_token_ids=[12], new_block_ids=[5, 6], num_scheduled_tokens=1)
+        response = await stub.Prefill(pb.Step(new_requests=[new, plain], running_requests=[running],
+                                              release_request_ids=[11]))
         first = response.generations[0]
         assert (first.request_id, first.tokens[0].token_id, first.finish_reason) == (1, 1, pb.FINISH_REASON_LENGTH)
         assert [(t.token_id, t.logprob) for t in first.tokens[0].top_tokens] == [(1, -0.5), (7, -1.5)]
         assert response.timings.forward_ns == 10 and response.timings.total_ns >= 20
         step = engine.steps[-1]
-        assert step.release_request_ids == (11,) and step.decodes[0].request_id == 3
-        converted = step.chunks[0]
-        assert (converted.input_ids, converted.num_cached_tokens, converted.block_table) == ((4, 5, 6), 16, (2, 3))
+        assert step.release_request_ids == (11,)
+        converted_running = step.running_requests[0]
+        assert (converted_running.request_id, converted_running.new_token_ids, converted_running.new_block_ids,
+                converted_running.num_scheduled_tokens) == (3, (12,), (5, 6), 1)
+        converted = step.new_requests[0]
+        assert (converted.token_ids, converted.num_prompt_tokens, converted.num_cached_tokens,
+                converted.num_scheduled_tokens, converted.block_table) == ((9, 9, 9, 9, 4, 5, 6), 6, 4, 3, (2, 3))
         params = converted.params
-        assert params is not None and step.chunks[1].params is None
-        assert (params.top_n_tokens, params.resumed_generated_tokens, params.stopping.max_new_tokens) == (2, 1, 9)
+        assert params is not None and step.new_requests[1].params is None
+        assert (params.top_n_tokens, params.prompt_logprobs, params.stopping.max_new_tokens) == (2, True, 9)
         s = params.sampling
         # proto zeros are "off": normalized to the engine's neutral values
         assert (s.do_sample, s.top_k, s.seed, s.logit_bias) == (True, 5, 7, ((3, -1.0),))

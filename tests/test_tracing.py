@@ -69,8 +69,10 @@ def _traced_spans(tmp_path: Path, calls) -> list[ReadableSpan]:
     return list(exporter.get_finished_spans())
 
 
-def _decode(*ids: int) -> pb.DecodeRequest:
-    return pb.DecodeRequest(decodes=[pb.DecodeEntry(request_id=i, block_table=[0]) for i in ids])
+def _decode(*ids: int) -> pb.Step:
+    return pb.Step(running_requests=[
+        pb.RunningRequest(request_id=i, new_token_ids=[i], num_scheduled_tokens=1) for i in ids
+    ])
 
 
 def test_a_step_joins_the_routers_trace_with_forward_and_sampling_children(tmp_path: Path) -> None:
@@ -94,6 +96,20 @@ def test_a_step_joins_the_routers_trace_with_forward_and_sampling_children(tmp_p
     assert sampling.end_time - sampling.start_time == SAMPLING_NS
     # Placed inside the step's own span (the fake's forward ended just before it returned).
     assert decode.start_time <= forward.start_time and sampling.end_time <= decode.end_time
+
+
+def test_a_prefill_span_counts_prompt_chunks_apart_from_decodes(tmp_path: Path) -> None:
+    new = pb.NewRequest(request_id=1, token_ids=[4, 5, 6, 7], num_prompt_tokens=4, num_scheduled_tokens=2,
+                        block_ids=[0])
+    # A running request handed no token computes a prompt chunk; one handed a token decodes.
+    next_chunk = pb.RunningRequest(request_id=2, num_scheduled_tokens=3)
+    step = pb.Step(new_requests=[new], running_requests=[next_chunk, *_decode(3, 4).running_requests])
+
+    async def calls(stub: shard_pb2_grpc.ShardStub) -> None:
+        await stub.Prefill(step)
+
+    spans = {span.name: span for span in _traced_spans(tmp_path, calls)}
+    assert (spans["prefill"].attributes["num_chunks"], spans["prefill"].attributes["num_decodes"]) == (2, 2)
 
 
 def test_without_a_traceparent_a_step_starts_its_own_trace(tmp_path: Path) -> None:

@@ -103,6 +103,8 @@ def _plan_new(
         raise _Rejected("new request for an id the shard already holds")
     if new.params is None:
         raise _Rejected("new request without parameters")
+    if new.num_cached_tokens % limits.block_size:
+        raise _Rejected(f"{new.num_cached_tokens} cached tokens are not whole blocks")
     if not 0 <= new.num_prompt_tokens <= len(new.token_ids):
         raise _Rejected(f"num_prompt_tokens {new.num_prompt_tokens} of {len(new.token_ids)} tokens")
     _check_token_ids(new.token_ids, limits)
