@@ -76,6 +76,7 @@ async fn round() -> (Duration, usize) {
         max_batch_prefill_tokens: 1024,
         max_batch_total_tokens: 4096 * 16,
         max_batch_size: NUM_REQUESTS,
+        max_total_tokens: 64,
         max_waiting_requests: NUM_REQUESTS,
         prefix_caching: true,
     };

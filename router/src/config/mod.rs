@@ -85,6 +85,7 @@ impl RouterConfig {
             max_batch_prefill_tokens: self.batching.max_batch_prefill_tokens,
             max_batch_total_tokens: self.batching.max_batch_total_tokens,
             max_batch_size: self.batching.max_batch_size,
+            max_total_tokens: self.limits.max_total_tokens,
             max_waiting_requests: self.batching.max_concurrent_requests,
             prefix_caching: self.batching.prefix_caching,
         }

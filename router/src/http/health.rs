@@ -37,8 +37,15 @@ impl HealthState {
         self.last_check_ok.store(false, Ordering::Relaxed);
     }
 
-    /// Ok at once while the last check passed; otherwise runs the probe generation.
+    /// Ok at once while the last check passed; otherwise runs the probe generation. Never ok
+    /// while the shards are unreachable (restarting).
     pub async fn check(&self, submitter: &dyn RequestSubmitter) -> Result<(), ApiError> {
+        if submitter.stats().shards_unreachable {
+            self.mark_failed();
+            return Err(ApiError::Unhealthy(
+                "the shards are unreachable (restarting); requests wait for them".into(),
+            ));
+        }
         if self.last_check_ok.load(Ordering::Relaxed) {
             return Ok(());
         }

@@ -271,6 +271,11 @@ fn render_scheduler(out: &mut PrometheusText, stats: &SchedulerStats) {
             stats.kv_blocks_cached as f64,
         ),
         (
+            "ferrite_shards_up",
+            "1 while the shards answer, 0 while they are unreachable (restarting)",
+            if stats.shards_unreachable { 0.0 } else { 1.0 },
+        ),
+        (
             "ferrite_last_batch_size",
             "Requests in the most recent step",
             stats.last_batch_size as f64,
@@ -304,6 +309,16 @@ fn render_scheduler(out: &mut PrometheusText, stats: &SchedulerStats) {
             "ferrite_prefix_cache_evictions_total",
             "Cached KV blocks dropped to make room",
             stats.prefix_cache_evicted_blocks_total,
+        ),
+        (
+            "ferrite_shard_recoveries_total",
+            "Times the shards came back after being unreachable",
+            stats.shard_recoveries_total,
+        ),
+        (
+            "ferrite_replayed_requests_total",
+            "Running requests replayed on restarted shards",
+            stats.replayed_requests_total,
         ),
         (
             "ferrite_prompt_tokens_computed_total",

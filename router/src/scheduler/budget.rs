@@ -168,6 +168,7 @@ mod tests {
             max_batch_prefill_tokens: 16,
             max_batch_total_tokens,
             max_batch_size: 8,
+            max_total_tokens: 64,
             max_waiting_requests: 8,
             prefix_caching: true,
         }

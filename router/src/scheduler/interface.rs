@@ -98,6 +98,11 @@ pub struct SchedulerStats {
     /// Prompt tokens sent to be computed (chunks), cached ones excluded.
     pub prompt_tokens_computed_total: u64,
     pub preemptions_total: u64,
+    /// The shards could not be reached; the scheduler waits for them to come back.
+    pub shards_unreachable: bool,
+    /// Times the shards came back after being unreachable, and requests replayed on them.
+    pub shard_recoveries_total: u64,
+    pub replayed_requests_total: u64,
     pub steps_total: u64,
     /// Requests and tokens in the most recent step.
     pub last_batch_size: usize,
@@ -129,8 +134,22 @@ pub struct SchedulerConfig {
     pub max_batch_total_tokens: usize,
     /// Most requests in one step.
     pub max_batch_size: usize,
+    /// Longest sequence (prompt + generated) admitted; a restarted shard is warmed up for it.
+    pub max_total_tokens: usize,
     /// Most requests waiting for admission before `submit` answers QueueFull.
     pub max_waiting_requests: usize,
     /// Reuse the KV blocks of identical token prefixes (prompts and earlier turns).
     pub prefix_caching: bool,
+}
+
+impl SchedulerConfig {
+    /// The Warmup that sizes a shard for these limits (sent again after a shard restart).
+    pub fn warmup_request(&self) -> proto::WarmupRequest {
+        let to_u32 = |value: usize| u32::try_from(value).unwrap_or(u32::MAX);
+        proto::WarmupRequest {
+            max_batch_prefill_tokens: to_u32(self.max_batch_prefill_tokens),
+            max_batch_size: to_u32(self.max_batch_size),
+            max_total_tokens: to_u32(self.max_total_tokens),
+        }
+    }
 }

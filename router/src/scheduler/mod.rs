@@ -43,7 +43,13 @@ pub fn spawn_scheduler<C: ShardClient>(client: Arc<C>, config: SchedulerConfig) 
     let (commands, command_receiver) = mpsc::unbounded_channel();
     let kv = KvCacheManager::new(config.num_blocks, config.block_size, config.prefix_caching);
     let state = SchedulerState::new(budget::BatchLimits::from_config(&config), kv, gate.clone());
-    let step_loop = StepLoop::new(client, state, command_receiver, stats.clone());
+    let step_loop = StepLoop::new(
+        client,
+        state,
+        command_receiver,
+        stats.clone(),
+        config.warmup_request(),
+    );
     tokio::spawn(step_loop.run());
     SchedulerHandle::new(commands, gate, stats, config)
 }

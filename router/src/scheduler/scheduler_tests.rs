@@ -14,6 +14,7 @@ use super::{spawn_scheduler, SchedulerHandle};
 use crate::proto;
 
 mod prefix_caching;
+mod shard_restart;
 mod stress;
 mod traces;
 
@@ -43,6 +44,7 @@ fn config(
         max_batch_prefill_tokens,
         max_batch_total_tokens: fake_config.block_size * fake_config.num_blocks,
         max_batch_size,
+        max_total_tokens: 64,
         max_waiting_requests: 64,
         prefix_caching: true,
     }
@@ -358,6 +360,7 @@ async fn per_request_shard_error_fails_only_that_request() {
 async fn queue_bound_refuses_at_once() {
     let fake = fake(4, 64);
     let config = SchedulerConfig {
+        max_total_tokens: 64,
         max_waiting_requests: 2,
         prefix_caching: true,
         ..config(&fake, 64, 8)

@@ -137,6 +137,15 @@ impl Sequence {
         }
     }
 
+    /// Tokens the sequence can reach: prompt plus max_new_tokens.
+    pub fn max_num_tokens(&self) -> usize {
+        let max_new_tokens = self
+            .parameters
+            .stopping
+            .map_or(0, |stopping| stopping.max_new_tokens as usize);
+        self.num_prompt_tokens + max_new_tokens
+    }
+
     pub fn num_input_tokens(&self) -> usize {
         self.num_input_tokens
     }

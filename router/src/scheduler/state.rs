@@ -339,6 +339,39 @@ impl SchedulerState {
         );
     }
 
+    /// The shards are gone (a crashed process; its KV cache went with it): every running
+    /// request goes back to the front of the queue, in order, to be replayed from its tokens
+    /// on the restarted shards. Returns how many were running.
+    pub fn requeue_all_for_replay(&mut self) -> usize {
+        let running = std::mem::take(&mut self.running);
+        let num_running = running.len();
+        for mut sequence in running.into_iter().rev() {
+            self.kv.free(sequence.request_id);
+            sequence.reset_for_preemption();
+            self.waiting.push_front_preempted(sequence);
+        }
+        self.pending_release_ids.clear();
+        num_running
+    }
+
+    /// A restarted shard holds `num_blocks` empty KV blocks: the block ledger and the prefix
+    /// cache start over. Waiting requests that no longer fit the cache alone fail.
+    pub fn reset_kv_cache(&mut self, num_blocks: usize) {
+        let (block_size, prefix_caching) = (self.kv.block_size(), self.kv.is_prefix_caching());
+        self.kv = KvCacheManager::new(num_blocks, block_size, prefix_caching);
+        self.waiting.remove_where(|sequence| {
+            let needed_blocks = sequence.max_num_tokens().div_ceil(block_size);
+            let too_large = needed_blocks > num_blocks;
+            if too_large {
+                sequence.fail(GenerationError::TooLargeForCache {
+                    needed_blocks,
+                    total_blocks: num_blocks,
+                });
+            }
+            too_large
+        });
+    }
+
     /// The step's RPC failed: its requests fail; the caller clears the shard, so the running
     /// requests that were not in the step go back to the waiting queue to be recomputed.
     pub fn fail_step(&mut self, members: &StepMembers, error: &ShardError) {

@@ -79,6 +79,18 @@ impl StatsCell {
         stats.prefix_cache_evicted_blocks_total = gauges.kv_counters.evicted_blocks;
     }
 
+    /// The shards became unreachable (true) or came back after replaying `num_replayed`.
+    pub fn set_shards_unreachable(&self, is_unreachable: bool) {
+        self.lock().shards_unreachable = is_unreachable;
+    }
+
+    pub fn record_recovery(&self, num_replayed: usize) {
+        let mut stats = self.lock();
+        stats.shards_unreachable = false;
+        stats.shard_recoveries_total += 1;
+        stats.replayed_requests_total += num_replayed as u64;
+    }
+
     /// A snapshot; the waiting count is read live from the gate.
     pub fn snapshot(&self, gate: &WaitingGate) -> SchedulerStats {
         let mut stats = self.lock().clone();

@@ -1,8 +1,13 @@
 //! The scheduler task: take in submitted requests, plan a step, call the shard, dispatch the
 //! results; repeat while there is work, and sleep on the command channel when there is none.
+//!
+//! When a step fails and the shards do not answer a health check either, they are gone (a
+//! crashed process, which the launcher restarts): the running requests are requeued with
+//! their tokens, and once the shards answer again they are warmed up and the requests
+//! replayed, so their clients see a pause, not an error.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -11,13 +16,19 @@ use super::sequence::Sequence;
 use super::state::{PreparedStep, SchedulerState, StepRequest};
 use super::stats::{StateGauges, StatsCell, StepRecord};
 use crate::proto;
-use crate::shard_client::{ShardClient, ShardResult};
+use crate::shard_client::{ShardClient, ShardError, ShardResult};
+
+/// First and longest wait between health checks while the shards are down.
+const RECOVERY_POLL_FIRST: Duration = Duration::from_millis(100);
+const RECOVERY_POLL_MAX: Duration = Duration::from_secs(2);
 
 pub struct StepLoop<C: ShardClient> {
     client: Arc<C>,
     state: SchedulerState,
     commands: mpsc::UnboundedReceiver<Sequence>,
     stats: Arc<StatsCell>,
+    /// Sent again to shards that come back after a crash.
+    warmup: proto::WarmupRequest,
 }
 
 impl<C: ShardClient> StepLoop<C> {
@@ -26,12 +37,14 @@ impl<C: ShardClient> StepLoop<C> {
         state: SchedulerState,
         commands: mpsc::UnboundedReceiver<Sequence>,
         stats: Arc<StatsCell>,
+        warmup: proto::WarmupRequest,
     ) -> Self {
         Self {
             client,
             state,
             commands,
             stats,
+            warmup,
         }
     }
 
@@ -108,6 +121,9 @@ impl<C: ShardClient> StepLoop<C> {
         let succeeded = result.is_ok();
         match result {
             Ok(response) => self.state.complete(&members, response),
+            Err(error) if self.client.health().await.is_err() => {
+                self.recover_shards(&error).await;
+            }
             Err(error) => {
                 tracing::error!(%error, batch_size, "shard step failed; failing its requests");
                 self.state.fail_step(&members, &error);
@@ -127,6 +143,35 @@ impl<C: ShardClient> StepLoop<C> {
             sampling_ns,
             step_wall_ns: started_at.elapsed().as_nanos() as u64,
         });
+    }
+
+    /// Requeues every running request, waits until the shards answer again, warms them up
+    /// and lets the loop replay the requests (new ones keep queueing meanwhile).
+    async fn recover_shards(&mut self, error: &ShardError) {
+        let num_replayed = self.state.requeue_all_for_replay();
+        self.stats.set_shards_unreachable(true);
+        self.publish_gauges();
+        tracing::warn!(%error, num_replayed, "the shards are unreachable: waiting for them to come back");
+        let mut delay = RECOVERY_POLL_FIRST;
+        loop {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(RECOVERY_POLL_MAX);
+            if self.client.health().await.is_err() {
+                continue;
+            }
+            match self.client.warmup(self.warmup.clone()).await {
+                Ok(answer) => {
+                    self.state.reset_kv_cache(answer.num_blocks as usize);
+                    break;
+                }
+                Err(error) => tracing::warn!(%error, "warming up the restarted shards failed"),
+            }
+        }
+        self.stats.record_recovery(num_replayed);
+        tracing::info!(
+            num_replayed,
+            "the shards are back: replaying the interrupted requests"
+        );
     }
 
     async fn send(&self, request: StepRequest) -> ShardResult<proto::StepResponse> {

@@ -51,6 +51,7 @@ fn stack(step_delay: Duration) -> Stack {
             max_batch_prefill_tokens: 16,
             max_batch_total_tokens: 4 * NUM_BLOCKS,
             max_batch_size: 8,
+            max_total_tokens: 64,
             max_waiting_requests: 8,
             prefix_caching: true,
         },

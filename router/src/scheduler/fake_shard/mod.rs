@@ -110,6 +110,31 @@ impl FakeShard {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// At the `step_index`-th Prefill/Decode call (0-based) the fake "crashes": it forgets
+    /// everything and is unreachable (Transport errors, failing health) for `down_for`, like
+    /// a killed shard process that its launcher restarts.
+    pub fn crash_at_step(&self, step_index: usize, down_for: Duration) {
+        self.lock().crash_plan = Some((step_index, down_for));
+    }
+
+    pub fn num_warmups(&self) -> usize {
+        self.lock().num_warmups
+    }
+
+    fn check_reachable(&self) -> ShardResult<()> {
+        let mut state = self.lock();
+        match state.down_until {
+            Some(until) if std::time::Instant::now() < until => {
+                Err(ShardError::Transport("the fake shard is down".to_string()))
+            }
+            Some(_) => {
+                state.down_until = None;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
     /// The next `num_steps` Prefill/Decode calls fail with a gRPC-style status.
     pub fn fail_next_steps(&self, num_steps: usize) {
         self.lock().num_failures_to_inject = num_steps;
@@ -139,7 +164,17 @@ impl FakeShard {
         if !self.config.step_delay.is_zero() {
             tokio::time::sleep(self.config.step_delay).await;
         }
+        self.check_reachable()?;
         let mut state = self.lock();
+        if let Some((crash_step, down_for)) = state.crash_plan {
+            if state.steps.len() == crash_step {
+                state.crash_plan = None;
+                state.requests.clear();
+                state.block_slots.clear();
+                state.down_until = Some(std::time::Instant::now() + down_for);
+                return Err(ShardError::Transport("the fake shard crashed".to_string()));
+            }
+        }
         if state.num_failures_to_inject > 0 {
             state.num_failures_to_inject -= 1;
             return Err(ShardError::Status("injected step failure".to_string()));
@@ -222,10 +257,12 @@ impl ShardClient for FakeShard {
     }
 
     async fn health(&self) -> ShardResult<()> {
-        Ok(())
+        self.check_reachable()
     }
 
     async fn warmup(&self, _request: proto::WarmupRequest) -> ShardResult<proto::WarmupResponse> {
+        self.check_reachable()?;
+        self.lock().num_warmups += 1;
         Ok(proto::WarmupResponse {
             num_blocks: self.config.num_blocks as u32,
             max_supported_total_tokens: (self.config.num_blocks * self.config.block_size) as u64,

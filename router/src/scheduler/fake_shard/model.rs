@@ -30,6 +30,12 @@ pub(super) struct FakeState {
     pub(super) violations: Vec<String>,
     pub(super) released_ids: Vec<u64>,
     pub(super) num_failures_to_inject: usize,
+    /// A simulated crash: at this step call the process "dies" (state lost, Transport
+    /// errors) and stays unreachable for the duration.
+    pub(super) crash_plan: Option<(usize, std::time::Duration)>,
+    /// Unreachable until then (after a simulated crash).
+    pub(super) down_until: Option<std::time::Instant>,
+    pub(super) num_warmups: usize,
     pub(super) num_clears: usize,
     pub(super) steps: Vec<StepSummary>,
 }

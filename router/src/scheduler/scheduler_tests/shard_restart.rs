@@ -1,0 +1,34 @@
+//! A shard group that crashes mid-generation (its state and KV cache gone, unreachable for a
+//! while, then back empty): the scheduler waits, warms it up and replays every request, so
+//! each still gets exactly its tokens, once, and no error.
+
+use super::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_survive_a_shard_crash_and_are_replayed() {
+    let fake = fake(4, 64);
+    // Crash after 6 steps: some requests are decoding, some prefilling (chunks of 8).
+    fake.crash_at_step(6, Duration::from_millis(300));
+    let handle = spawn_scheduler(fake.clone(), config(&fake, 8, 8));
+    let cases: Vec<(Vec<u32>, u32)> = (0..8u32)
+        .map(|index| (prompt(3 + index as usize * 3, 100 + index * 50), 10))
+        .collect();
+    let receivers: Vec<EventReceiver> = cases
+        .iter()
+        .map(|(prompt, max_new_tokens)| {
+            handle
+                .submit(request(prompt.clone(), *max_new_tokens, false))
+                .expect("admitted")
+        })
+        .collect();
+    let results = join_all(receivers.into_iter().map(collect)).await;
+    for ((prompt, max_new_tokens), received) in cases.iter().zip(&results) {
+        assert_correct(received, prompt, *max_new_tokens);
+    }
+    let stats = wait_for_drain(&handle).await;
+    assert_eq!(stats.shard_recoveries_total, 1);
+    assert!(stats.replayed_requests_total > 0);
+    assert!(!stats.shards_unreachable);
+    assert_eq!(fake.num_warmups(), 1, "the restarted shard was warmed up");
+    assert_eq!(fake.violations(), Vec::<String>::new());
+}
