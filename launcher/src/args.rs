@@ -247,6 +247,10 @@ pub struct Args {
     /// Seconds in-flight requests get to finish on shutdown before children are killed
     #[arg(long, env, default_value_t = 10)]
     pub graceful_shutdown_timeout_s: u64,
+
+    /// Times a crashed shard group is restarted (its requests are replayed by the router); then the launcher exits with the shard's last error. 0: exit at the first crash. Single-node only
+    #[arg(long, env, default_value_t = 3)]
+    pub max_shard_restarts: u32,
 }
 
 /// Parses "2GiB", "500MB", "1.5G" or a plain byte count into bytes.

@@ -9,6 +9,7 @@ pub mod observability;
 pub mod plan;
 pub mod readiness;
 pub mod shard_plan;
+mod shard_restart;
 pub mod supervisor;
 pub mod topology;
 
@@ -140,7 +141,7 @@ async fn prepare_model(
     let last_line = match with_progress(logger, "still preparing the model", wait).await {
         Ok(last_line) => last_line,
         Err(Interrupt::Signal(signal_name)) => return Ok(Err(signal_name)),
-        Err(Interrupt::ChildDied(report)) => return Err(LaunchError::PrepareFailed(report)),
+        Err(Interrupt::ChildDied { report, .. }) => return Err(LaunchError::PrepareFailed(report)),
     };
     let model_dir = PathBuf::from(last_line.ok_or(LaunchError::NoModelDir)?.trim());
     logger.info(&format!(
@@ -156,22 +157,9 @@ async fn start_and_supervise(
     supervisor: &mut Supervisor,
     logger: Logger,
 ) -> Result<Option<&'static str>, LaunchError> {
-    for shard in &plan.shards {
-        claim_socket_path(&shard.uds_path)?;
-        supervisor.spawn(&shard.process)?;
-    }
     let started = Instant::now();
-    for shard in &plan.shards {
-        let name = &shard.process.name;
-        let wait = readiness::wait_for_shard(&shard.uds_path);
-        let what = format!("still waiting for {name} to load and answer health checks");
-        match supervisor.race(with_progress(logger, &what, wait)).await {
-            Ok(()) => logger.info(&format!(
-                "{name} is ready ({:.1} s)",
-                started.elapsed().as_secs_f64()
-            )),
-            Err(interrupt) => return interrupted(interrupt),
-        }
+    if let Err(interrupt) = start_shards(plan, supervisor, logger).await? {
+        return interrupted(interrupt);
     }
     let Some(router) = &plan.router else {
         let topology = plan.topology;
@@ -196,13 +184,49 @@ async fn start_and_supervise(
         plan.router_port,
         started.elapsed().as_secs_f64()
     ));
-    interrupted(supervisor.supervise().await)
+    let mut restarts = shard_restart::RestartBudget::new(plan.max_shard_restarts);
+    loop {
+        let interrupt = supervisor.supervise().await;
+        match shard_restart::restart_after(interrupt, &mut restarts, plan, supervisor, logger)
+            .await?
+        {
+            Ok(()) => continue,
+            Err(interrupt) => return interrupted(interrupt),
+        }
+    }
+}
+
+/// Starts every shard of this node and waits until each answers its health check; the
+/// interrupt that came first otherwise.
+async fn start_shards(
+    plan: &LaunchPlan,
+    supervisor: &mut Supervisor,
+    logger: Logger,
+) -> Result<Result<(), Interrupt>, LaunchError> {
+    for shard in &plan.shards {
+        claim_socket_path(&shard.uds_path)?;
+        supervisor.spawn(&shard.process)?;
+    }
+    let started = Instant::now();
+    for shard in &plan.shards {
+        let name = &shard.process.name;
+        let wait = readiness::wait_for_shard(&shard.uds_path);
+        let what = format!("still waiting for {name} to load and answer health checks");
+        match supervisor.race(with_progress(logger, &what, wait)).await {
+            Ok(()) => logger.info(&format!(
+                "{name} is ready ({:.1} s)",
+                started.elapsed().as_secs_f64()
+            )),
+            Err(interrupt) => return Ok(Err(interrupt)),
+        }
+    }
+    Ok(Ok(()))
 }
 
 fn interrupted(interrupt: Interrupt) -> Result<Option<&'static str>, LaunchError> {
     match interrupt {
         Interrupt::Signal(name) => Ok(Some(name)),
-        Interrupt::ChildDied(report) => Err(LaunchError::ChildDied(report)),
+        Interrupt::ChildDied { report, .. } => Err(LaunchError::ChildDied(report)),
     }
 }
 

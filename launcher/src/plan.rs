@@ -95,6 +95,9 @@ pub struct LaunchPlan {
     /// Address the launcher probes for the router's `/health` (a wildcard bind -> loopback).
     pub router_probe_host: String,
     pub router_port: u16,
+    /// Restarts of a crashed shard group; 0 on multi-node deployments (every node's shards
+    /// would have to restart together).
+    pub max_shard_restarts: u32,
 }
 
 /// Checks that need no model: run before preparing it, so mistakes fail in milliseconds.
@@ -248,6 +251,11 @@ pub fn build_plan(
         shards,
         router_probe_host: probe_host(&args.hostname),
         router_port: args.port,
+        max_shard_restarts: if topology.nnodes == 1 {
+            args.max_shard_restarts
+        } else {
+            0
+        },
     })
 }
 

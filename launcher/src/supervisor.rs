@@ -24,8 +24,8 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 pub enum Interrupt {
     /// SIGINT or SIGTERM reached the launcher.
     Signal(&'static str),
-    /// A child ended on its own: its death report.
-    ChildDied(String),
+    /// A child ended on its own: its name and death report.
+    ChildDied { name: String, report: String },
 }
 
 /// SIGINT and SIGTERM, installed before the first child starts so none is missed.
@@ -99,8 +99,9 @@ impl Supervisor {
             output = &mut work => Ok(output),
             name = self.signals.recv() => Err(Interrupt::Signal(name)),
             Some(exit) = self.exits_rx.recv() => {
+                let name = exit.name.clone();
                 let report = self.record_exit(exit).await;
-                Err(Interrupt::ChildDied(report))
+                Err(Interrupt::ChildDied { name, report })
             }
         }
     }
@@ -113,6 +114,7 @@ impl Supervisor {
             Some(exit) = self.exits_rx.recv() => exit,
         };
         let is_target = exit.name == name;
+        let died = exit.name.clone();
         let report = self.record_exit(exit).await;
         match self.children.iter().find(|child| child.name == name) {
             Some(child)
@@ -124,7 +126,7 @@ impl Supervisor {
                     .ok()
                     .and_then(|tail| tail.last_stdout_line()))
             }
-            _ => Err(Interrupt::ChildDied(report)),
+            _ => Err(Interrupt::ChildDied { name: died, report }),
         }
     }
 
@@ -157,6 +159,25 @@ impl Supervisor {
         for child in &self.children {
             child.signal_group(Signal::KILL);
         }
+    }
+
+    /// Stops every shard still running (after one of them died) and forgets them all, so the
+    /// group can be started again under the same names.
+    pub async fn stop_shards(&mut self) {
+        let shards: Vec<String> = self
+            .children
+            .iter()
+            .filter(|child| child.name.starts_with("shard-"))
+            .map(|child| child.name.clone())
+            .collect();
+        self.stop_group(&shards).await;
+        for child in &self.children {
+            if shards.contains(&child.name) {
+                child.signal_group(Signal::KILL); // leftovers of its process group
+            }
+        }
+        self.children
+            .retain(|child| !child.name.starts_with("shard-"));
     }
 
     async fn stop_group(&mut self, names: &[String]) {
