@@ -10,10 +10,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use tracing::Instrument;
 
+use crate::error::ApiError;
+use crate::http::deadline::RequestBudget;
 use crate::http::AppState;
 use crate::tokenizer::TextTokenizer;
 
-use super::choices::{ChoiceSet, ChoiceUpdate};
+use super::choices::{Arrival, ChoiceSet, ChoiceUpdate};
 use super::error::{body_rejection, OpenAiError};
 use super::finish_reason;
 use super::logprobs::chat_entry;
@@ -31,16 +33,22 @@ const ROLE: &str = "assistant";
 
 pub async fn chat_completions(
     State(state): State<AppState>,
+    budget: Result<RequestBudget, ApiError>,
     body: Result<Json<ChatCompletionRequest>, JsonRejection>,
 ) -> Response {
-    run::respond(state, |state, received_at| chat(state, body, received_at)).await
+    run::respond(state, |state, received_at| {
+        chat(state, budget, body, received_at)
+    })
+    .await
 }
 
 async fn chat(
     state: AppState,
+    budget: Result<RequestBudget, ApiError>,
     body: Result<Json<ChatCompletionRequest>, JsonRejection>,
     received_at: Instant,
 ) -> Result<Response, OpenAiError> {
+    let deadline = budget?.deadline(received_at);
     let tokenizer = Arc::clone(&state.generation.tokenizer);
     let limits = state.validator.limits();
     let (options, prompt) = async {
@@ -64,7 +72,10 @@ async fn chat(
         &state.generation,
         &[prompt],
         &options,
-        received_at,
+        Arrival {
+            received_at,
+            deadline,
+        },
     )?;
     let header = |object| Header {
         id: response_id("chatcmpl"),

@@ -10,10 +10,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use tracing::Instrument;
 
+use crate::error::ApiError;
+use crate::http::deadline::RequestBudget;
 use crate::http::AppState;
 use crate::tokenizer::TextTokenizer;
 
-use super::choices::{ChoiceSet, ChoiceUpdate, PreparedPrompt};
+use super::choices::{Arrival, ChoiceSet, ChoiceUpdate, PreparedPrompt};
 use super::error::{body_rejection, OpenAiError};
 use super::finish_reason;
 use super::logprobs::CompletionLogprobsBuilder;
@@ -26,19 +28,22 @@ use super::state::{response_id, unix_now_s};
 
 pub async fn completions(
     State(state): State<AppState>,
+    budget: Result<RequestBudget, ApiError>,
     body: Result<Json<CompletionRequest>, JsonRejection>,
 ) -> Response {
     run::respond(state, |state, received_at| {
-        complete(state, body, received_at)
+        complete(state, budget, body, received_at)
     })
     .await
 }
 
 async fn complete(
     state: AppState,
+    budget: Result<RequestBudget, ApiError>,
     body: Result<Json<CompletionRequest>, JsonRejection>,
     received_at: Instant,
 ) -> Result<Response, OpenAiError> {
+    let deadline = budget?.deadline(received_at);
     let tokenizer = Arc::clone(&state.generation.tokenizer);
     let limits = state.validator.limits();
     let (options, echo, prompts) = async {
@@ -76,7 +81,10 @@ async fn complete(
         &state.generation,
         &prompts,
         &options,
-        received_at,
+        Arrival {
+            received_at,
+            deadline,
+        },
     )?;
     let header = Header {
         id: response_id("cmpl"),
