@@ -168,6 +168,10 @@ pub struct Args {
     #[arg(long, env)]
     pub max_batch_total_tokens: Option<u32>,
 
+    /// Most requests in one step (default 256)
+    #[arg(long, env)]
+    pub max_batch_size: Option<u32>,
+
     /// Requests accepted at once (running + waiting); more are refused with 429
     #[arg(long, env, default_value_t = 128)]
     pub max_concurrent_requests: u32,

@@ -328,6 +328,7 @@ fn router_spec(
         "--max-batch-total-tokens",
         args.max_batch_total_tokens.as_ref(),
     );
+    push_opt(&mut argv, "--max-batch-size", args.max_batch_size.as_ref());
     push_opt(
         &mut argv,
         "--request-timeout-s",
