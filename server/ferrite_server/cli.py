@@ -34,6 +34,7 @@ from ferrite_server.config import (
     ShardConfig,
     TcpListen,
     TracingConfig,
+    WatermarkConfig,
 )
 from ferrite_server.log_format import JsonLineFormatter, OneLineFormatter
 
@@ -92,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="decode batch sizes to capture as CUDA graphs (CUDA, triton attention), "
                        "e.g. 1,2,4,8; 0 turns graphs off; default: buckets up to the max batch size")
     _add_tensor_parallel_flags(serve)
+    serve.add_argument("--watermark-gamma", type=float, default=WatermarkConfig.gamma,
+                       help="share of the vocabulary in each watermark greenlist")
+    serve.add_argument("--watermark-delta", type=float, default=WatermarkConfig.delta,
+                       help="logit bias of watermark greenlist tokens")
+    serve.add_argument("--cuda-memory-fraction", type=float, default=ShardConfig.cuda_memory_fraction,
+                       help="CUDA: share of the GPU's memory the shard may use in total")
     serve.add_argument("--otlp-endpoint", default=None,
                        help="OTLP/gRPC collector to export step spans to (default: tracing off)")
     serve.add_argument("--otlp-service-name", default=TracingConfig.otlp_service_name,
@@ -159,6 +166,8 @@ def shard_config_from_args(args: argparse.Namespace) -> ShardConfig:
         quantize=args.quantize,
         kv_cache_dtype=args.kv_cache_dtype,
         cuda_graph_batch_sizes=args.cuda_graphs,
+        watermark=WatermarkConfig(gamma=args.watermark_gamma, delta=args.watermark_delta),
+        cuda_memory_fraction=args.cuda_memory_fraction,
     )
 
 

@@ -33,6 +33,7 @@ from ferrite_server.engine.memory import cpu_kv_cache_bytes, cuda_kv_cache_bytes
 from ferrite_server.engine.model_runner import ModelRunner
 from ferrite_server.engine.prompt_logprobs import prompt_logprobs_for_chunk
 from ferrite_server.engine.sampling import SampleResult, SequenceSamplingState, sample
+from ferrite_server.engine.sampling.watermark import Watermark
 from ferrite_server.engine.step_clock import StepClock
 from ferrite_server.engine.step_plan import ScheduledSequence, StepLimits, plan_step
 from ferrite_server.engine.stopping import StopCriteria
@@ -71,6 +72,7 @@ class Engine:
         self._kv_caches: list[KVCache] | None = None
         self._limits: StepLimits | None = None
         self._decode_graphs: DecodeGraphs | None = None
+        self._watermark = Watermark(config.watermark)
         # Seeds requests that bring none. Tensor-parallel ranks draw the same seeds (rank 0's
         # stream, and every rank sees the same requests in the same order), so they sample the
         # same tokens.
@@ -132,7 +134,9 @@ class Engine:
             graph_bytes, graph_shape = self._graph_setup.measure(graph_shape)
         configured_bytes = self._config.kv_cache_memory_bytes
         if facts.device.type == "cuda":
-            budget_bytes = cuda_kv_cache_bytes(facts.device, peak_bytes + graph_bytes)
+            budget_bytes = cuda_kv_cache_bytes(
+                facts.device, peak_bytes + graph_bytes, self._config.cuda_memory_fraction
+            )
             if configured_bytes is not None:  # an explicit size caps what memory allows
                 budget_bytes = min(budget_bytes, configured_bytes)
         else:
@@ -260,7 +264,7 @@ class Engine:
             for index in indices
         ]
         top_ns = [self._top_n(sequences[index]) for index in indices]
-        result: SampleResult = sample(logits, states, max(top_ns))
+        result: SampleResult = sample(logits, states, max(top_ns), self._watermark)
         return {
             index: GeneratedToken(
                 token_id=result.token_ids[i],
