@@ -108,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--model-id", default=None, help="hub id or directory; default: bundled SmolLM2")
     prepare.add_argument("--revision", default=None)
     prepare.add_argument("--cache-dir", type=Path, default=DEFAULT_MODEL_CACHE_DIR)
+    prepare.add_argument("--hub-cache-dir", type=Path, default=None,
+                         help="Hugging Face hub cache for downloads (default: HF_HUB_CACHE / HF_HOME)")
     _add_log_level(prepare)
     return parser
 
