@@ -3,6 +3,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
+use crate::api::chat_tokenize::{ChatMessageDoc, ChatTokenizeRequest, ChatTokenizeResponse};
 use crate::api::error::ErrorResponse;
 use crate::api::generate::{CompatGenerateRequest, GenerateParameters, GenerateRequest};
 use crate::api::info::Info;
@@ -11,6 +12,8 @@ use crate::api::response::{
     StreamResponse, Token,
 };
 use crate::api::tokenize::SimpleToken;
+
+use super::invocations::{ChatInvocation, CompletionInvocation, InvocationRequest};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -24,6 +27,8 @@ use crate::api::tokenize::SimpleToken;
         super::generate::generate,
         super::stream::generate_stream,
         super::tokenize::tokenize,
+        super::chat_tokenize::chat_tokenize,
+        super::invocations::invocations,
         super::ops::health,
         super::ops::info,
         super::ops::metrics,
@@ -31,7 +36,8 @@ use crate::api::tokenize::SimpleToken;
     components(schemas(
         GenerateRequest, CompatGenerateRequest, GenerateParameters, GenerateResponse, Details,
         BestOfSequence, PrefillToken, Token, FinishReason, StreamResponse, StreamDetails,
-        SimpleToken, Info, ErrorResponse
+        SimpleToken, Info, ErrorResponse, ChatTokenizeRequest, ChatTokenizeResponse,
+        ChatMessageDoc, InvocationRequest, ChatInvocation, CompletionInvocation
     )),
     tags((name = "Text Generation Inference", description = "TGI-compatible text generation"))
 )]
