@@ -72,7 +72,7 @@ fn read_tokenizer_config(path: &Path) -> Result<Option<Value>, TemplateError> {
         path: path.display().to_string(),
         reason,
     };
-    let text = std::fs::read_to_string(&path).map_err(|error| load_error(error.to_string()))?;
+    let text = std::fs::read_to_string(path).map_err(|error| load_error(error.to_string()))?;
     serde_json::from_str(&text)
         .map(Some)
         .map_err(|error| load_error(error.to_string()))
