@@ -340,6 +340,17 @@ fn router_spec(
         "--max-batch-total-tokens",
         args.max_batch_total_tokens.as_ref(),
     );
+    push_opt(&mut argv, "--max-batch-size", args.max_batch_size.as_ref());
+    push_opt(
+        &mut argv,
+        "--request-timeout-s",
+        args.request_timeout_s.as_ref(),
+    );
+    push_opt(
+        &mut argv,
+        "--stream-keep-alive-s",
+        args.stream_keep_alive_s.as_ref(),
+    );
     push_opt(&mut argv, "--api-key", args.api_key.as_ref());
     argv.extend(tgi_router_flags(&args.tgi));
     for origin in &args.cors_allow_origin {
@@ -363,7 +374,6 @@ fn router_spec(
 /// The router's request limits and chat-template source given with TGI's flag names.
 fn tgi_router_flags(tgi: &crate::tgi_flags::TgiFlags) -> Vec<String> {
     let mut argv = Vec::new();
-    push_opt(&mut argv, "--max-batch-size", tgi.max_batch_size.as_ref());
     push_opt(&mut argv, "--max-best-of", tgi.max_best_of.as_ref());
     push_opt(
         &mut argv,

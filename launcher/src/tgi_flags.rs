@@ -11,12 +11,9 @@ use clap::Args as ClapArgs;
 use crate::args::{Args, AttentionBackend};
 
 /// The flags, flattened into `Args`. Options left unset keep ferrite's (= TGI's) defaults.
+/// (`--max-batch-size` is one of ferrite's own flags, in args.rs.)
 #[derive(Debug, Clone, Default, PartialEq, ClapArgs)]
 pub struct TgiFlags {
-    /// Most requests in one batch (step); default 256 and no more than the KV cache holds
-    #[arg(long, env)]
-    pub max_batch_size: Option<u32>,
-
     /// Largest `best_of` a request may ask for (default 2)
     #[arg(long, env)]
     pub max_best_of: Option<u32>,
@@ -156,7 +153,7 @@ pub fn check(args: &Args) -> Result<(), TgiFlagError> {
         }
     }
     for (flag, value) in [
-        ("--max-batch-size", tgi.max_batch_size),
+        ("--max-batch-size", args.max_batch_size),
         ("--max-best-of", tgi.max_best_of),
         ("--max-client-batch-size", tgi.max_client_batch_size),
     ] {

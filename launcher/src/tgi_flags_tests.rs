@@ -84,7 +84,7 @@ fn flag_value<'a>(spec: &'a ProcessSpec, flag: &str) -> Option<&'a str> {
 #[test]
 fn a_tgi_command_line_parses_and_plans() {
     let parsed = args(TGI_COMMAND_LINE);
-    assert_eq!(parsed.tgi.max_batch_size, Some(8));
+    assert_eq!(parsed.max_batch_size, Some(8));
     assert_eq!(parsed.tgi.sharded, Some(false));
     assert!(parsed.tgi.trust_remote_code && parsed.tgi.disable_custom_kernels);
     let folded = fold_aliases(parsed);

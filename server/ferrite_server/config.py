@@ -18,6 +18,7 @@ QuantizeName = Literal[
     "bitsandbytes", "bitsandbytes-nf4", "bitsandbytes-fp4", "fp8", "gptq", "awq"
 ]
 KVCacheDtypeName = Literal["auto", "fp8"]
+SpeculativeMethodName = Literal["ngram"]
 
 DEFAULT_BLOCK_SIZE_TOKENS = 16
 
@@ -106,3 +107,5 @@ class ShardConfig:
     watermark: WatermarkConfig = WatermarkConfig()
     # CUDA: share of the GPU's memory ferrite may use in total (TGI's --cuda-memory-fraction).
     cuda_memory_fraction: float = 0.9
+    # How the shard proposes tokens where the router reserved lookahead slots; None: never.
+    speculative_method: SpeculativeMethodName | None = None

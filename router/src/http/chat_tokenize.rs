@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 
-use crate::api::chat_tokenize::{ChatTokenizeRequest, ChatTokenizeResponse};
+use crate::api::chat_tokenize::ChatTokenizeResponse;
 use crate::api::error::ErrorResponse;
 use crate::api::tokenize::SimpleToken;
 use crate::error::ApiError;
@@ -23,7 +23,7 @@ use super::state::AppState;
     post,
     path = "/chat_tokenize",
     tag = "Text Generation Inference",
-    request_body = ChatTokenizeRequest,
+    request_body = ChatCompletionRequest,
     responses(
         (status = 200, description = "Templated and tokenized chat", body = ChatTokenizeResponse),
         (status = 413, description = "Body too large", body = ErrorResponse),

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod chat_tokenize;
 pub mod compat;
 pub mod docs;
+pub mod deadline;
 pub mod generate;
 pub mod headers;
 pub mod health;

@@ -196,13 +196,19 @@ async fn openapi_document_lists_the_tgi_compatibility_routes() {
     for schema in [
         "ChatTokenizeResponse",
         "InvocationRequest",
-        "ChatTokenizeRequest",
+        "InvocationResponse",
+        "InvocationError",
     ] {
         assert!(
             document["components"]["schemas"].get(schema).is_some(),
             "missing {schema}"
         );
     }
+    assert_eq!(
+        document["paths"]["/chat_tokenize"]["post"]["requestBody"]["content"]["application/json"]
+            ["schema"]["$ref"],
+        "#/components/schemas/ChatCompletionRequest"
+    );
     let invocation = &document["components"]["schemas"]["InvocationRequest"];
     assert_eq!(
         invocation["oneOf"].as_array().map(Vec::len),
