@@ -106,8 +106,7 @@ pub async fn invocations(
     } else if has("messages") {
         match parse(body) {
             Ok(request) => {
-                crate::openai::chat::chat_completions(State(state), budget, Ok(Json(request)))
-                    .await
+                crate::openai::chat::chat_completions(State(state), budget, Ok(Json(request))).await
             }
             Err(message) => OpenAiError::Api(invalid(message)).into_response(),
         }

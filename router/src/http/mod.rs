@@ -4,8 +4,8 @@
 pub mod auth;
 pub mod chat_tokenize;
 pub mod compat;
-pub mod docs;
 pub mod deadline;
+pub mod docs;
 pub mod generate;
 pub mod headers;
 pub mod health;

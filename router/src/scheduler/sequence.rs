@@ -221,6 +221,8 @@ impl Sequence {
                     .unwrap_or(&[])
                     .to_vec(),
                 num_scheduled_tokens,
+                // The router reserves no lookahead slots yet (no speculation).
+                num_lookahead_tokens: 0,
             }),
         };
         self.shard_copy = Some(ShardCopy {

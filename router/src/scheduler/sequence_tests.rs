@@ -54,6 +54,7 @@ fn generation(token_ids: &[u32], prompt_logprobs: Vec<f32>, finish: i32) -> prot
         prompt_logprobs,
         finish_reason: finish,
         error: String::new(),
+        num_proposed_tokens: 0,
     }
 }
 
@@ -116,6 +117,7 @@ fn chunks_concatenate_prompt_logprobs_and_prefill_done_comes_once() {
             new_token_ids: vec![],
             new_block_ids: vec![1],
             num_scheduled_tokens: 2,
+            num_lookahead_tokens: 0,
         },
         "later steps carry only what changed"
     );
