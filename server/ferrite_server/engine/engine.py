@@ -155,7 +155,8 @@ class Engine:
                 f"{budget_bytes} bytes for the KV cache hold {num_blocks} blocks of "
                 f"{self._block_size} tokens, but one sequence of max_total_tokens="
                 f"{max_total_tokens} needs {needed_blocks}; lower max_total_tokens / "
-                "max_batch_prefill_tokens or give the KV cache more memory"
+                "max_batch_prefill_tokens or give the KV cache more memory "
+                "(--kv-cache-memory; on a GPU --cuda-memory-fraction)"
             )
         self._kv_caches = allocate_kv_cache(spec, num_blocks, facts.device)
         if graph_shape is not None:
