@@ -65,10 +65,12 @@ class Watermark:
         if not rows or self.config.delta == 0.0:
             return scores
         vocab_size = scores.shape[1]
+        # [M, V] bool on the CPU: one byte per entry crosses to the device, not a float.
         masks = torch.stack([self._mask(previous_token(seqs[row]), vocab_size) for row in rows])
-        bias = torch.zeros(len(seqs), vocab_size, dtype=scores.dtype)  # [N, V] on the CPU
-        bias[torch.tensor(rows)] = masks.to(scores.dtype) * self.config.delta
-        return scores + bias.to(scores.device, non_blocking=True)
+        masks = masks.to(scores.device, non_blocking=True)
+        row_index = torch.tensor(rows, dtype=torch.int64).to(scores.device, non_blocking=True)
+        bias = masks.to(scores.dtype) * self.config.delta  # [M, V]
+        return scores.index_add(0, row_index, bias)
 
     def _mask(self, token: int, vocab_size: int) -> torch.Tensor:
         """[V] bool on the CPU: True on the greenlist after `token`."""
