@@ -3,6 +3,11 @@ detector (z-score of watermarked against unwatermarked token streams)."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -126,3 +131,21 @@ def test_detect_text_tokenizes_with_the_model_directory(default_model_dir) -> No
     detection = detect_text(text, default_model_dir, gamma=0.5)
     assert detection.num_tokens_scored > 20
     assert not detection.watermarked
+
+
+def test_the_detector_command_prints_one_json_line(default_model_dir, tmp_path) -> None:
+    text_file = tmp_path / "answer.txt"
+    text_file.write_text("Paris is the capital and the largest city of France, on the Seine.")
+    server_dir = Path(__file__).resolve().parents[1] / "server"
+    command = [sys.executable, "-m", "ferrite_server.watermark_detect", "--model-dir",
+               str(default_model_dir), "--gamma", "0.25", str(text_file)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                            env={"PYTHONPATH": str(server_dir), "PATH": ""})
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert set(report) == {"num_tokens_scored", "num_green_tokens", "green_fraction", "z_score",
+                           "p_value", "watermarked"}
+    assert report["num_tokens_scored"] > 5 and report["watermarked"] is False
+    refused = subprocess.run([*command[:-3], "--gamma", "1.5", "--text", "x"], capture_output=True,
+                             text=True, timeout=120, env={"PYTHONPATH": str(server_dir), "PATH": ""})
+    assert refused.returncode == 2 and "--gamma must be in (0, 1)" in refused.stderr
