@@ -7,6 +7,7 @@ in one batch."""
 from __future__ import annotations
 
 import concurrent.futures
+import json
 from pathlib import Path
 
 import openai
@@ -34,6 +35,8 @@ TGI_FLAGS = [
 ]
 # ... and some through TGI's environment variables instead.
 TGI_ENV = {"MAX_STOP_SEQUENCES": "2", "WATERMARK_DELTA": "3.0"}
+DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+OWN_SYSTEM = "You are a helpful assistant who knows geography"
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +47,14 @@ def model_dir() -> Path:
 @pytest.fixture(scope="module")
 def server(model_dir, tmp_path_factory):
     hub_cache = tmp_path_factory.mktemp("hub-cache")
-    flags = ["--model-id", str(model_dir), "--huggingface-hub-cache", str(hub_cache), *TGI_FLAGS]
+    # The model's tokenizer_config.json with another default system prompt in its template.
+    tokenizer_config = json.loads((model_dir / "tokenizer_config.json").read_text())
+    assert DEFAULT_SYSTEM in tokenizer_config["chat_template"]
+    tokenizer_config["chat_template"] = tokenizer_config["chat_template"].replace(DEFAULT_SYSTEM, OWN_SYSTEM)
+    config_path = tmp_path_factory.mktemp("tokenizer-config") / "tokenizer_config.json"
+    config_path.write_text(json.dumps(tokenizer_config))
+    flags = ["--model-id", str(model_dir), "--huggingface-hub-cache", str(hub_cache),
+             "--tokenizer-config-path", str(config_path), *TGI_FLAGS]
     with running_ferrite(flags, env=TGI_ENV) as running:
         yield running
 
@@ -107,6 +117,7 @@ def test_docs_invocations_and_chat_tokenize(server):
                               json={"model": "tgi", "messages": question}).json()
     assert tokenized["templated_text"].endswith("<|im_start|>assistant\n")
     assert "What is the capital of France?" in tokenized["templated_text"]
+    assert OWN_SYSTEM in tokenized["templated_text"], "--tokenizer-config-path's template"
     assert "".join(t["text"] for t in tokenized["tokenize_response"]) == tokenized["templated_text"]
 
     chat = requests.post(f"{server.base_url}/invocations", timeout=120,
