@@ -36,6 +36,7 @@ const EVENT_STREAM: &str = "text/event-stream";
         super::tokenize::tokenize,
         super::chat_tokenize::chat_tokenize,
         super::invocations::invocations,
+        super::docs::docs_page,
         super::ops::health,
         super::ops::info,
         super::ops::metrics,

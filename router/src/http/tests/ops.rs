@@ -182,6 +182,10 @@ async fn openapi_document_lists_the_tgi_compatibility_routes() {
     let app = TestApp::replying();
     let (_, _, bytes) = app.get("/api-doc/openapi.json").await;
     let document = json(&bytes);
+    assert!(
+        document["paths"]["/docs/"]["get"].is_object(),
+        "the Swagger UI page"
+    );
     for path in ["/chat_tokenize", "/invocations"] {
         let operation = &document["paths"][path]["post"];
         assert!(
