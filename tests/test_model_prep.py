@@ -129,14 +129,16 @@ def greedy_ids_from_bin(model_dir: Path) -> list[int]:
     return output[0].tolist()
 
 
-def run_prepare(model_id: str, env_overrides: dict[str, str], cache_dir: Path) -> subprocess.CompletedProcess[str]:
+def run_prepare(
+    model_id: str, env_overrides: dict[str, str], cache_dir: Path, *extra_args: str
+) -> subprocess.CompletedProcess[str]:
     """`ferrite-server prepare-model` in a fresh process: huggingface_hub reads HF_HOME and
     HF_HUB_OFFLINE when imported, so a hub cache test needs its own interpreter."""
     env = {**os.environ, **env_overrides}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT / "server"), env.get("PYTHONPATH")]))
     return subprocess.run(
         [sys.executable, "-m", "ferrite_server.cli", "prepare-model", "--model-id", model_id,
-         "--cache-dir", str(cache_dir)],
+         "--cache-dir", str(cache_dir), *extra_args],
         env=env, capture_output=True, text=True, timeout=300, check=False,
     )
 
@@ -178,6 +180,18 @@ def test_a_hub_id_resolves_from_the_offline_cache(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "ferrite-test/not-cached" in result.stderr
     assert result.stdout.strip() == ""
+
+
+def test_hub_cache_dir_chooses_the_cache_over_hf_home(tmp_path: Path) -> None:
+    """`--hub-cache-dir` (the launcher's `--huggingface-hub-cache`, TGI's HUGGINGFACE_HUB_CACHE)."""
+    elsewhere = tmp_path / "elsewhere"
+    snapshot = populate_hub_cache(elsewhere, "ferrite-test/tiny-llama", write_tiny_model(tmp_path / "m"))
+    env = {"HF_HOME": str(tmp_path / "empty-home"), "HF_HUB_OFFLINE": "1"}
+    assert run_prepare("ferrite-test/tiny-llama", env, tmp_path / "cache").returncode != 0
+    result = run_prepare("ferrite-test/tiny-llama", env, tmp_path / "cache",
+                         "--hub-cache-dir", str(elsewhere / "hub"))
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip().splitlines()[-1]) == snapshot
 
 
 def test_the_cli_names_a_missing_path(tmp_path: Path) -> None:

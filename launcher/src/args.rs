@@ -263,6 +263,10 @@ pub struct Args {
     /// Times a crashed shard group is restarted (its requests are replayed by the router); then the launcher exits with the shard's last error. 0: exit at the first crash. Single-node only
     #[arg(long, env, default_value_t = 3)]
     pub max_shard_restarts: u32,
+
+    /// Text Generation Inference's flags, accepted with TGI's meaning (tgi_flags.rs).
+    #[command(flatten)]
+    pub tgi: crate::tgi_flags::TgiFlags,
 }
 
 /// Parses "2GiB", "500MB", "1.5G" or a plain byte count into bytes.

@@ -11,6 +11,7 @@ pub mod readiness;
 pub mod shard_plan;
 mod shard_restart;
 pub mod supervisor;
+pub mod tgi_flags;
 pub mod topology;
 
 use std::future::Future;
@@ -53,6 +54,10 @@ enum LaunchError {
 pub fn launch() -> ExitCode {
     let args = Args::parse();
     let logger = Logger::new(args.json_output).with_level(args.log_level);
+    for notice in tgi_flags::notices(&args) {
+        logger.warn(&notice);
+    }
+    let args = tgi_flags::fold_aliases(args);
     // One thread is plenty for supervising, and it keeps every fork on the main thread, which
     // the parent-death signal set by `setpriv` is tied to.
     let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -61,6 +61,8 @@ pub enum PlanError {
     SocketPathTooLong { path: String, length_bytes: usize },
     #[error("--api-key is empty: omit it to run without authentication")]
     EmptyApiKey,
+    #[error(transparent)]
+    TgiFlag(#[from] crate::tgi_flags::TgiFlagError),
 }
 
 /// One child process: what to run and under which name its log lines appear.
@@ -104,6 +106,7 @@ pub struct LaunchPlan {
 pub fn check_args(args: &Args, launcher_pid: u32) -> Result<(), PlanError> {
     let topology = Topology::from_args(args);
     topology.check()?;
+    crate::tgi_flags::check(args)?;
     if args.api_key.as_deref() == Some("") {
         return Err(PlanError::EmptyApiKey);
     }
@@ -208,6 +211,15 @@ pub fn prepare_command(args: &Args, programs: &Programs) -> ProcessSpec {
         &mut argv,
         "--cache-dir",
         args.model_cache_dir
+            .as_ref()
+            .map(|dir| dir.display().to_string())
+            .as_ref(),
+    );
+    push_opt(
+        &mut argv,
+        "--hub-cache-dir",
+        args.tgi
+            .huggingface_hub_cache
             .as_ref()
             .map(|dir| dir.display().to_string())
             .as_ref(),
@@ -340,6 +352,7 @@ fn router_spec(
         args.stream_keep_alive_s.as_ref(),
     );
     push_opt(&mut argv, "--api-key", args.api_key.as_ref());
+    argv.extend(tgi_router_flags(&args.tgi));
     for origin in &args.cors_allow_origin {
         push_opt(&mut argv, "--cors-allow-origin", Some(origin));
     }
@@ -356,6 +369,37 @@ fn router_spec(
         // Panics still honour RUST_BACKTRACE.
         env: vec![("RUST_LIB_BACKTRACE".to_string(), "0".to_string())],
     }
+}
+
+/// The router's request limits and chat-template source given with TGI's flag names.
+fn tgi_router_flags(tgi: &crate::tgi_flags::TgiFlags) -> Vec<String> {
+    let mut argv = Vec::new();
+    push_opt(&mut argv, "--max-best-of", tgi.max_best_of.as_ref());
+    push_opt(
+        &mut argv,
+        "--max-stop-sequences",
+        tgi.max_stop_sequences.as_ref(),
+    );
+    push_opt(
+        &mut argv,
+        "--max-top-n-tokens",
+        tgi.max_top_n_tokens.as_ref(),
+    );
+    push_opt(&mut argv, "--payload-limit", tgi.payload_limit.as_ref());
+    push_opt(
+        &mut argv,
+        "--max-client-batch-size",
+        tgi.max_client_batch_size.as_ref(),
+    );
+    push_opt(
+        &mut argv,
+        "--tokenizer-config-path",
+        tgi.tokenizer_config_path
+            .as_ref()
+            .map(|path| path.display().to_string())
+            .as_ref(),
+    );
+    argv
 }
 
 pub(crate) fn push_opt<T: ToString>(argv: &mut Vec<String>, flag: &str, value: Option<&T>) {

@@ -53,6 +53,21 @@ impl ShardPlanner<'_> {
             "--kv-cache-memory",
             args.kv_cache_memory.as_ref(),
         );
+        push_opt(
+            &mut argv,
+            "--watermark-gamma",
+            args.tgi.watermark_gamma.as_ref(),
+        );
+        push_opt(
+            &mut argv,
+            "--watermark-delta",
+            args.tgi.watermark_delta.as_ref(),
+        );
+        push_opt(
+            &mut argv,
+            "--cuda-memory-fraction",
+            args.tgi.cuda_memory_fraction.as_ref(),
+        );
         argv.extend(crate::observability::shard_flags(args));
         if !self.topology.runs_router() {
             // The router on node 0 reaches this node's shards over TCP.

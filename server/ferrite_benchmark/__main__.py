@@ -2,6 +2,6 @@
 
 import sys
 
-from ferrite_benchmark.cli import main
+from ferrite_benchmark.extras import run_main
 
-sys.exit(main())
+sys.exit(run_main())

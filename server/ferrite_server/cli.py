@@ -35,6 +35,7 @@ from ferrite_server.config import (
     ShardConfig,
     TcpListen,
     TracingConfig,
+    WatermarkConfig,
 )
 from ferrite_server.log_format import JsonLineFormatter, OneLineFormatter
 
@@ -96,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
                        default=None, help="propose tokens for the slots the router reserves "
                        "(--speculate): ngram = prompt lookup; default: no speculation")
     _add_tensor_parallel_flags(serve)
+    serve.add_argument("--watermark-gamma", type=float, default=WatermarkConfig.gamma,
+                       help="share of the vocabulary in each watermark greenlist")
+    serve.add_argument("--watermark-delta", type=float, default=WatermarkConfig.delta,
+                       help="logit bias of watermark greenlist tokens")
+    serve.add_argument("--cuda-memory-fraction", type=float, default=ShardConfig.cuda_memory_fraction,
+                       help="CUDA: share of the GPU's memory the shard may use in total")
     serve.add_argument("--otlp-endpoint", default=None,
                        help="OTLP/gRPC collector to export step spans to (default: tracing off)")
     serve.add_argument("--otlp-service-name", default=TracingConfig.otlp_service_name,
@@ -105,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--model-id", default=None, help="hub id or directory; default: bundled SmolLM2")
     prepare.add_argument("--revision", default=None)
     prepare.add_argument("--cache-dir", type=Path, default=DEFAULT_MODEL_CACHE_DIR)
+    prepare.add_argument("--hub-cache-dir", type=Path, default=None,
+                         help="Hugging Face hub cache for downloads (default: HF_HUB_CACHE / HF_HOME)")
     _add_log_level(prepare)
     return parser
 
@@ -163,6 +172,8 @@ def shard_config_from_args(args: argparse.Namespace) -> ShardConfig:
         quantize=args.quantize,
         kv_cache_dtype=args.kv_cache_dtype,
         cuda_graph_batch_sizes=args.cuda_graphs,
+        watermark=WatermarkConfig(gamma=args.watermark_gamma, delta=args.watermark_delta),
+        cuda_memory_fraction=args.cuda_memory_fraction,
         speculative_method=args.speculative_method,
     )
 

@@ -71,6 +71,20 @@ class TracingConfig:
 
 
 @dataclass(frozen=True)
+class WatermarkConfig:
+    """TGI's defaults (`--watermark-gamma`, `--watermark-delta`)."""
+
+    gamma: float = 0.5  # share of the vocabulary in each greenlist, in (0, 1)
+    delta: float = 2.0  # logit bias of greenlist tokens
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.gamma < 1.0:
+            raise ValueError(f"watermark gamma must be in (0, 1), got {self.gamma}")
+        if self.delta < 0.0:
+            raise ValueError(f"watermark delta must be >= 0, got {self.delta}")
+
+
+@dataclass(frozen=True)
 class ShardConfig:
     model_id: Path  # a local directory with config.json + safetensors
     uds_path: Path  # unix socket this shard serves gRPC on
@@ -89,5 +103,9 @@ class ShardConfig:
     # Decode batch sizes captured as CUDA graphs (CUDA + triton attention only). None: the
     # standard buckets up to the router's max batch size; empty: no graphs (eager decode).
     cuda_graph_batch_sizes: tuple[int, ...] | None = None
+    # Greenlist watermark of requests that ask for it (`parameters.watermark`).
+    watermark: WatermarkConfig = WatermarkConfig()
+    # CUDA: share of the GPU's memory ferrite may use in total (TGI's --cuda-memory-fraction).
+    cuda_memory_fraction: float = 0.9
     # How the shard proposes tokens where the router reserved lookahead slots; None: never.
     speculative_method: SpeculativeMethodName | None = None

@@ -28,6 +28,7 @@ def sampling_from_proto(message: pb.SamplingParameters) -> engine.SamplingParams
         presence_penalty=float(message.presence_penalty),
         seed=message.seed if message.has_seed else None,
         logit_bias=tuple(sorted((int(k), float(v)) for k, v in message.logit_bias.items())),
+        watermark=message.watermark,
     )
 
 

@@ -56,7 +56,8 @@ pub struct GenerateParameters {
     /// Keep only the last `truncate` prompt tokens.
     #[schema(nullable, example = json!(null))]
     pub truncate: Option<usize>,
-    /// Not supported yet (refused when true).
+    /// Watermark the generated tokens (Kirchenbauer et al.; the server's `--watermark-gamma`
+    /// and `--watermark-delta`).
     #[serde(default, deserialize_with = "null_as_default")]
     #[schema(default = false)]
     pub watermark: bool,

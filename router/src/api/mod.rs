@@ -2,6 +2,7 @@
 //! TGI's types follow text-generation-inference so its clients (`text-generation`,
 //! `huggingface_hub`) work unmodified; OpenAI's types will live beside them.
 
+pub mod chat_tokenize;
 pub mod error;
 pub mod generate;
 pub mod info;

@@ -112,6 +112,15 @@ pub struct RouterArgs {
     #[arg(long, default_value_t = 2_000_000)]
     pub payload_limit: usize,
 
+    /// Most prompts in one `/v1/completions` request (TGI's `--max-client-batch-size`).
+    #[arg(long, default_value_t = 4)]
+    pub max_client_batch_size: usize,
+
+    /// tokenizer_config.json to take the chat template and special tokens from instead of
+    /// the one in --tokenizer-dir (TGI's `--tokenizer-config-path`).
+    #[arg(long)]
+    pub tokenizer_config_path: Option<PathBuf>,
+
     /// Require `Authorization: Bearer <key>` on the generation routes.
     #[arg(long, env = "FERRITE_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,

@@ -53,6 +53,9 @@ pub struct ModelFacts {
     pub max_position_embeddings: usize,
     /// The model directory (tokenizer.json, tokenizer_config.json, chat template).
     pub tokenizer_dir: std::path::PathBuf,
+    /// A tokenizer_config.json that replaces the model directory's (chat template, special
+    /// tokens).
+    pub tokenizer_config_path: Option<std::path::PathBuf>,
 }
 
 /// What a single request may ask for (validation's limits).
@@ -63,6 +66,8 @@ pub struct RequestLimits {
     pub max_best_of: usize,
     pub max_stop_sequences: usize,
     pub max_top_n_tokens: u32,
+    /// Most prompts in one `/v1/completions` request.
+    pub max_client_batch_size: usize,
     /// Whether the shard can return prompt logprobs (`decoder_input_details`).
     pub supports_prompt_logprobs: bool,
 }

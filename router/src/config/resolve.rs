@@ -99,6 +99,7 @@ pub fn plan_warmup(
         ("max_batch_size", args.max_batch_size),
         ("max_concurrent_requests", args.max_concurrent_requests),
         ("max_best_of", args.max_best_of),
+        ("max_client_batch_size", args.max_client_batch_size),
         ("max_input_tokens", args.max_input_tokens.unwrap_or(1)),
         (
             "max_batch_prefill_tokens",
@@ -216,6 +217,7 @@ pub fn resolve(
             max_best_of: args.max_best_of,
             max_stop_sequences: args.max_stop_sequences,
             max_top_n_tokens,
+            max_client_batch_size: args.max_client_batch_size,
             supports_prompt_logprobs: info.supports_prompt_logprobs,
         },
         batching: BatchLimits {
@@ -297,6 +299,7 @@ fn model_facts(args: &RouterArgs, info: &proto::InfoResponse) -> ModelFacts {
         block_size: info.block_size as usize,
         max_position_embeddings: info.max_position_embeddings as usize,
         tokenizer_dir: args.tokenizer_dir.clone(),
+        tokenizer_config_path: args.tokenizer_config_path.clone(),
     }
 }
 

@@ -2,11 +2,14 @@
 //! the whole service so tests drive it with `tower::ServiceExt::oneshot`.
 
 pub mod auth;
+pub mod chat_tokenize;
 pub mod compat;
 pub mod deadline;
+pub mod docs;
 pub mod generate;
 pub mod headers;
 pub mod health;
+pub mod invocations;
 pub mod json;
 pub mod metrics_listener;
 pub mod openapi;
@@ -33,6 +36,8 @@ pub fn app(state: AppState) -> Router {
         .route("/generate", post(generate::generate))
         .route("/generate_stream", post(stream::generate_stream))
         .route("/tokenize", post(tokenize::tokenize))
+        .route("/chat_tokenize", post(chat_tokenize::chat_tokenize))
+        .route("/invocations", post(invocations::invocations))
         .merge(crate::openai::routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -46,7 +51,8 @@ pub fn app(state: AppState) -> Router {
         .route("/health", get(ops::health))
         .route("/info", get(ops::info))
         .route("/metrics", get(ops::metrics))
-        .route("/api-doc/openapi.json", get(openapi::openapi_json));
+        .route(docs::OPENAPI_PATH, get(openapi::openapi_json))
+        .merge(docs::routes());
     let mut router = Router::new()
         .merge(generation)
         .merge(operations)

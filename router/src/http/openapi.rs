@@ -9,6 +9,7 @@ use axum::Json;
 use serde_json::{json, Value};
 use utoipa::OpenApi;
 
+use crate::api::chat_tokenize::ChatTokenizeResponse;
 use crate::api::error::ErrorResponse;
 use crate::api::generate::{CompatGenerateRequest, GenerateParameters, GenerateRequest};
 use crate::api::info::Info;
@@ -18,6 +19,7 @@ use crate::api::response::{
 };
 use crate::api::tokenize::SimpleToken;
 
+use super::invocations::{InvocationChunk, InvocationError, InvocationRequest, InvocationResponse};
 const EVENT_STREAM: &str = "text/event-stream";
 
 #[derive(OpenApi)]
@@ -32,6 +34,9 @@ const EVENT_STREAM: &str = "text/event-stream";
         super::generate::generate,
         super::stream::generate_stream,
         super::tokenize::tokenize,
+        super::chat_tokenize::chat_tokenize,
+        super::invocations::invocations,
+        super::docs::docs_page,
         super::ops::health,
         super::ops::info,
         super::ops::metrics,
@@ -43,7 +48,8 @@ const EVENT_STREAM: &str = "text/event-stream";
     components(schemas(
         GenerateRequest, CompatGenerateRequest, GenerateParameters, GenerateResponse, Details,
         BestOfSequence, PrefillToken, Token, FinishReason, StreamResponse, StreamDetails,
-        SimpleToken, Info, ErrorResponse
+        SimpleToken, Info, ErrorResponse, ChatTokenizeResponse, InvocationRequest,
+        InvocationResponse, InvocationChunk, InvocationError
     )),
     tags(
         (name = "Text Generation Inference", description = "TGI-compatible text generation"),

@@ -57,7 +57,10 @@ impl AppState {
             info: info(config),
             server: config.server.clone(),
             compute_type: config.model.device_type.clone(),
-            openai: crate::openai::OpenAiState::load(&config.model.tokenizer_dir),
+            openai: crate::openai::OpenAiState::load(
+                &config.model.tokenizer_dir,
+                config.model.tokenizer_config_path.as_deref(),
+            ),
         };
         Self {
             inner: Arc::new(inner),
@@ -109,7 +112,7 @@ fn info(config: &RouterConfig) -> Info {
         max_batch_prefill_tokens: config.batching.max_batch_prefill_tokens,
         max_batch_total_tokens: config.batching.max_batch_total_tokens,
         max_batch_size: config.batching.max_batch_size,
-        max_client_batch_size: 1,
+        max_client_batch_size: config.limits.max_client_batch_size,
         router: env!("CARGO_PKG_NAME").into(),
         version: env!("CARGO_PKG_VERSION").into(),
         sha: None,

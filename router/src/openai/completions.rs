@@ -70,6 +70,14 @@ async fn complete(
         let options = check_completion(&request, limits, tokenizer.inner().get_vocab_size(true))?;
         let echo = request.echo.unwrap_or(false);
         let texts_and_ids = completion_prompts(&state, request.prompt).await?;
+        if texts_and_ids.len() > limits.max_client_batch_size {
+            let message = format!(
+                "Number of prompts exceeds the maximum allowed batch size of {}. Given: {}",
+                limits.max_client_batch_size,
+                texts_and_ids.len()
+            );
+            return Err(OpenAiError::invalid("prompt", message));
+        }
         if texts_and_ids.len() * options.n > MAX_CHOICES {
             let message = format!(
                 "prompts × `n` must be at most {MAX_CHOICES}. Given: {} × {}",

@@ -26,12 +26,13 @@ pub struct OpenAiState {
 }
 
 impl OpenAiState {
-    /// Reads the chat template from the model directory (an empty path: no template).
-    pub fn load(model_dir: &Path) -> Self {
-        let template = if model_dir.as_os_str().is_empty() {
+    /// Reads the chat template from the model directory (an empty path: no template), or
+    /// from `tokenizer_config` when given.
+    pub fn load(model_dir: &Path, tokenizer_config: Option<&Path>) -> Self {
+        let template = if model_dir.as_os_str().is_empty() && tokenizer_config.is_none() {
             Ok(None)
         } else {
-            ChatTemplate::load(model_dir)
+            ChatTemplate::load_with_config(model_dir, tokenizer_config)
         };
         Self::with_template(template)
     }

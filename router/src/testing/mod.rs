@@ -41,6 +41,7 @@ pub fn test_config() -> RouterConfig {
             max_best_of: 3,
             max_stop_sequences: 2,
             max_top_n_tokens: 3,
+            max_client_batch_size: 4,
             supports_prompt_logprobs: true,
         },
         batching: BatchLimits {

@@ -89,9 +89,6 @@ fn check_unsupported(parameters: &GenerateParameters) -> Result<(), ValidationEr
     {
         return Err(ValidationError::NotSupported("grammar"));
     }
-    if parameters.watermark {
-        return Err(ValidationError::NotSupported("watermark"));
-    }
     if parameters
         .adapter_id
         .as_ref()
@@ -179,6 +176,7 @@ fn check_sampling(
         frequency_penalty,
         seed,
         has_seed: do_sample || parameters.seed.is_some(),
+        watermark: parameters.watermark,
         ..Default::default()
     })
 }

@@ -137,7 +137,22 @@ async fn sampling_follows_tgi_rules() {
         .await
         .expect("ok");
     assert_eq!(seeded.seed, Some(42));
-    assert_eq!(seeded.parameters.sampling.expect("sampling").top_p, 1.0);
+    let sampling = seeded.parameters.sampling.expect("sampling");
+    assert_eq!(sampling.top_p, 1.0);
+    assert!(!sampling.watermark);
+}
+
+#[tokio::test]
+async fn watermark_reaches_the_shard_parameters() {
+    let parameters = GenerateParameters {
+        watermark: true,
+        do_sample: true,
+        ..Default::default()
+    };
+    let marked = validate("hi", parameters, Delivery::Stream)
+        .await
+        .expect("watermark is served");
+    assert!(marked.parameters.sampling.expect("sampling").watermark);
 }
 
 #[tokio::test]
@@ -212,13 +227,6 @@ async fn parameter_ranges_are_checked_with_tgi_messages() {
                 ..Default::default()
             },
             "`stop` sequences must not be empty strings",
-        ),
-        (
-            GenerateParameters {
-                watermark: true,
-                ..Default::default()
-            },
-            "`watermark` is not supported yet",
         ),
         (
             GenerateParameters {

@@ -33,6 +33,7 @@ from ferrite_server.engine.memory import cpu_kv_cache_bytes, cuda_kv_cache_bytes
 from ferrite_server.engine.model_runner import ModelRunner
 from ferrite_server.engine.prompt_logprobs import prompt_logprobs_for_chunk
 from ferrite_server.engine.sampling import SampleResult, SequenceSamplingState, sample
+from ferrite_server.engine.sampling.watermark import Watermark
 from ferrite_server.engine.speculative import proposer_for
 from ferrite_server.engine.speculative.verify import accepted_run
 from ferrite_server.engine.step_clock import StepClock
@@ -73,6 +74,7 @@ class Engine:
         self._kv_caches: list[KVCache] | None = None
         self._limits: StepLimits | None = None
         self._decode_graphs: DecodeGraphs | None = None
+        self._watermark = Watermark(config.watermark)
         # Seeds requests that bring none. Tensor-parallel ranks draw the same seeds (rank 0's
         # stream, and every rank sees the same requests in the same order), so they sample the
         # same tokens.
@@ -135,7 +137,9 @@ class Engine:
             graph_bytes, graph_shape = self._graph_setup.measure(graph_shape)
         configured_bytes = self._config.kv_cache_memory_bytes
         if facts.device.type == "cuda":
-            budget_bytes = cuda_kv_cache_bytes(facts.device, peak_bytes + graph_bytes)
+            budget_bytes = cuda_kv_cache_bytes(
+                facts.device, peak_bytes + graph_bytes, self._config.cuda_memory_fraction
+            )
             if configured_bytes is not None:  # an explicit size caps what memory allows
                 budget_bytes = min(budget_bytes, configured_bytes)
         else:
@@ -151,7 +155,8 @@ class Engine:
                 f"{budget_bytes} bytes for the KV cache hold {num_blocks} blocks of "
                 f"{self._block_size} tokens, but one sequence of max_total_tokens="
                 f"{max_total_tokens} needs {needed_blocks}; lower max_total_tokens / "
-                "max_batch_prefill_tokens or give the KV cache more memory"
+                "max_batch_prefill_tokens or give the KV cache more memory "
+                "(--kv-cache-memory; on a GPU --cuda-memory-fraction)"
             )
         self._kv_caches = allocate_kv_cache(spec, num_blocks, facts.device)
         if graph_shape is not None:
@@ -275,7 +280,7 @@ class Engine:
                 top_ns.append(self._top_n(sequence))
         rows = torch.tensor(row_ids, device=hidden.device)
         logits = self._runner.compute_logits(hidden.index_select(0, rows))  # [N, V] float32
-        result: SampleResult = sample(logits, states, max(top_ns))
+        result: SampleResult = sample(logits, states, max(top_ns), self._watermark)
         choices = [
             GeneratedToken(
                 token_id=result.token_ids[i],

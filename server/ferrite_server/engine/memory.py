@@ -3,8 +3,9 @@
 CUDA: everything the process needs besides the KV cache is measured, not guessed: weights and
 the CUDA context show up in the device's used memory once the warmup's activations are freed,
 and the warmup forward's peak (activations, logits, sampling) is added back, so a "successful"
-warmup cannot be followed by an out-of-memory error at full load. An explicit
-kv_cache_memory_bytes caps the result (the engine applies it).
+warmup cannot be followed by an out-of-memory error at full load. The share of the GPU ferrite
+may use in total is the shard's cuda_memory_fraction (TGI's --cuda-memory-fraction, default
+0.9). An explicit kv_cache_memory_bytes caps the result (the engine applies it).
 
 CPU: there is no device to measure; the KV cache takes the configured bytes, or by default
 1 GiB capped at a quarter of the memory the system has available.
@@ -18,7 +19,6 @@ from typing import TypeVar
 
 import torch
 
-GPU_MEMORY_UTILIZATION = 0.9  # share of the GPU ferrite may use in total
 CPU_DEFAULT_KV_CACHE_BYTES = 1 << 30
 CPU_MAX_SHARE_OF_AVAILABLE = 0.25
 
@@ -55,12 +55,21 @@ def measure_peak_activation_bytes(run: Callable[[], T], device: torch.device) ->
     return result, torch.cuda.max_memory_allocated(device) - held_bytes
 
 
-def cuda_kv_cache_bytes(device: torch.device, peak_activation_bytes: int) -> int:
-    """Bytes left for KV under GPU_MEMORY_UTILIZATION after weights, context and activations."""
+def cuda_kv_cache_bytes(
+    device: torch.device, peak_activation_bytes: int, memory_fraction: float
+) -> int:
+    """Bytes left for KV within memory_fraction of the GPU after weights, context and
+    activations."""
     torch.cuda.empty_cache()
     free_bytes, total_bytes = torch.cuda.mem_get_info(device)
+    return kv_budget_bytes(total_bytes, free_bytes, peak_activation_bytes, memory_fraction)
+
+
+def kv_budget_bytes(
+    total_bytes: int, free_bytes: int, peak_activation_bytes: int, memory_fraction: float
+) -> int:
     used_bytes = total_bytes - free_bytes  # weights, CUDA context, other processes
-    return int(total_bytes * GPU_MEMORY_UTILIZATION) - used_bytes - peak_activation_bytes
+    return int(total_bytes * memory_fraction) - used_bytes - peak_activation_bytes
 
 
 def model_memory_bytes(module: torch.nn.Module) -> int:

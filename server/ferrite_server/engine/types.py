@@ -26,6 +26,7 @@ class SamplingParams:
     presence_penalty: float = 0.0  # over generated tokens
     seed: int | None = None  # None: the shard draws one
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token_id, additive bias)
+    watermark: bool = False  # greenlist bias keyed on the previous token (sampling/watermark.py)
 
 
 @dataclass(frozen=True)

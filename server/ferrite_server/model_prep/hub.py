@@ -43,8 +43,9 @@ class LineProgress(tqdm):
         return True
 
 
-def download(model_id: str, revision: str | None) -> Path:
-    """The local snapshot of `model_id` at `revision` (default: main), fetched if needed."""
+def download(model_id: str, revision: str | None, cache_dir: Path | None = None) -> Path:
+    """The local snapshot of `model_id` at `revision` (default: main), fetched if needed, in
+    the hub cache `cache_dir` (None: HF_HUB_CACHE / HF_HOME, as huggingface_hub decides)."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -61,6 +62,7 @@ def download(model_id: str, revision: str | None) -> Path:
             snapshot_download(
                 model_id,
                 revision=revision,
+                cache_dir=cache_dir,
                 allow_patterns=patterns,
                 ignore_patterns=IGNORE_PATTERNS,
                 tqdm_class=LineProgress,

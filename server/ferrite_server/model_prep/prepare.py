@@ -25,11 +25,12 @@ CONFIG_NAME = "config.json"
 
 
 def main(args: argparse.Namespace) -> int:
-    """Entry point of the `prepare-model` subcommand (args: model_id, revision, cache_dir).
+    """Entry point of the `prepare-model` subcommand (args: model_id, revision, cache_dir,
+    hub_cache_dir).
     Prints the prepared directory as the last stdout line; returns the exit code."""
     cache_dir = Path(args.cache_dir).expanduser()
     try:
-        model_dir = prepare_model(args.model_id, args.revision, cache_dir)
+        model_dir = prepare_model(args.model_id, args.revision, cache_dir, args.hub_cache_dir)
     except ModelPrepError as error:
         logger.error("%s", error)
         return 1
@@ -41,8 +42,11 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def prepare_model(model_id: str, revision: str | None, cache_dir: Path) -> Path:
-    """A local directory with config.json and safetensors weights for `model_id`."""
+def prepare_model(
+    model_id: str, revision: str | None, cache_dir: Path, hub_cache_dir: Path | None = None
+) -> Path:
+    """A local directory with config.json and safetensors weights for `model_id`.
+    `hub_cache_dir`: where hub downloads go (None: huggingface_hub's own choice)."""
     local_dir = Path(model_id).expanduser()
     if local_dir.is_dir():
         if revision is not None:
@@ -56,7 +60,7 @@ def prepare_model(model_id: str, revision: str | None, cache_dir: Path) -> Path:
     else:
         from ferrite_server.model_prep import hub
 
-        source_dir = hub.download(model_id, revision)
+        source_dir = hub.download(model_id, revision, hub_cache_dir)
     return _with_safetensors(_checked(source_dir, model_id), cache_dir)
 
 

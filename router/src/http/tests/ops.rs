@@ -145,3 +145,78 @@ async fn openapi_document_lists_the_routes_and_schemas() {
         );
     }
 }
+
+#[tokio::test]
+async fn docs_serve_swagger_ui_over_the_openapi_document_from_the_router_itself() {
+    let app = TestApp::replying();
+    let (status, headers, bytes) = app.get("/docs/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers["content-type"]
+        .to_str()
+        .expect("ascii")
+        .starts_with("text/html"));
+    let page = String::from_utf8_lossy(&bytes);
+    assert!(page.contains("swagger-ui"), "{page}");
+    assert!(
+        !page.contains("https://"),
+        "no assets from the internet: {page}"
+    );
+    let (status, _, bytes) = app.get("/docs/swagger-initializer.js").await;
+    assert_eq!(status, StatusCode::OK);
+    let initializer = String::from_utf8_lossy(&bytes);
+    assert!(
+        initializer.contains("/api-doc/openapi.json"),
+        "{initializer}"
+    );
+    for asset in ["/docs/swagger-ui-bundle.js", "/docs/swagger-ui.css"] {
+        let (status, _, bytes) = app.get(asset).await;
+        assert_eq!(status, StatusCode::OK, "{asset}");
+        assert!(bytes.len() > 10_000, "{asset} is the real file");
+    }
+    let (status, _, _) = app.get("/docs").await;
+    assert!(status.is_success() || status.is_redirection(), "{status}");
+}
+
+#[tokio::test]
+async fn openapi_document_lists_the_tgi_compatibility_routes() {
+    let app = TestApp::replying();
+    let (_, _, bytes) = app.get("/api-doc/openapi.json").await;
+    let document = json(&bytes);
+    assert!(
+        document["paths"]["/docs/"]["get"].is_object(),
+        "the Swagger UI page"
+    );
+    for path in ["/chat_tokenize", "/invocations"] {
+        let operation = &document["paths"][path]["post"];
+        assert!(
+            operation["requestBody"].is_object(),
+            "{path} documents its body"
+        );
+        assert!(
+            operation["responses"]["422"].is_object(),
+            "{path} documents 422"
+        );
+    }
+    for schema in [
+        "ChatTokenizeResponse",
+        "InvocationRequest",
+        "InvocationResponse",
+        "InvocationError",
+    ] {
+        assert!(
+            document["components"]["schemas"].get(schema).is_some(),
+            "missing {schema}"
+        );
+    }
+    assert_eq!(
+        document["paths"]["/chat_tokenize"]["post"]["requestBody"]["content"]["application/json"]
+            ["schema"]["$ref"],
+        "#/components/schemas/ChatCompletionRequest"
+    );
+    let invocation = &document["components"]["schemas"]["InvocationRequest"];
+    assert_eq!(
+        invocation["oneOf"].as_array().map(Vec::len),
+        Some(3),
+        "{invocation}"
+    );
+}

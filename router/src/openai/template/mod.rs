@@ -79,7 +79,15 @@ impl std::fmt::Debug for ChatTemplate {
 impl ChatTemplate {
     /// Reads the model directory's template; `Ok(None)` when the model has none.
     pub fn load(model_dir: &Path) -> Result<Option<Self>, TemplateError> {
-        match TemplateSource::read(model_dir)? {
+        Self::load_with_config(model_dir, None)
+    }
+
+    /// As `load`, with `tokenizer_config` replacing the directory's tokenizer_config.json.
+    pub fn load_with_config(
+        model_dir: &Path,
+        tokenizer_config: Option<&Path>,
+    ) -> Result<Option<Self>, TemplateError> {
+        match TemplateSource::read(model_dir, tokenizer_config)? {
             Some(source) => Self::compile(source).map(Some),
             None => Ok(None),
         }

@@ -29,11 +29,22 @@ pub struct TemplateSource {
 
 impl TemplateSource {
     /// `chat_template.jinja` wins over `tokenizer_config.json`'s `chat_template` (as in
-    /// transformers); special tokens always come from `tokenizer_config.json`.
-    pub fn read(model_dir: &Path) -> Result<Option<Self>, TemplateError> {
-        let config = read_tokenizer_config(model_dir)?;
+    /// transformers); special tokens always come from `tokenizer_config.json`. An explicit
+    /// `tokenizer_config` file (TGI's `--tokenizer-config-path`) replaces the directory's, and
+    /// its `chat_template`, when it has one, wins over `chat_template.jinja`.
+    pub fn read(
+        model_dir: &Path,
+        tokenizer_config: Option<&Path>,
+    ) -> Result<Option<Self>, TemplateError> {
+        let default_config = model_dir.join(TOKENIZER_CONFIG_FILE);
+        let config = read_tokenizer_config(tokenizer_config.unwrap_or(&default_config))?;
+        let explicit_template = tokenizer_config
+            .and(config.as_ref())
+            .and_then(|config| template_from_config(config.get("chat_template")?));
         let template_path = model_dir.join(TEMPLATE_FILE);
-        let template = if template_path.is_file() {
+        let template = if explicit_template.is_some() {
+            explicit_template
+        } else if template_path.is_file() {
             Some(
                 std::fs::read_to_string(&template_path).map_err(|error| TemplateError::Load {
                     path: template_path.display().to_string(),
@@ -53,8 +64,7 @@ impl TemplateSource {
     }
 }
 
-fn read_tokenizer_config(model_dir: &Path) -> Result<Option<Value>, TemplateError> {
-    let path = model_dir.join(TOKENIZER_CONFIG_FILE);
+fn read_tokenizer_config(path: &Path) -> Result<Option<Value>, TemplateError> {
     if !path.is_file() {
         return Ok(None);
     }
@@ -62,7 +72,7 @@ fn read_tokenizer_config(model_dir: &Path) -> Result<Option<Value>, TemplateErro
         path: path.display().to_string(),
         reason,
     };
-    let text = std::fs::read_to_string(&path).map_err(|error| load_error(error.to_string()))?;
+    let text = std::fs::read_to_string(path).map_err(|error| load_error(error.to_string()))?;
     serde_json::from_str(&text)
         .map(Some)
         .map_err(|error| load_error(error.to_string()))

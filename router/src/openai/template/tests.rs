@@ -230,3 +230,30 @@ fn a_model_without_template_has_none() {
         Err(TemplateError::Load { .. })
     ));
 }
+
+#[test]
+fn an_explicit_tokenizer_config_replaces_the_directory_one() {
+    let dir = ModelDir::new("explicit");
+    dir.write(
+        "tokenizer_config.json",
+        r#"{"eos_token": "</s>", "chat_template": "DIR"}"#,
+    );
+    dir.write("chat_template.jinja", "JINJA");
+    dir.write(
+        "override.json",
+        r#"{"eos_token": "<eot>", "chat_template": "{{ eos_token }}OVERRIDE"}"#,
+    );
+    let override_path = dir.0.join("override.json");
+    let chat = ChatTemplate::load_with_config(&dir.0, Some(&override_path))
+        .expect("loads")
+        .expect("has a template");
+    assert_eq!(chat.render(&[], false).expect("renders"), "<eot>OVERRIDE");
+    // Without a chat_template of its own, the directory's template file still applies, with
+    // the explicit file's special tokens.
+    dir.write("override.json", r#"{"eos_token": "<eot>"}"#);
+    let chat = ChatTemplate::load_with_config(&dir.0, Some(&override_path))
+        .expect("loads")
+        .expect("has a template");
+    assert_eq!(chat.render(&[], false).expect("renders"), "JINJA");
+    assert_eq!(chat.special_token("eos_token"), Some("<eot>"));
+}

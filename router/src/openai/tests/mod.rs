@@ -6,6 +6,7 @@ mod chat;
 mod completions;
 mod errors;
 mod shaping;
+mod tgi_routes;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 """sample(): one batched sampling step on the logits' device.
 
-Order (Hugging Face's): logit bias -> repetition penalty -> frequency / presence penalties;
+Order (TGI's, then Hugging Face's): watermark greenlist bias -> logit bias -> repetition penalty -> frequency / presence penalties;
 greedy rows take the argmax of that; sampling rows go on through temperature -> top_k ->
 top_p -> min_p -> typical_p and draw from their own seeded stream. Reported logprobs and top
 alternatives come from log_softmax of the raw logits. All results reach the host in one copy.
@@ -30,31 +30,43 @@ from ferrite_server.engine.sampling.filters import (
 from ferrite_server.engine.sampling.penalties import apply_logit_bias, apply_penalties
 from ferrite_server.engine.sampling.random_stream import draw_from_scores
 from ferrite_server.engine.sampling.state import SampleResult, SequenceSamplingState
+from ferrite_server.engine.sampling.watermark import Watermark, WatermarkConfig
 
 
 @torch.inference_mode()
 def sample(
-    logits: torch.Tensor, seqs: Sequence[SequenceSamplingState], num_top_tokens: int
+    logits: torch.Tensor,
+    seqs: Sequence[SequenceSamplingState],
+    num_top_tokens: int,
+    watermark: Watermark | None = None,
 ) -> SampleResult:
     """logits [N, V] float32, one row per entry of seqs -> chosen tokens, their logprobs and
-    the num_top_tokens most likely alternatives of every row."""
+    the num_top_tokens most likely alternatives of every row. `watermark` biases the rows
+    whose params ask for it (None: TGI's default gamma and delta)."""
     if logits.dim() != 2 or logits.shape[0] != len(seqs):
         raise ValueError(f"logits {tuple(logits.shape)} do not match {len(seqs)} sequences")
     logits = logits.float()
     if all(_is_plain_greedy(seq) for seq in seqs):
         token_ids = logits.argmax(dim=-1)  # [N]
     else:
-        token_ids = _choose_tokens(logits, seqs)
+        token_ids = _choose_tokens(logits, seqs, watermark)
     return _gather_results(logits, token_ids, num_top_tokens)
 
 
 def _is_plain_greedy(seq: SequenceSamplingState) -> bool:
     params = seq.params
-    return not (params.do_sample or needs_logit_bias(params) or needs_penalties(params))
+    return not (
+        params.do_sample or params.watermark or needs_logit_bias(params) or needs_penalties(params)
+    )
 
 
-def _choose_tokens(logits: torch.Tensor, seqs: Sequence[SequenceSamplingState]) -> torch.Tensor:
-    scores = apply_logit_bias(logits, seqs)
+def _choose_tokens(
+    logits: torch.Tensor, seqs: Sequence[SequenceSamplingState], watermark: Watermark | None
+) -> torch.Tensor:
+    scores = logits
+    if any(seq.params.watermark for seq in seqs):
+        scores = (watermark or Watermark(WatermarkConfig())).apply(scores, seqs)
+    scores = apply_logit_bias(scores, seqs)
     if any(needs_penalties(seq.params) for seq in seqs):
         scores = apply_penalties(scores, seqs, build_penalty_params(seqs, logits.device))
     sampled_rows = [row for row, seq in enumerate(seqs) if seq.params.do_sample]
