@@ -180,6 +180,14 @@ pub struct Args {
     #[arg(long, env, default_value = "on", value_parser = ["on", "off"])]
     pub prefix_caching: String,
 
+    /// Speculative decoding (TGI's flag): up to this many tokens proposed per decode step and verified in the same forward; greedy and seeded outputs are unchanged (default: off)
+    #[arg(long, env)]
+    pub speculate: Option<u32>,
+
+    /// How --speculate proposes tokens: ngram (lookup in the request's own prompt and output)
+    #[arg(long, env, default_value = "ngram", value_parser = ["ngram"])]
+    pub speculative_method: String,
+
     /// Longest a request may take from arrival to its last token, in seconds (408 if it was still queued, 504 once generating); a client may ask for less with the x-request-timeout-s header (default: no limit)
     #[arg(long, env)]
     pub request_timeout_s: Option<f64>,

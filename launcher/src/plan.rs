@@ -320,6 +320,7 @@ fn router_spec(
             Some(&shard.uds_path.display()),
         );
     }
+    push_opt(&mut argv, "--speculate", args.speculate.as_ref());
     push_opt(
         &mut argv,
         "--max-input-tokens",

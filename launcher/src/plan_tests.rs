@@ -488,3 +488,34 @@ fn the_metrics_port_cannot_be_the_api_port() {
         })
     );
 }
+
+#[test]
+fn speculate_reserves_slots_in_the_router_and_proposes_in_the_shards() {
+    let plan = self::plan(&["--speculate", "3"]).expect("valid");
+    let router = plan.router.as_ref().expect("router");
+    assert_eq!(flag_value(router, "--speculate"), Some("3"));
+    assert_eq!(
+        flag_value(&plan.shards[0].process, "--speculative-method"),
+        Some("ngram")
+    );
+    let off = self::plan(&[]).expect("valid");
+    assert_eq!(
+        flag_value(off.router.as_ref().expect("router"), "--speculate"),
+        None
+    );
+    assert_eq!(
+        flag_value(&off.shards[0].process, "--speculative-method"),
+        None
+    );
+    let unknown = [
+        "ferrite-launcher",
+        "--speculate",
+        "3",
+        "--speculative-method",
+        "medusa",
+    ];
+    assert!(
+        Args::try_parse_from(unknown).is_err(),
+        "only ngram is built"
+    );
+}

@@ -53,6 +53,10 @@ impl ShardPlanner<'_> {
             "--kv-cache-memory",
             args.kv_cache_memory.as_ref(),
         );
+        // The router reserves the slots; the shard fills them with its proposals.
+        let speculative_method =
+            (args.speculate.unwrap_or(0) > 0).then_some(&args.speculative_method);
+        push_opt(&mut argv, "--speculative-method", speculative_method);
         push_opt(
             &mut argv,
             "--watermark-gamma",

@@ -1,0 +1,135 @@
+"""Speculative decoding (`--speculate 3`, n-gram proposals) through the real launcher, shard and
+router, float32: greedy and seeded outputs equal a server without speculation token for token,
+for concurrent requests on the bundled model and on a tiny Llama; a stop sequence inside an
+accepted run ends the text where it should; streams carry one event per token; the shards
+really accept proposals (issue 18, "Must show", n-gram method)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+from text_generation import AsyncClient, Client
+
+from support.launcher import running_ferrite
+
+# Prompts that repeat themselves, so that looking up the last tokens in the request's own
+# history finds proposals the model then confirms.
+PROMPTS = [
+    "Count: one, two, three, four, one, two, three, four, one, two, three, four, one,",
+    "The list is: apple pie, cherry pie, apple pie, cherry pie, apple pie,",
+    "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n\ndef mul(a, b):\n",
+    "Repeat after me. The cat sat on the mat. The cat sat on the mat. The cat",
+    "Hello! How are you? Hello! How are you? Hello!",
+    "A B C D E F G A B C D E F G A B C",
+]
+MAX_NEW_TOKENS = 24
+FLOAT32 = ["--dtype", "float32"]
+SPECULATE = ["--speculate", "3"]
+
+
+def generate_all(base_url: str, **parameters) -> list:
+    async def run() -> list:
+        client = AsyncClient(base_url, timeout=600)
+        return await asyncio.gather(
+            *(client.generate(prompt, max_new_tokens=MAX_NEW_TOKENS, **parameters)
+              for prompt in PROMPTS)
+        )
+
+    return asyncio.run(run())
+
+
+def token_ids(response) -> list[int]:
+    return [token.id for token in response.details.tokens]
+
+
+def speculation_counters(base_url: str) -> dict[str, float]:
+    text = requests.get(f"{base_url}/metrics", timeout=30).text
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith("ferrite_speculative")
+    }
+
+
+def answers_of(args: list[str]) -> dict[str, list]:
+    """Greedy and seeded-sampling answers to every prompt, all sent at once."""
+    with running_ferrite(args) as server:
+        answers = {
+            "greedy": generate_all(server.base_url, top_n_tokens=2),
+            "sampled": generate_all(server.base_url, do_sample=True, temperature=0.8, top_k=20, seed=7),
+        }
+        answers["counters"] = speculation_counters(server.base_url)
+        answers["info"] = requests.get(f"{server.base_url}/info", timeout=30).json()
+    return answers
+
+
+@pytest.fixture(scope="module")
+def plain() -> dict[str, list]:
+    return answers_of(FLOAT32)
+
+
+@pytest.fixture(scope="module")
+def speculative_server():
+    with running_ferrite([*FLOAT32, *SPECULATE]) as server:
+        yield server
+
+
+def test_greedy_and_seeded_outputs_are_unchanged(plain, speculative_server) -> None:
+    base_url = speculative_server.base_url
+    before = speculation_counters(base_url)
+    greedy = generate_all(base_url, top_n_tokens=2)
+    sampled = generate_all(base_url, do_sample=True, temperature=0.8, top_k=20, seed=7)
+    for reference, answer in zip(plain["greedy"], greedy):
+        assert token_ids(answer) == token_ids(reference)
+        assert answer.generated_text == reference.generated_text
+        assert answer.details.finish_reason == reference.details.finish_reason
+        for expected, got in zip(reference.details.tokens, answer.details.tokens):
+            assert got.logprob == pytest.approx(expected.logprob, abs=1e-4)
+        for expected, got in zip(reference.details.top_tokens, answer.details.top_tokens):
+            assert [t.id for t in got] == [t.id for t in expected]
+    for reference, answer in zip(plain["sampled"], sampled):
+        assert token_ids(answer) == token_ids(reference)
+    after = speculation_counters(base_url)
+    proposed = after["ferrite_speculative_proposed_tokens_total"] - before["ferrite_speculative_proposed_tokens_total"]
+    accepted = after["ferrite_speculative_accepted_tokens_total"] - before["ferrite_speculative_accepted_tokens_total"]
+    assert proposed > 0 and accepted > 0, after
+    assert plain["counters"]["ferrite_speculative_proposed_tokens_total"] == 0
+    info = requests.get(f"{base_url}/info", timeout=30).json()
+    assert (plain["info"]["speculate"], info["speculate"]) == (0, 3)
+
+
+def test_a_stop_sequence_inside_an_accepted_run_ends_the_text_there(plain, speculative_server) -> None:
+    client = Client(speculative_server.base_url, timeout=600)
+    # The repeated list: its answer repeats, so the stop word arrives within accepted runs.
+    reference = plain["greedy"][1]
+    words = reference.generated_text.split()
+    assert len(words) >= 4, reference.generated_text
+    stop = words[3]
+    answer = client.generate(PROMPTS[1], max_new_tokens=MAX_NEW_TOKENS, stop_sequences=[stop])
+    end = reference.generated_text.index(stop) + len(stop)
+    assert answer.generated_text == reference.generated_text[:end]
+    assert answer.details.finish_reason == "stop_sequence"
+
+
+def test_streams_carry_one_event_per_token(plain, speculative_server) -> None:
+    client = Client(speculative_server.base_url, timeout=600)
+    for prompt, reference in zip(PROMPTS[:3], plain["greedy"]):
+        events = list(client.generate_stream(prompt, max_new_tokens=MAX_NEW_TOKENS))
+        assert [event.token.id for event in events] == token_ids(reference)
+        assert events[-1].generated_text == reference.generated_text
+
+
+def test_a_tiny_llama_speculates_without_changing_its_output(tiny_model_dir: Path) -> None:
+    args = ["--model-id", str(tiny_model_dir), *FLOAT32]
+    with running_ferrite(args) as server:
+        reference = generate_all(server.base_url)
+    with running_ferrite([*args, *SPECULATE]) as server:
+        answers = generate_all(server.base_url)
+        counters = speculation_counters(server.base_url)
+    assert [token_ids(a) for a in answers] == [token_ids(r) for r in reference]
+    assert counters["ferrite_speculative_proposed_tokens_total"] > 0
