@@ -10,7 +10,10 @@
              the correction dimensions; cos / sin scaled by 0.1 ln(factor) + 1
 - "llama3":  Llama 3.1+: low frequencies divided by `factor`, high ones kept, a smooth blend
 - "longrope": Phi-3: per-frequency short factors up to the original context, long ones beyond
-             it (depends on `context_len`); cos / sin scaled by sqrt(1 + ln f / ln L_orig)
+             it (depends on `context_len`); cos / sin scaled by sqrt(1 + ln f / ln L_orig).
+             transformers' Phi-3 generate recomputes a sequence's whole cache with the long
+             factors when it first grows past the original context; ferrite keeps the keys
+             already cached (as vLLM does), so tokens after such a crossing may differ.
 """
 
 from __future__ import annotations
