@@ -1,8 +1,9 @@
 """The newer families through the real launcher (issue 17, "Must show"): tiny random-weight
-Qwen3, Gemma 2, Gemma 3 and Phi-3 checkpoints with sliding windows shorter than the prompts,
+Qwen3, Gemma 2, Gemma 3, Phi-3 and Mixtral (4 experts, top-2) checkpoints with sliding windows
+shorter than the prompts,
 requests sent at once so the scheduler batches them; greedy float32 tokens equal transformers'
-token for token and their logprobs are within 1e-4. Gemma 3 also under tensor parallelism
-(2 shards, gloo), and Gemma 2 (window + soft-caps) with the Triton kernels (interpreter).
+token for token and their logprobs are within 1e-4. Gemma 3 and Mixtral also under tensor
+parallelism (2 shards, gloo), and Gemma 2 (window + soft-caps) with the Triton kernels (interpreter).
 
 References tokenize with the checkpoint's tokenizer.json, as the router does.
 """
@@ -37,7 +38,7 @@ SMALL_LIMITS = (
     "--max-batch-prefill-tokens", "64",  # the longest prompt is prefilled in two chunks
     "--max-batch-total-tokens", "2048",
 )
-FAMILY_SEEDS = {"qwen3": 31, "gemma2": 32, "gemma3": 33, "phi3": 34}
+FAMILY_SEEDS = {"qwen3": 31, "gemma2": 32, "gemma3": 33, "phi3": 34, "mixtral": 35}
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +94,10 @@ def test_family_matches_transformers_batched(family: str, family_dirs: dict[str,
     assert_matches_transformers(family_dirs[family], serve(family_dirs[family]))
 
 
-def test_gemma3_on_two_shards_matches_transformers(family_dirs: dict[str, Path]) -> None:
+@pytest.mark.parametrize("family", ["gemma3", "mixtral"])
+def test_two_shards_match_transformers(family: str, family_dirs: dict[str, Path]) -> None:
     flags = ("--num-shard", "2", "--master-port", str(free_port()))
-    assert_matches_transformers(family_dirs["gemma3"], serve(family_dirs["gemma3"], *flags))
+    assert_matches_transformers(family_dirs[family], serve(family_dirs[family], *flags))
 
 
 def test_gemma2_with_triton_kernels_matches_transformers(family_dirs: dict[str, Path]) -> None:

@@ -131,8 +131,12 @@ def _tiny_prompts(seed: int) -> list[list[int]]:
         TinyModelSpec(family="gemma2", seed=6),
         TinyModelSpec(family="gemma3", seed=7, tie_word_embeddings=True),
         TinyModelSpec(family="phi3", seed=8),
+        TinyModelSpec(family="mixtral", seed=9),
     ],
-    ids=["llama", "llama3-rope-tied", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3"],
+    ids=[
+        "llama", "llama3-rope-tied", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3",
+        "mixtral",
+    ],
 )
 def test_tiny_models_match_transformers(spec: TinyModelSpec, tmp_path: Path) -> None:
     # Families with windows (mistral, qwen3, gemma, phi3) have windows of 8-12 tokens, shorter

@@ -22,13 +22,16 @@ from transformers import (
     GenerationConfig,
     LlamaConfig,
     MistralConfig,
+    MixtralConfig,
     Phi3Config,
     PretrainedConfig,
     Qwen2Config,
     Qwen3Config,
 )
 
-TinyFamily = Literal["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3"]
+TinyFamily = Literal[
+    "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "mixtral"
+]
 # Shorter than most test prompts, so windowed layers differ from global ones.
 TINY_SLIDING_WINDOW = 8
 
@@ -70,6 +73,10 @@ def tiny_config(spec: TinyModelSpec) -> PretrainedConfig:
         return MistralConfig(**common, sliding_window=TINY_SLIDING_WINDOW)
     if spec.family == "qwen2":
         return Qwen2Config(**common, rope_parameters={"rope_type": "default", "rope_theta": 1e6})
+    if spec.family == "mixtral":
+        # 4 experts, top-2, and a window shorter than the prompts.
+        return MixtralConfig(**common, num_local_experts=4, num_experts_per_tok=2,
+                             sliding_window=TINY_SLIDING_WINDOW)
     if spec.family in ("qwen3", "gemma2", "gemma3", "phi3"):
         return _newer_family_config(spec.family, common)
     rope = {"rope_type": "default", "rope_theta": 10000.0}

@@ -13,6 +13,7 @@ from typing import Any
 
 from ferrite_server.engine.errors import UnsupportedModelError
 from ferrite_server.layers.activation import Activation
+from ferrite_server.layers.moe import MoEConfig
 from ferrite_server.layers.rope_scaling import RopeConfig
 from ferrite_server.models.rope_config import rope_config_from_hf
 
@@ -73,6 +74,7 @@ class DecoderConfig:
     query_pre_attn_scalar: float | None = None
     # One entry per layer; empty: every layer attends fully with `rope`.
     layer_attention: tuple[LayerAttention, ...] = ()
+    moe: MoEConfig | None = None  # every MLP is a mixture of experts (Mixtral)
 
     @property
     def attention_scale(self) -> float:

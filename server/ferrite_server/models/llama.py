@@ -37,7 +37,7 @@ from ferrite_server.models.layer_rotaries import LayerRotaries
 from ferrite_server.models.interface import KVCache
 from ferrite_server.weights import CheckpointLayout, PackedWeight
 
-_PACKED_WEIGHTS = (
+PACKED_WEIGHTS = (
     PackedWeight(".q_proj.", ".qkv_proj.", "q"),
     PackedWeight(".k_proj.", ".qkv_proj.", "k"),
     PackedWeight(".v_proj.", ".qkv_proj.", "v"),
@@ -222,4 +222,4 @@ class LlamaForCausalLM(nn.Module):
     def checkpoint_layout(self) -> CheckpointLayout:
         # A tied checkpoint may still carry lm_head.weight (a copy of the embedding).
         ignored = frozenset({"lm_head.weight"}) if self.config.tie_word_embeddings else frozenset()
-        return CheckpointLayout(packed=_PACKED_WEIGHTS, ignored_names=ignored)
+        return CheckpointLayout(packed=PACKED_WEIGHTS, ignored_names=ignored)
