@@ -88,3 +88,5 @@ class ShardConfig:
     # Decode batch sizes captured as CUDA graphs (CUDA + triton attention only). None: the
     # standard buckets up to the router's max batch size; empty: no graphs (eager decode).
     cuda_graph_batch_sizes: tuple[int, ...] | None = None
+    # Run a checkpoint's own Python code (`auto_map`) on the transformers fallback.
+    trust_remote_code: bool = False

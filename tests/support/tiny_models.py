@@ -20,6 +20,7 @@ from transformers import (
     Gemma2Config,
     Gemma3TextConfig,
     GenerationConfig,
+    GPTNeoXConfig,
     LlamaConfig,
     MistralConfig,
     MixtralConfig,
@@ -27,10 +28,12 @@ from transformers import (
     PretrainedConfig,
     Qwen2Config,
     Qwen3Config,
+    StableLmConfig,
 )
 
 TinyFamily = Literal[
-    "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "mixtral"
+    "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "mixtral",
+    "gpt_neox", "stablelm",  # no ferrite model file: the transformers fallback serves them
 ]
 # Shorter than most test prompts, so windowed layers differ from global ones.
 TINY_SLIDING_WINDOW = 8
@@ -77,6 +80,13 @@ def tiny_config(spec: TinyModelSpec) -> PretrainedConfig:
         # 4 experts, top-2, and a window shorter than the prompts.
         return MixtralConfig(**common, num_local_experts=4, num_experts_per_tok=2,
                              sliding_window=TINY_SLIDING_WINDOW)
+    if spec.family == "gpt_neox":
+        # Parallel residual, partial rotary, biases, LayerNorm: nothing like Llama.
+        neox = {k: v for k, v in common.items() if k != "num_key_value_heads"}
+        return GPTNeoXConfig(**neox, rotary_pct=0.5, use_parallel_residual=True)
+    if spec.family == "stablelm":
+        return StableLmConfig(**common, partial_rotary_factor=0.25, qk_layernorm=True,
+                              use_qkv_bias=True)
     if spec.family in ("qwen3", "gemma2", "gemma3", "phi3"):
         return _newer_family_config(spec.family, common)
     rope = {"rope_type": "default", "rope_theta": 10000.0}
