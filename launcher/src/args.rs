@@ -140,6 +140,11 @@ pub struct Args {
     #[arg(long, env, value_enum)]
     pub quantize: Option<Quantize>,
 
+    /// Run a checkpoint's own Python code (`auto_map` in config.json); such models run on
+    /// the transformers fallback and start only with this flag (as in TGI)
+    #[arg(long, env)]
+    pub trust_remote_code: bool,
+
     /// KV cache storage; fp8 halves its memory per token
     #[arg(long, env, value_enum, default_value_t = KvCacheDtype::Auto)]
     pub kv_cache_dtype: KvCacheDtype,

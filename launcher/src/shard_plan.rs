@@ -48,6 +48,9 @@ impl ShardPlanner<'_> {
             sizes.join(",")
         });
         push_opt(&mut argv, "--cuda-graphs", cuda_graphs.as_ref());
+        if args.trust_remote_code {
+            argv.push("--trust-remote-code".into());
+        }
         push_opt(
             &mut argv,
             "--kv-cache-memory",
