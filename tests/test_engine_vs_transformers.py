@@ -12,6 +12,7 @@ import math
 import random
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from transformers import AutoTokenizer
@@ -101,9 +102,13 @@ def _assert_batch_was_mixed(driver: EngineDriver, requests: list[ScriptedRequest
 
 
 def _run_and_compare(
-    model_dir: Path, prompts: list[list[int]], max_new_tokens: int, block_size_tokens: int
+    model_dir: Path,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    block_size_tokens: int,
+    **config_overrides: Any,
 ) -> None:
-    engine, num_blocks = warmed_up_engine(model_dir, block_size_tokens)
+    engine, num_blocks = warmed_up_engine(model_dir, block_size_tokens, **config_overrides)
     requests = _scripted_requests(prompts, max_new_tokens)
     driver = EngineDriver(engine, BlockAllocator(num_blocks, seed=7))
     driver.run(requests)

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from ferrite_server.config import DistributedConfig
 from ferrite_server.engine.errors import UnsupportedModelError
 from ferrite_server.engine.model_runner import ModelRunner
 from tests.support.engines import shard_config, warmed_up_engine
@@ -40,6 +42,24 @@ def test_fallback_matches_transformers_batched(family: str, tmp_path: Path) -> N
     _run_and_compare(model_dir, _tiny_prompts(41), max_new_tokens=12, block_size_tokens=4)
 
 
+def test_a_native_family_forced_onto_the_fallback_matches_transformers(tmp_path: Path) -> None:
+    # --model-implementation transformers: Llama through transformers' own modules.
+    model_dir = write_tiny_model(tmp_path / "llama", TinyModelSpec(seed=42))
+    engine, _ = warmed_up_engine(model_dir, model_implementation="transformers")
+    assert engine.info().model_implementation == "transformers"
+    _run_and_compare(
+        model_dir, _tiny_prompts(42), max_new_tokens=12, block_size_tokens=4,
+        model_implementation="transformers",
+    )
+
+
+def test_native_only_refuses_an_architecture_without_a_file(tmp_path: Path) -> None:
+    model_dir = write_tiny_model(tmp_path / "neox", TinyModelSpec(family="gpt_neox", seed=4))
+    config = replace(shard_config(model_dir), model_implementation="native")
+    with pytest.raises(UnsupportedModelError, match="no ferrite model file"):
+        ModelRunner.load(config)
+
+
 def test_native_families_say_so(tmp_path: Path) -> None:
     model_dir = write_tiny_model(tmp_path / "llama", TinyModelSpec(seed=1))
     engine, _ = warmed_up_engine(model_dir)
@@ -58,10 +78,6 @@ def test_remote_code_needs_trust_remote_code(tmp_path: Path) -> None:
 
 
 def test_fallback_refuses_tensor_parallelism(tmp_path: Path) -> None:
-    from dataclasses import replace
-
-    from ferrite_server.config import DistributedConfig
-
     model_dir = write_tiny_model(tmp_path / "neox", TinyModelSpec(family="gpt_neox", seed=3))
     config = replace(shard_config(model_dir), distributed=DistributedConfig(world_size=2))
     with pytest.raises(UnsupportedModelError, match="tensor parallelism"):

@@ -139,6 +139,16 @@ fn trust_remote_code_reaches_the_shards_only_when_given() {
 }
 
 #[test]
+fn model_implementation_reaches_the_shards() {
+    let forced = plan(&["--model-implementation", "transformers"]).expect("valid");
+    let value = flag_value(&forced.shards[0].process, "--model-implementation");
+    assert_eq!(value, Some("transformers"));
+    let default = plan(&[]).expect("valid");
+    let value = flag_value(&default.shards[0].process, "--model-implementation");
+    assert_eq!(value, Some("auto"));
+}
+
+#[test]
 fn router_gets_tokenizer_sockets_and_limits() {
     let plan = plan(&[
         "--port",

@@ -37,6 +37,8 @@ impl ShardPlanner<'_> {
             args.rendezvous_timeout_s.to_string(),
             "--kv-cache-dtype".into(),
             args.kv_cache_dtype.as_flag().into(),
+            "--model-implementation".into(),
+            args.model_implementation.as_flag().into(),
         ];
         push_opt(
             &mut argv,

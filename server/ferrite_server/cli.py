@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "GPTQ/AWQ checkpoint; default: the checkpoint's quantization_config")
     serve.add_argument("--kv-cache-dtype", choices=list(get_args(KVCacheDtypeName)),
                        default="auto", help="fp8: store K/V as float8 e4m3 with a scale")
+    serve.add_argument("--model-implementation", choices=["auto", "native", "transformers"],
+                       default="auto", help="auto: ferrite's own model file when the "
+                       "architecture has one, else the transformers fallback")
     serve.add_argument("--trust-remote-code", action="store_true",
                        help="run a checkpoint's own Python code (auto_map) on the transformers "
                        "fallback")
@@ -163,6 +166,7 @@ def shard_config_from_args(args: argparse.Namespace) -> ShardConfig:
         kv_cache_dtype=args.kv_cache_dtype,
         cuda_graph_batch_sizes=args.cuda_graphs,
         trust_remote_code=args.trust_remote_code,
+        model_implementation=args.model_implementation,
     )
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal, Mapping
 
 DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
+ModelImplementationName = Literal["auto", "native", "transformers"]
 AttentionBackendName = Literal["auto", "torch", "triton"]
 QuantizeName = Literal[
     "bitsandbytes", "bitsandbytes-nf4", "bitsandbytes-fp4", "fp8", "gptq", "awq"
@@ -90,3 +91,6 @@ class ShardConfig:
     cuda_graph_batch_sizes: tuple[int, ...] | None = None
     # Run a checkpoint's own Python code (`auto_map`) on the transformers fallback.
     trust_remote_code: bool = False
+    # auto: a ferrite model file when there is one, else the transformers fallback;
+    # transformers: the fallback even for native families (to compare, or to work around one).
+    model_implementation: ModelImplementationName = "auto"

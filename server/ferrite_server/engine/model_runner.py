@@ -115,7 +115,13 @@ class ModelRunner:
         hf = read_hf_config(model_dir)
         architecture = architecture_of(hf)
         family = MODEL_REGISTRY.get(architecture)
-        if family is None:
+        if family is None and config.model_implementation == "native":
+            raise UnsupportedModelError(
+                f"architecture {architecture!r} has no ferrite model file (native: "
+                f"{', '.join(sorted(MODEL_REGISTRY))}); --model-implementation auto runs it on "
+                "the transformers fallback"
+            )
+        if family is None or config.model_implementation == "transformers":
             return cls._load_fallback(config, hf, architecture)
         model_config = family.config_from_hf(hf)
         check_tensor_parallel(model_config, config.distributed.world_size)
