@@ -45,7 +45,11 @@ from ferrite_server.models.config import (
     read_hf_config,
 )
 from ferrite_server.models.interface import CausalLM, KVCache
-from ferrite_server.models.transformers_fallback import TransformersCausalLM, needs_remote_code
+from ferrite_server.models.transformers_fallback import (
+    TransformersCausalLM,
+    is_causal_lm,
+    needs_remote_code,
+)
 from ferrite_server.weights import iter_checkpoint_slices, load_named_tensors
 
 logger = logging.getLogger(__name__)
@@ -175,10 +179,10 @@ class ModelRunner:
     def _load_fallback(cls, config: ShardConfig, hf: HfConfig, architecture: str) -> ModelRunner:
         """An architecture without a ferrite file: the transformers model with paged attention
         (models/transformers_fallback.py); one rank, unquantized."""
-        if not architecture.endswith("ForCausalLM"):
+        if not is_causal_lm(architecture, hf):
             raise UnsupportedModelError(
-                f"architecture {architecture!r} is not a causal LM; ferrite serves *ForCausalLM "
-                f"checkpoints (natively: {', '.join(sorted(MODEL_REGISTRY))})"
+                f"architecture {architecture!r} is not a causal LM transformers can build; "
+                f"natively supported: {', '.join(sorted(MODEL_REGISTRY))}"
             )
         if needs_remote_code(hf) and not config.trust_remote_code:
             raise UnsupportedModelError(

@@ -120,6 +120,16 @@ def fallback_config(hf_config: Any) -> DecoderConfig:
     )
 
 
+def is_causal_lm(architecture: str, hf: HfConfig) -> bool:
+    """A class transformers' AutoModelForCausalLM builds (GPT2LMHeadModel counts), or one the
+    checkpoint's own code maps to it."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if architecture in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()):
+        return True
+    return "AutoModelForCausalLM" in (hf.get("auto_map") or {})
+
+
 def needs_remote_code(hf: HfConfig) -> bool:
     """A checkpoint whose classes live in its own Python files (`auto_map`)."""
     return bool(hf.get("auto_map"))
