@@ -19,6 +19,7 @@ QuantizeName = Literal[
     "bitsandbytes", "bitsandbytes-nf4", "bitsandbytes-fp4", "fp8", "gptq", "awq"
 ]
 KVCacheDtypeName = Literal["auto", "fp8"]
+SpeculativeMethodName = Literal["ngram"]
 
 DEFAULT_BLOCK_SIZE_TOKENS = 16
 
@@ -94,3 +95,5 @@ class ShardConfig:
     # auto: a ferrite model file when there is one, else the transformers fallback;
     # transformers: the fallback even for native families (to compare, or to work around one).
     model_implementation: ModelImplementationName = "auto"
+    # How the shard proposes tokens where the router reserved lookahead slots; None: never.
+    speculative_method: SpeculativeMethodName | None = None

@@ -6,14 +6,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ferrite_server.config import DtypeName, ShardConfig
+from ferrite_server.config import DtypeName, ShardConfig, SpeculativeMethodName
 from ferrite_server.engine.engine import Engine
 
 TEST_KV_CACHE_BYTES = 64 << 20
 
 
 def shard_config(
-    model_dir: Path, block_size_tokens: int = 4, dtype: DtypeName = "float32"
+    model_dir: Path,
+    block_size_tokens: int = 4,
+    dtype: DtypeName = "float32",
+    speculative_method: SpeculativeMethodName | None = None,
 ) -> ShardConfig:
     return ShardConfig(
         model_id=model_dir,
@@ -21,6 +24,7 @@ def shard_config(
         dtype=dtype,
         kv_cache_memory_bytes=TEST_KV_CACHE_BYTES,
         block_size_tokens=block_size_tokens,
+        speculative_method=speculative_method,
     )
 
 
