@@ -59,6 +59,9 @@ pub struct Info {
     /// transformers model with ferrite's paged attention, for other architectures).
     #[schema(example = "native")]
     pub model_implementation: String,
+    /// Tokens proposed and verified per decode step (`--speculate`, TGI's field; 0: off).
+    #[schema(example = 0)]
+    pub speculate: usize,
     /// Whether identical token prefixes share KV blocks (`--prefix-caching`).
     #[schema(example = true)]
     pub prefix_caching: bool,
