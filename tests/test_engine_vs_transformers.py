@@ -113,7 +113,8 @@ def _run_and_compare(
     driver = EngineDriver(engine, BlockAllocator(num_blocks, seed=7))
     driver.run(requests)
     _assert_batch_was_mixed(driver, requests)
-    reference_model = load_reference_model(model_dir)
+    trust_remote_code = bool(config_overrides.get("trust_remote_code", False))
+    reference_model = load_reference_model(model_dir, trust_remote_code)
     for request in requests:
         reference = greedy_reference(reference_model, request.prompt_ids, max_new_tokens, TOP_N)
         _assert_matches(request, reference)

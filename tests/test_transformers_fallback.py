@@ -66,15 +66,57 @@ def test_native_families_say_so(tmp_path: Path) -> None:
     assert engine.info().model_implementation == "native"
 
 
-def test_remote_code_needs_trust_remote_code(tmp_path: Path) -> None:
-    model_dir = write_tiny_model(tmp_path / "neox", TinyModelSpec(family="gpt_neox", seed=2))
+# A checkpoint shipping its own modeling code: a Llama under another name, as remote-code
+# checkpoints on the Hub often are, so transformers can build it only from these files.
+_REMOTE_CONFIG = """from transformers import LlamaConfig
+
+
+class CustomConfig(LlamaConfig):
+    model_type = "ferrite_custom_llama"
+"""
+_REMOTE_MODEL = """from transformers import LlamaForCausalLM
+
+from .configuration_custom import CustomConfig
+
+
+class CustomForCausalLM(LlamaForCausalLM):
+    config_class = CustomConfig
+"""
+
+
+def _remote_code_checkpoint(model_dir: Path) -> Path:
+    write_tiny_model(model_dir, TinyModelSpec(seed=43))
     config_path = model_dir / "config.json"
     config = json.loads(config_path.read_text())
-    # What a checkpoint shipping its own modeling code declares.
-    config["auto_map"] = {"AutoModelForCausalLM": "modeling_custom.CustomForCausalLM"}
+    config.update(
+        architectures=["CustomForCausalLM"],
+        model_type="ferrite_custom_llama",
+        auto_map={
+            "AutoConfig": "configuration_custom.CustomConfig",
+            "AutoModelForCausalLM": "modeling_custom.CustomForCausalLM",
+        },
+    )
     config_path.write_text(json.dumps(config))
+    (model_dir / "configuration_custom.py").write_text(_REMOTE_CONFIG)
+    (model_dir / "modeling_custom.py").write_text(_REMOTE_MODEL)
+    return model_dir
+
+
+def test_remote_code_needs_trust_remote_code(tmp_path: Path) -> None:
+    model_dir = _remote_code_checkpoint(tmp_path / "custom")
     with pytest.raises(UnsupportedModelError, match="--trust-remote-code"):
         ModelRunner.load(shard_config(model_dir))
+
+
+def test_remote_code_runs_on_the_fallback_when_trusted(tmp_path: Path) -> None:
+    model_dir = _remote_code_checkpoint(tmp_path / "custom")
+    engine, _ = warmed_up_engine(model_dir, trust_remote_code=True)
+    info = engine.info()
+    assert (info.architecture, info.model_implementation) == ("CustomForCausalLM", "transformers")
+    _run_and_compare(
+        model_dir, _tiny_prompts(43), max_new_tokens=8, block_size_tokens=4,
+        trust_remote_code=True,
+    )
 
 
 def test_fallback_refuses_tensor_parallelism(tmp_path: Path) -> None:
