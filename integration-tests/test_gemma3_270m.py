@@ -4,15 +4,14 @@ exactly as transformers' greedy float32 `generate` does, logprobs within 1e-4.""
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
-from text_generation import Client
 from tokenizers import Tokenizer
 
 from ferrite_server.model_prep.gguf_packages import ensure_gemma3_270m
 from support.launcher import running_ferrite
+from test_model_families import served_batched
 from tests.support.hf_reference import greedy_reference, load_reference_model
 
 MODEL_CACHE_DIR = Path("~/.cache/ferrite/models").expanduser()
@@ -28,15 +27,7 @@ def test_gemma3_270m_serves_what_transformers_generates() -> None:
         info = requests.get(f"{server.base_url}/info", timeout=30).json()
         assert info["model_architecture"] == "Gemma3ForCausalLM"
         assert info["model_implementation"] == "native"
-        client = Client(server.base_url, timeout=600)
-
-        def generate(prompt: str) -> tuple[list[int], list[float]]:
-            details = client.generate(prompt, max_new_tokens=MAX_NEW_TOKENS).details
-            assert details is not None
-            return [t.id for t in details.tokens], [t.logprob for t in details.tokens]
-
-        with ThreadPoolExecutor(max_workers=len(PROMPTS)) as pool:
-            served = list(pool.map(generate, PROMPTS))
+        served = served_batched(server, PROMPTS, MAX_NEW_TOKENS)
     tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     model = load_reference_model(model_dir)
     for prompt, (ids, logprobs) in zip(PROMPTS, served, strict=True):

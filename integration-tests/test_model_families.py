@@ -52,16 +52,19 @@ def family_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return dirs
 
 
-def served_batched(server: RunningFerrite) -> list[tuple[list[int], list[float]]]:
+def served_batched(
+    server: RunningFerrite, prompts: tuple[str, ...] = PROMPTS, max_new_tokens: int = MAX_NEW_TOKENS
+) -> list[tuple[list[int], list[float]]]:
+    """Greedy token ids and logprobs of `prompts`, all sent at once (so they batch)."""
     client = Client(server.base_url, timeout=600)
 
     def generate(prompt: str) -> tuple[list[int], list[float]]:
-        details = client.generate(prompt, max_new_tokens=MAX_NEW_TOKENS).details
+        details = client.generate(prompt, max_new_tokens=max_new_tokens).details
         assert details is not None
         return [t.id for t in details.tokens], [t.logprob for t in details.tokens]
 
-    with ThreadPoolExecutor(max_workers=len(PROMPTS)) as pool:
-        return list(pool.map(generate, PROMPTS))
+    with ThreadPoolExecutor(max_workers=len(prompts)) as pool:
+        return list(pool.map(generate, prompts))
 
 
 def serve(model_dir: Path, *flags: str, env: dict[str, str] | None = None) -> list[

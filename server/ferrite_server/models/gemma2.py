@@ -20,10 +20,10 @@ from ferrite_server.layers.attention.backend import AttentionBackend, AttentionM
 from ferrite_server.layers.placement import LayerPlacement
 from ferrite_server.models.config import DecoderConfig, HfConfig, decoder_config_from_hf
 from ferrite_server.models.interface import KVCache
-from ferrite_server.models.llama import LlamaAttention, LlamaForCausalLM, LlamaMLP, hidden_norm
+from ferrite_server.models.llama import LlamaDecoderLayer, LlamaForCausalLM, hidden_norm
 
 
-class GemmaDecoderLayer(nn.Module):
+class GemmaDecoderLayer(LlamaDecoderLayer):
     """Norms before and after both attention and MLP (Gemma 2 and 3)."""
 
     def __init__(
@@ -33,12 +33,8 @@ class GemmaDecoderLayer(nn.Module):
         placement: LayerPlacement,
         layer_index: int,
     ) -> None:
-        super().__init__()
-        self.input_layernorm = hidden_norm(config, placement)
-        self.self_attn = LlamaAttention(config, backend, placement, layer_index)
-        self.post_attention_layernorm = hidden_norm(config, placement)
+        super().__init__(config, backend, placement, layer_index)
         self.pre_feedforward_layernorm = hidden_norm(config, placement)
-        self.mlp = LlamaMLP(config, placement)
         self.post_feedforward_layernorm = hidden_norm(config, placement)
 
     def forward(

@@ -136,7 +136,15 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = hidden_norm(config, placement)
         self.self_attn = LlamaAttention(config, backend, placement, layer_index)
         self.post_attention_layernorm = hidden_norm(config, placement)
+        self.add_feed_forward(config, placement)
+
+    def add_feed_forward(self, config: DecoderConfig, placement: LayerPlacement) -> None:
+        """The MLP, under the name the checkpoint uses (a family with another MLP overrides
+        this and `feed_forward`, e.g. Mixtral's experts)."""
         self.mlp = LlamaMLP(config, placement)
+
+    def feed_forward(self, normed: torch.Tensor) -> torch.Tensor:  # [T, H] -> [T, H]
+        return self.mlp(normed)
 
     def forward(
         self,
@@ -147,7 +155,7 @@ class LlamaDecoderLayer(nn.Module):
     ) -> torch.Tensor:  # [T, H]
         attended = self.self_attn(self.input_layernorm(hidden), cos_sin, kv_cache, attn_metadata)
         normed, hidden = self.post_attention_layernorm.add_and_norm(attended, hidden)
-        return hidden + self.mlp(normed)
+        return hidden + self.feed_forward(normed)
 
 
 class LlamaModel(nn.Module):

@@ -14,49 +14,30 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from ferrite_server.layers.attention.backend import AttentionBackend, AttentionMetadata
 from ferrite_server.layers.moe import MoEConfig, SparseMoE, moe_checkpoint_weights
 from ferrite_server.layers.placement import LayerPlacement
 from ferrite_server.models.config import DecoderConfig, HfConfig, decoder_config_from_hf
-from ferrite_server.models.interface import KVCache
 from ferrite_server.models.llama import (
     PACKED_WEIGHTS,
-    LlamaAttention,
+    LlamaDecoderLayer,
     LlamaForCausalLM,
-    hidden_norm,
 )
 from ferrite_server.weights import CheckpointLayout
 
 _MOE_MODULE = "block_sparse_moe"
 
 
-class MixtralDecoderLayer(nn.Module):
-    def __init__(
-        self,
-        config: DecoderConfig,
-        backend: AttentionBackend,
-        placement: LayerPlacement,
-        layer_index: int,
-    ) -> None:
-        super().__init__()
+class MixtralDecoderLayer(LlamaDecoderLayer):
+    """Llama's layer with the experts as its MLP (`block_sparse_moe`, the checkpoint's name)."""
+
+    def add_feed_forward(self, config: DecoderConfig, placement: LayerPlacement) -> None:
         assert config.moe is not None
-        self.input_layernorm = hidden_norm(config, placement)
-        self.self_attn = LlamaAttention(config, backend, placement, layer_index)
-        self.post_attention_layernorm = hidden_norm(config, placement)
         self.block_sparse_moe = SparseMoE(
             config.hidden_size, config.moe, config.activation, placement
         )
 
-    def forward(
-        self,
-        hidden: torch.Tensor,  # [T, H]
-        cos_sin: tuple[torch.Tensor, torch.Tensor],
-        kv_cache: KVCache,
-        attn_metadata: AttentionMetadata,
-    ) -> torch.Tensor:  # [T, H]
-        attended = self.self_attn(self.input_layernorm(hidden), cos_sin, kv_cache, attn_metadata)
-        normed, hidden = self.post_attention_layernorm.add_and_norm(attended, hidden)
-        return hidden + self.block_sparse_moe(normed)
+    def feed_forward(self, normed: torch.Tensor) -> torch.Tensor:  # [T, H] -> [T, H]
+        return self.block_sparse_moe(normed)
 
 
 class MixtralForCausalLM(LlamaForCausalLM):
