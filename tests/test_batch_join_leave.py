@@ -250,5 +250,5 @@ def test_info_reports_the_checkpoint(model_dir: Path, tmp_path: Path) -> None:
     assert (info.block_size, info.vocab_size, info.max_position_embeddings) == (8, 320, 256)
     assert info.eos_token_ids == (2, 5)  # config.json 2, generation_config.json [2, 5]
     mistral_dir = write_tiny_model(tmp_path / "mistral", TinyModelSpec(family="mistral"))
-    # Served positions stop at Mistral's sliding window (128 < 256).
-    assert Engine.load(shard_config(mistral_dir)).info().max_position_embeddings == 128
+    # The whole context is served: attention applies Mistral's 8-token window.
+    assert Engine.load(shard_config(mistral_dir)).info().max_position_embeddings == 256

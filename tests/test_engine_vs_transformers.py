@@ -12,6 +12,7 @@ import math
 import random
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from transformers import AutoTokenizer
@@ -101,14 +102,19 @@ def _assert_batch_was_mixed(driver: EngineDriver, requests: list[ScriptedRequest
 
 
 def _run_and_compare(
-    model_dir: Path, prompts: list[list[int]], max_new_tokens: int, block_size_tokens: int
+    model_dir: Path,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    block_size_tokens: int,
+    **config_overrides: Any,
 ) -> None:
-    engine, num_blocks = warmed_up_engine(model_dir, block_size_tokens)
+    engine, num_blocks = warmed_up_engine(model_dir, block_size_tokens, **config_overrides)
     requests = _scripted_requests(prompts, max_new_tokens)
     driver = EngineDriver(engine, BlockAllocator(num_blocks, seed=7))
     driver.run(requests)
     _assert_batch_was_mixed(driver, requests)
-    reference_model = load_reference_model(model_dir)
+    trust_remote_code = bool(config_overrides.get("trust_remote_code", False))
+    reference_model = load_reference_model(model_dir, trust_remote_code)
     for request in requests:
         reference = greedy_reference(reference_model, request.prompt_ids, max_new_tokens, TOP_N)
         _assert_matches(request, reference)
@@ -127,10 +133,20 @@ def _tiny_prompts(seed: int) -> list[list[int]]:
         TinyModelSpec(family="llama", seed=2, llama3_rope=True, tie_word_embeddings=True),
         TinyModelSpec(family="mistral", seed=3),
         TinyModelSpec(family="qwen2", seed=4, sharded=True),
+        TinyModelSpec(family="qwen3", seed=5),
+        TinyModelSpec(family="gemma2", seed=6),
+        TinyModelSpec(family="gemma3", seed=7, tie_word_embeddings=True),
+        TinyModelSpec(family="phi3", seed=8),
+        TinyModelSpec(family="mixtral", seed=9),
     ],
-    ids=["llama", "llama3-rope-tied", "mistral", "qwen2"],
+    ids=[
+        "llama", "llama3-rope-tied", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3",
+        "mixtral",
+    ],
 )
 def test_tiny_models_match_transformers(spec: TinyModelSpec, tmp_path: Path) -> None:
+    # Families with windows (mistral, qwen3, gemma, phi3) have windows of 8-12 tokens, shorter
+    # than most prompts (tiny_models.py), so the windowed layers attend differently.
     model_dir = write_tiny_model(tmp_path / "model", spec)
     # 4-token blocks: every sequence spans several non-contiguous blocks.
     _run_and_compare(model_dir, _tiny_prompts(spec.seed), max_new_tokens=12, block_size_tokens=4)

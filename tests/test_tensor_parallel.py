@@ -87,8 +87,17 @@ def _assert_same_generation(parallel: dict[str, Any], single: dict[str, Any], in
         # 4 ranks over 2 KV heads: each KV head replicated on 2 ranks; Qwen2's q/k/v biases;
         # 320 vocabulary rows over 3 ranks would not divide, 4 does: see the padding test below.
         (TinyModelSpec(family="qwen2", seed=22, tie_word_embeddings=True), 4),
+        # Phi-3's fused qkv / gate_up checkpoint tensors: each part sliced per rank.
+        (TinyModelSpec(family="phi3", seed=23), 2),
+        # Gemma 2: windows, soft-caps and (1 + w) norms on sliced heads.
+        (TinyModelSpec(family="gemma2", seed=24), 2),
+        # Mixtral: every expert sliced like a dense MLP, the router replicated.
+        (TinyModelSpec(family="mixtral", seed=25), 2),
     ],
-    ids=["llama-2-ranks", "qwen2-tied-4-ranks-replicated-kv"],
+    ids=[
+        "llama-2-ranks", "qwen2-tied-4-ranks-replicated-kv", "phi3-2-ranks", "gemma2-2-ranks",
+        "mixtral-2-ranks",
+    ],
 )
 def test_parallel_engine_generates_what_one_rank_generates(
     spec: TinyModelSpec, world_size: int, tmp_path: Path

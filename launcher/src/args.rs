@@ -81,6 +81,27 @@ impl KvCacheDtype {
     }
 }
 
+/// Which code runs the model in the shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModelImplementation {
+    /// ferrite's own model file when the architecture has one, else the transformers fallback
+    Auto,
+    /// ferrite's own model file only (refuse other architectures)
+    Native,
+    /// the transformers model with ferrite's paged attention, for any causal LM
+    Transformers,
+}
+
+impl ModelImplementation {
+    pub fn as_flag(self) -> &'static str {
+        match self {
+            ModelImplementation::Auto => "auto",
+            ModelImplementation::Native => "native",
+            ModelImplementation::Transformers => "transformers",
+        }
+    }
+}
+
 impl Dtype {
     pub fn as_flag(self) -> &'static str {
         match self {
@@ -139,6 +160,15 @@ pub struct Args {
     /// Quantize the weights (default: none, or the checkpoint's own quantization_config)
     #[arg(long, env, value_enum)]
     pub quantize: Option<Quantize>,
+
+    /// Run a checkpoint's own Python code (`auto_map` in config.json); such models run on
+    /// the transformers fallback and start only with this flag (as in TGI)
+    #[arg(long, env)]
+    pub trust_remote_code: bool,
+
+    /// Which code runs the model: ferrite's own file, or the transformers fallback
+    #[arg(long, env, value_enum, default_value_t = ModelImplementation::Auto)]
+    pub model_implementation: ModelImplementation,
 
     /// KV cache storage; fp8 halves its memory per token
     #[arg(long, env, value_enum, default_value_t = KvCacheDtype::Auto)]

@@ -126,6 +126,29 @@ fn shard_flags_carry_quantization() {
 }
 
 #[test]
+fn trust_remote_code_reaches_the_shards_only_when_given() {
+    let has_flag = |plan: &LaunchPlan| {
+        plan.shards[0]
+            .process
+            .args
+            .iter()
+            .any(|arg| arg == "--trust-remote-code")
+    };
+    assert!(has_flag(&plan(&["--trust-remote-code"]).expect("valid")));
+    assert!(!has_flag(&plan(&[]).expect("valid")));
+}
+
+#[test]
+fn model_implementation_reaches_the_shards() {
+    let forced = plan(&["--model-implementation", "transformers"]).expect("valid");
+    let value = flag_value(&forced.shards[0].process, "--model-implementation");
+    assert_eq!(value, Some("transformers"));
+    let default = plan(&[]).expect("valid");
+    let value = flag_value(&default.shards[0].process, "--model-implementation");
+    assert_eq!(value, Some("auto"));
+}
+
+#[test]
 fn router_gets_tokenizer_sockets_and_limits() {
     let plan = plan(&[
         "--port",

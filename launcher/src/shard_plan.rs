@@ -37,6 +37,8 @@ impl ShardPlanner<'_> {
             args.rendezvous_timeout_s.to_string(),
             "--kv-cache-dtype".into(),
             args.kv_cache_dtype.as_flag().into(),
+            "--model-implementation".into(),
+            args.model_implementation.as_flag().into(),
         ];
         push_opt(
             &mut argv,
@@ -48,6 +50,9 @@ impl ShardPlanner<'_> {
             sizes.join(",")
         });
         push_opt(&mut argv, "--cuda-graphs", cuda_graphs.as_ref());
+        if args.trust_remote_code {
+            argv.push("--trust-remote-code".into());
+        }
         push_opt(
             &mut argv,
             "--kv-cache-memory",

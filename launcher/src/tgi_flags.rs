@@ -50,10 +50,6 @@ pub struct TgiFlags {
     #[arg(long, env)]
     pub max_client_batch_size: Option<u32>,
 
-    /// Accepted, no effect: ferrite runs no code from model repositories
-    #[arg(long, env)]
-    pub trust_remote_code: bool,
-
     /// false: one shard (refused with --num-shard above 1); true: give the count with --num-shard
     #[arg(long, env)]
     pub sharded: Option<bool>,
@@ -185,10 +181,6 @@ pub fn notices(args: &Args) -> Vec<String> {
     note(
         tgi.waiting_served_ratio.is_some(),
         format!("--waiting-served-ratio has no effect: {scheduler}"),
-    );
-    note(
-        tgi.trust_remote_code,
-        "--trust-remote-code has no effect: ferrite runs no code from model repositories, only its own model implementations".into(),
     );
     note(
         tgi.sharded == Some(true) && args.num_shard == 1,

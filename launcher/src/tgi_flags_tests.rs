@@ -86,7 +86,7 @@ fn a_tgi_command_line_parses_and_plans() {
     let parsed = args(TGI_COMMAND_LINE);
     assert_eq!(parsed.max_batch_size, Some(8));
     assert_eq!(parsed.tgi.sharded, Some(false));
-    assert!(parsed.tgi.trust_remote_code && parsed.tgi.disable_custom_kernels);
+    assert!(parsed.trust_remote_code && parsed.tgi.disable_custom_kernels);
     let folded = fold_aliases(parsed);
     assert_eq!(folded.max_input_tokens, Some(300));
     assert_eq!(folded.graceful_shutdown_timeout_s, 30);
@@ -176,7 +176,6 @@ fn flags_that_cannot_apply_each_get_one_warning_line() {
     for flag in [
         "--max-waiting-tokens",
         "--waiting-served-ratio",
-        "--trust-remote-code",
         "--rope-scaling",
         "--usage-stats",
     ] {

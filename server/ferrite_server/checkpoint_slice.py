@@ -48,6 +48,31 @@ class CheckpointSlice:
         return f"CheckpointSlice({self.name!r}, shape={tuple(self.shape)})"
 
 
+class CheckpointPart(CheckpointSlice):
+    """Rows [start, start + length) along `dim` of a tensor not read yet: one part of a fused
+    checkpoint tensor (Phi-3's qkv_proj holds q, k and v side by side), itself still lazy, so a
+    tensor-parallel rank reads only its slice of that part."""
+
+    def __init__(self, parent: CheckpointSlice, dim: int, start: int, length: int) -> None:
+        if not 0 <= start <= start + length <= parent.shape[dim]:
+            raise IndexError(f"{parent.name}: part [{start}, {start + length}) of dim {dim}")
+        self.name = f"{parent.name}[{start}:{start + length}]"
+        self._lazy = parent._lazy
+        self._index = list(getattr(parent, "_index", [slice(None)] * len(parent.shape)))
+        base = self._index[dim]
+        offset = base.start or 0
+        self._index[dim] = slice(offset + start, offset + start + length)
+        shape = list(parent.shape)
+        shape[dim] = length
+        self.shape = torch.Size(shape)
+
+    def read(self) -> torch.Tensor:
+        return self._lazy[tuple(self._index)]
+
+    def narrow(self, dim: int, start: int, length: int) -> torch.Tensor:
+        return CheckpointPart(self, dim, start, length).read()
+
+
 # What a weight loader may be handed: a tensor, or a slice it reads from.
 Loaded = torch.Tensor | CheckpointSlice
 

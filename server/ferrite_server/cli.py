@@ -90,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "GPTQ/AWQ checkpoint; default: the checkpoint's quantization_config")
     serve.add_argument("--kv-cache-dtype", choices=list(get_args(KVCacheDtypeName)),
                        default="auto", help="fp8: store K/V as float8 e4m3 with a scale")
+    serve.add_argument("--model-implementation", choices=["auto", "native", "transformers"],
+                       default="auto", help="auto: ferrite's own model file when the "
+                       "architecture has one, else the transformers fallback")
+    serve.add_argument("--trust-remote-code", action="store_true",
+                       help="run a checkpoint's own Python code (auto_map) on the transformers "
+                       "fallback")
     serve.add_argument("--cuda-graphs", type=parse_cuda_graph_sizes, default=None,
                        help="decode batch sizes to capture as CUDA graphs (CUDA, triton attention), "
                        "e.g. 1,2,4,8; 0 turns graphs off; default: buckets up to the max batch size")
@@ -174,6 +180,8 @@ def shard_config_from_args(args: argparse.Namespace) -> ShardConfig:
         cuda_graph_batch_sizes=args.cuda_graphs,
         watermark=WatermarkConfig(gamma=args.watermark_gamma, delta=args.watermark_delta),
         cuda_memory_fraction=args.cuda_memory_fraction,
+        trust_remote_code=args.trust_remote_code,
+        model_implementation=args.model_implementation,
         speculative_method=args.speculative_method,
     )
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal, Mapping
 
 DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
+ModelImplementationName = Literal["auto", "native", "transformers"]
 AttentionBackendName = Literal["auto", "torch", "triton"]
 QuantizeName = Literal[
     "bitsandbytes", "bitsandbytes-nf4", "bitsandbytes-fp4", "fp8", "gptq", "awq"
@@ -107,5 +108,10 @@ class ShardConfig:
     watermark: WatermarkConfig = WatermarkConfig()
     # CUDA: share of the GPU's memory ferrite may use in total (TGI's --cuda-memory-fraction).
     cuda_memory_fraction: float = 0.9
+    # Run a checkpoint's own Python code (`auto_map`) on the transformers fallback.
+    trust_remote_code: bool = False
+    # auto: a ferrite model file when there is one, else the transformers fallback;
+    # transformers: the fallback even for native families (to compare, or to work around one).
+    model_implementation: ModelImplementationName = "auto"
     # How the shard proposes tokens where the router reserved lookahead slots; None: never.
     speculative_method: SpeculativeMethodName | None = None

@@ -132,6 +132,7 @@ def info_to_proto(info: engine.EngineInfo) -> pb.InfoResponse:
         supports_prompt_logprobs=info.supports_prompt_logprobs,
         max_top_n_tokens=info.max_top_n_tokens,
         rank_endpoints=info.rank_endpoints,
+        model_implementation=info.model_implementation,
     )
 
 

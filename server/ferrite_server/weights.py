@@ -27,7 +27,13 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from ferrite_server.checkpoint_slice import CheckpointSlice, Loaded, narrow_loaded, read_loaded
+from ferrite_server.checkpoint_slice import (
+    CheckpointPart,
+    CheckpointSlice,
+    Loaded,
+    narrow_loaded,
+    read_loaded,
+)
 from ferrite_server.engine.errors import UnsupportedModelError
 
 SINGLE_FILE_NAME = "model.safetensors"
@@ -157,6 +163,19 @@ class PackedWeight:
 
 
 @dataclass(frozen=True)
+class FusedCheckpointWeight:
+    """A checkpoint tensor that already holds several parts of a fused parameter side by side
+    along dim 0 (Phi-3's `qkv_proj` = [q | k | v], `gate_up_proj` = [gate | up]).
+
+    Each part is handed to the parameter's loader under its shard id, as if the checkpoint had
+    stored it separately, so tensor-parallel slicing stays the loader's business.
+    """
+
+    checkpoint_part: str  # e.g. ".qkv_proj."
+    parts: tuple[tuple[str | int, int], ...]  # (shard id, rows) in checkpoint order
+
+
+@dataclass(frozen=True)
 class CheckpointLayout:
     """How a model's parameter names relate to its checkpoint's tensor names."""
 
@@ -164,6 +183,7 @@ class CheckpointLayout:
     # Tensors to skip: exact names (e.g. a tied `lm_head.weight`) or name suffixes (buffers).
     ignored_names: frozenset[str] = frozenset()
     ignored_suffixes: tuple[str, ...] = ("rotary_emb.inv_freq",)
+    fused: Sequence[FusedCheckpointWeight] = ()
 
     def is_ignored(self, name: str) -> bool:
         return name in self.ignored_names or name.endswith(self.ignored_suffixes)
@@ -176,7 +196,35 @@ class CheckpointLayout:
 
     def expected_shard_ids(self, param_name: str) -> set[ShardId]:
         ids: set[ShardId] = {p.shard_id for p in self.packed if p.param_part in param_name}
+        for fused in self.fused:
+            if fused.checkpoint_part in param_name:
+                ids.update(shard_id for shard_id, _ in fused.parts)
         return ids or {None}
+
+    def split(self, name: str, loaded: Loaded) -> list[tuple[str, Loaded, ShardId]]:
+        """(parameter name, tensor, shard id) for each piece a checkpoint tensor feeds."""
+        for fused in self.fused:
+            if fused.checkpoint_part not in name:
+                continue
+            total_rows = sum(rows for _, rows in fused.parts)
+            if loaded.shape[0] != total_rows:
+                raise CheckpointError(
+                    f"{name}: fused tensor has {loaded.shape[0]} rows, its parts {total_rows}"
+                )
+            lazy = loaded if isinstance(loaded, CheckpointSlice) else None
+            pieces: list[tuple[str, Loaded, ShardId]] = []
+            start = 0
+            for shard_id, rows in fused.parts:
+                part: Loaded = (
+                    CheckpointPart(lazy, 0, start, rows)
+                    if lazy is not None
+                    else loaded.narrow(0, start, rows)  # type: ignore[union-attr]
+                )
+                pieces.append((name, part, shard_id))
+                start += rows
+            return pieces
+        param_name, shard_id = self.resolve(name)
+        return [(param_name, loaded, shard_id)]
 
 
 def load_named_tensors(
@@ -188,16 +236,16 @@ def load_named_tensors(
     for name, tensor in tensors:
         if layout.is_ignored(name):
             continue
-        param_name, shard_id = layout.resolve(name)
-        param = params.get(param_name)
-        if param is None:
-            raise CheckpointError(f"checkpoint tensor {name!r} matches no model parameter")
-        try:
-            loader_input = _loader_input(param, tensor)
-            weight_loader_of(param)(param, loader_input, shard_id)  # type: ignore[arg-type]
-        except CheckpointError as error:
-            raise CheckpointError(f"{name}: {error}") from error
-        loaded[param_name].add(shard_id)
+        for param_name, piece, shard_id in layout.split(name, tensor):
+            param = params.get(param_name)
+            if param is None:
+                raise CheckpointError(f"checkpoint tensor {name!r} matches no model parameter")
+            try:
+                loader_input = _loader_input(param, piece)
+                weight_loader_of(param)(param, loader_input, shard_id)  # type: ignore[arg-type]
+            except CheckpointError as error:
+                raise CheckpointError(f"{name}: {error}") from error
+            loaded[param_name].add(shard_id)
     missing = [
         name for name, shard_ids in loaded.items() if shard_ids != layout.expected_shard_ids(name)
     ]

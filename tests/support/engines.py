@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from ferrite_server.config import DtypeName, ShardConfig, SpeculativeMethodName
 from ferrite_server.engine.engine import Engine
@@ -27,13 +29,10 @@ def shard_config(
 
 
 def warmed_up_engine(
-    model_dir: Path,
-    block_size_tokens: int = 4,
-    speculative_method: SpeculativeMethodName | None = None,
+    model_dir: Path, block_size_tokens: int = 4, **overrides: Any
 ) -> tuple[Engine, int]:
-    """A float32 engine after a small warmup, and its number of KV blocks."""
-    engine = Engine.load(
-        shard_config(model_dir, block_size_tokens, speculative_method=speculative_method)
-    )
+    """A float32 engine after a small warmup, and its number of KV blocks (`overrides`:
+    ShardConfig fields to change)."""
+    engine = Engine.load(replace(shard_config(model_dir, block_size_tokens), **overrides))
     warmup = engine.warmup(max_batch_prefill_tokens=64, max_batch_size=8, max_total_tokens=128)
     return engine, warmup.num_blocks

@@ -17,8 +17,10 @@ class ReferenceGeneration:
     prompt_logprobs: list[float]  # per prompt token; NaN for the first
 
 
-def load_reference_model(model_dir: Path) -> PreTrainedModel:
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+def load_reference_model(model_dir: Path, trust_remote_code: bool = False) -> PreTrainedModel:
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.float32, trust_remote_code=trust_remote_code
+    )
     return model.eval()
 
 

@@ -55,6 +55,10 @@ pub struct Info {
     pub kv_num_blocks: usize,
     #[schema(example = "torch")]
     pub attention_backend: String,
+    /// Which code runs the model: `native` (a ferrite model file) or `transformers` (the
+    /// transformers model with ferrite's paged attention, for other architectures).
+    #[schema(example = "native")]
+    pub model_implementation: String,
     /// Tokens proposed and verified per decode step (`--speculate`, TGI's field; 0: off).
     #[schema(example = 0)]
     pub speculate: usize,

@@ -45,6 +45,8 @@ pub struct ModelFacts {
     /// `cpu` or `cuda` (the shard's device without its index).
     pub device_type: String,
     pub attention_backend: String,
+    /// `native` (a ferrite model file) or `transformers` (the fallback for other causal LMs).
+    pub model_implementation: String,
     pub quantization: Option<String>,
     /// `auto` or `fp8`.
     pub kv_cache_dtype: String,

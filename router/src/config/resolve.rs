@@ -288,6 +288,11 @@ fn model_facts(args: &RouterArgs, info: &proto::InfoResponse) -> ModelFacts {
         dtype: info.dtype.clone(),
         device_type,
         attention_backend: info.attention_backend.clone(),
+        model_implementation: if info.model_implementation.is_empty() {
+            "native".to_string()
+        } else {
+            info.model_implementation.clone()
+        },
         quantization: Some(info.quantization.clone()).filter(|q| !q.is_empty()),
         kv_cache_dtype: if info.kv_cache_dtype.is_empty() {
             "auto".to_string()

@@ -29,6 +29,7 @@ pub fn test_config() -> RouterConfig {
             dtype: "float32".into(),
             device_type: "cpu".into(),
             attention_backend: "torch".into(),
+            model_implementation: "native".into(),
             kv_cache_dtype: "auto".into(),
             num_shards: 1,
             block_size: 16,

@@ -45,10 +45,12 @@ class DecodeGraphSetup:
     ) -> DecodeGraphShape | None:
         """What to capture, or None: graphs need CUDA, and attention whose kernels take every
         length from device tensors (the torch backend reads host copies, which a graph would
-        freeze)."""
+        freeze), and a native model (the transformers fallback may read host values)."""
         facts = self._runner.facts
         capturable = facts.device.type == "cuda" or self._capture is not None
         if not capturable or facts.attention_backend != "triton":
+            return None
+        if facts.implementation != "native":
             return None
         buckets = decode_buckets(max_batch_size, self._config.cuda_graph_batch_sizes)
         if not buckets:

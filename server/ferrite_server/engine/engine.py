@@ -110,6 +110,7 @@ class Engine:
             quantization=facts.quantization,
             kv_cache_dtype=facts.kv_cache_dtype_name,
             max_top_n_tokens=MAX_TOP_N_TOKENS,
+            model_implementation=facts.implementation,
         )
 
     def warmup(

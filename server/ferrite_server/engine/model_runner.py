@@ -23,6 +23,7 @@ import torch
 
 from ferrite_server.config import ShardConfig
 from ferrite_server.engine.distributed import check_tensor_parallel, init_tensor_parallel
+from ferrite_server.engine.errors import UnsupportedModelError
 from ferrite_server.engine.forward_inputs import ForwardInputs
 from ferrite_server.engine.host_cpu import cpu_has_native_bfloat16
 from ferrite_server.engine.kv_cache import KVCacheSpec
@@ -34,7 +35,7 @@ from ferrite_server.layers.linear import process_weights_after_loading
 from ferrite_server.layers.parallel_group import TensorParallelGroup
 from ferrite_server.layers.placement import LayerPlacement
 from ferrite_server.layers.quantization.config import QuantizationConfig, resolve_quantization
-from ferrite_server.models import model_family
+from ferrite_server.models import MODEL_REGISTRY
 from ferrite_server.models.config import (
     DecoderConfig,
     HfConfig,
@@ -44,6 +45,11 @@ from ferrite_server.models.config import (
     read_hf_config,
 )
 from ferrite_server.models.interface import CausalLM, KVCache
+from ferrite_server.models.transformers_fallback import (
+    TransformersCausalLM,
+    is_causal_lm,
+    needs_remote_code,
+)
 from ferrite_server.weights import iter_checkpoint_slices, load_named_tensors
 
 logger = logging.getLogger(__name__)
@@ -66,6 +72,8 @@ class ModelFacts:
     num_local_kv_heads: int  # KV heads this rank computes and caches
     quantization: str = ""  # "" when the weights are not quantized
     kv_cache_dtype: torch.dtype | None = None  # None: the compute dtype
+    # "native" (a ferrite model file) or "transformers" (the fallback for any other causal LM).
+    implementation: str = "native"
 
     @property
     def kv_cache_dtype_name(self) -> str:
@@ -110,7 +118,15 @@ class ModelRunner:
         model_dir = Path(config.model_id)
         hf = read_hf_config(model_dir)
         architecture = architecture_of(hf)
-        family = model_family(architecture)
+        family = MODEL_REGISTRY.get(architecture)
+        if family is None and config.model_implementation == "native":
+            raise UnsupportedModelError(
+                f"architecture {architecture!r} has no ferrite model file (native: "
+                f"{', '.join(sorted(MODEL_REGISTRY))}); --model-implementation auto runs it on "
+                "the transformers fallback"
+            )
+        if family is None or config.model_implementation == "transformers":
+            return cls._load_fallback(config, hf, architecture)
         model_config = family.config_from_hf(hf)
         check_tensor_parallel(model_config, config.distributed.world_size)
         # Refuses impossible combinations before any weight is read.
@@ -158,6 +174,53 @@ class ModelRunner:
             str(facts.kv_cache_dtype).removeprefix("torch."),
         )
         return cls(model, facts, group)
+
+    @classmethod
+    def _load_fallback(cls, config: ShardConfig, hf: HfConfig, architecture: str) -> ModelRunner:
+        """An architecture without a ferrite file: the transformers model with paged attention
+        (models/transformers_fallback.py); one rank, unquantized."""
+        if not is_causal_lm(architecture, hf):
+            raise UnsupportedModelError(
+                f"architecture {architecture!r} is not a causal LM transformers can build; "
+                f"natively supported: {', '.join(sorted(MODEL_REGISTRY))}"
+            )
+        if needs_remote_code(hf) and not config.trust_remote_code:
+            raise UnsupportedModelError(
+                f"{architecture} needs the checkpoint's own Python code (auto_map); start with "
+                "--trust-remote-code to run it"
+            )
+        if config.distributed.world_size != 1 or resolve_quantization(config.quantize, hf):
+            raise UnsupportedModelError(
+                f"{architecture} runs on the transformers fallback, which supports neither "
+                "tensor parallelism nor quantization"
+            )
+        device = resolve_device(config)
+        dtype = resolve_dtype(config.dtype, device, hf)
+        kv_quant = KVCacheQuant.from_name(config.kv_cache_dtype)
+        backend = create_attention_backend(config.attention_backend, device, kv_quant)
+        model = TransformersCausalLM.load(
+            Path(config.model_id), dtype, device, backend, config.trust_remote_code
+        )
+        weight_bytes = model_memory_bytes(model)
+        facts = ModelFacts(
+            model_id=str(config.model_id),
+            architecture=architecture,
+            config=model.config,
+            eos_token_ids=read_eos_token_ids(Path(config.model_id), hf),
+            dtype=dtype,
+            device=device,
+            attention_backend=backend.name,
+            model_memory_bytes=weight_bytes,
+            num_local_kv_heads=model.config.num_kv_heads,
+            kv_cache_dtype=kv_quant.cache_dtype(dtype),
+            implementation="transformers",
+        )
+        logger.info(
+            "%s has no ferrite model file: running the transformers model with ferrite's paged "
+            "attention (%.1f MiB on %s, %s)",
+            architecture, weight_bytes / 2**20, device, facts.dtype_name,
+        )
+        return cls(model, facts)  # type: ignore[arg-type]
 
     def kv_cache_spec(self, block_size: int) -> KVCacheSpec:
         config = self.facts.config

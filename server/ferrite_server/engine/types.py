@@ -135,6 +135,8 @@ class EngineInfo:
     supports_chunked_prefill: bool = True
     supports_prompt_logprobs: bool = True
     max_top_n_tokens: int = 20
+    # "native" (a ferrite model file) or "transformers" (the fallback for other causal LMs).
+    model_implementation: str = "native"
     # Every rank's gRPC endpoint (set by the shard's start-up, not the engine; see endpoints.py).
     rank_endpoints: tuple[str, ...] = ()
 

@@ -6,7 +6,13 @@ from dataclasses import dataclass
 
 import torch
 
-from ferrite_server.layers.attention.backend import AttentionMetadata
+from ferrite_server.layers.attention.backend import (
+    FULL_ATTENTION,
+    AttentionMetadata,
+    AttentionVariant,
+)
+
+LOG2_E = 1.4426950408889634
 
 
 @dataclass(frozen=True)
@@ -21,6 +27,19 @@ class PagedAttentionInputs:
     # Per-tensor dequantization scales of an fp8 cache (stored = value / scale); 1.0 otherwise.
     k_scale: float = 1.0
     v_scale: float = 1.0
+    variant: AttentionVariant = FULL_ATTENTION  # sliding window / logit soft-cap
+
+    @property
+    def window_tokens(self) -> int:
+        """The kernels' spelling of the window: 0 for none."""
+        return self.variant.sliding_window_tokens or 0
+
+    @property
+    def softcap_log2(self) -> float:
+        """The soft-cap in the kernels' log2 score units (c * tanh(s / c) scales with s);
+        0.0 for none."""
+        cap = self.variant.logit_softcap
+        return cap * LOG2_E if cap else 0.0
 
     @property
     def num_heads(self) -> int:

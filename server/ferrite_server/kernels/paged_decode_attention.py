@@ -36,6 +36,13 @@ REDUCE_BLOCK_PARTITIONS = 16
 
 
 @triton.jit
+def softcap_scores(scores, softcap_log2):
+    """cap * tanh(s / cap) in log2 units; tanh(x) = 1 - 2 / (exp(2x) + 1) (exp overflowing to
+    inf gives 1, underflowing to 0 gives -1, so no clamp is needed)."""
+    return softcap_log2 * (1.0 - 2.0 / (tl.exp(2.0 * scores / softcap_log2) + 1.0))
+
+
+@triton.jit
 def _decode_partition_kernel(
     out_ptr,  # [S, H, D] final output (written only when SINGLE_PARTITION)
     partial_out_ptr,  # [S, H, P, D] fp32 normalised partial outputs
@@ -47,6 +54,8 @@ def _decode_partition_kernel(
     seq_lens_ptr,  # [S] int32
     scale_log2,  # softmax scale * k_scale * log2(e): scores go through exp2
     v_scale,  # fp8 cache: V's dequantization scale (1.0 otherwise)
+    window_tokens,  # sliding window W (0: none): keys at seq_len - W .. seq_len - 1
+    softcap_log2,  # logit soft-cap in log2 units (used when HAS_SOFTCAP)
     stride_q_token,
     stride_q_head,
     stride_out_token,
@@ -65,6 +74,7 @@ def _decode_partition_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
     SINGLE_PARTITION: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     seq = tl.program_id(0).to(tl.int64)
@@ -73,6 +83,9 @@ def _decode_partition_kernel(
     seq_len = tl.load(seq_lens_ptr + seq)
     start = partition * partition_size
     end = tl.minimum(start + partition_size, seq_len)
+    # Keys before the window are skipped; a partition wholly before it is empty (see below).
+    window_start = tl.where(window_tokens > 0, tl.maximum(seq_len - window_tokens, 0), 0)
+    first_key = tl.maximum(start, window_start)
 
     group = tl.arange(0, BLOCK_G)
     dims = tl.arange(0, BLOCK_D)
@@ -86,7 +99,7 @@ def _decode_partition_kernel(
     l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
     acc = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
     block_table_row = block_tables_ptr + seq * stride_block_table
-    for tile_start in range(start, end, BLOCK_N):
+    for tile_start in range(first_key, end, BLOCK_N):
         positions = tile_start + tl.arange(0, BLOCK_N)
         valid = positions < end
         blocks = tl.load(block_table_row + positions // block_size, mask=valid, other=0)
@@ -99,6 +112,8 @@ def _decode_partition_kernel(
         k = tl.load(key_cache_ptr + rows[:, None] + dims[None, :], mask=kv_mask, other=0.0)
         k = k.to(q.dtype)  # fp8 cache: widen (its scale is in scale_log2)
         scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
+        if HAS_SOFTCAP:
+            scores = softcap_scores(scores, softcap_log2)
         scores = tl.where(valid[None, :], scores, float("-inf"))  # [BLOCK_G, BLOCK_N]
         m_new = tl.maximum(m_i, tl.max(scores, axis=1))
         p = tl.exp2(scores - m_new[:, None])
@@ -109,9 +124,9 @@ def _decode_partition_kernel(
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
 
-    # An empty partition (start >= seq_len) stores nothing; the reduce never reads it.
-    # (Made per lane: Triton's interpreter rejects a scalar bool in a mask.)
-    head_has_tokens = head_mask & ((group * 0 + start) < seq_len)  # [BLOCK_G]
+    # An empty partition (start >= seq_len, or it ends before the window) stores nothing;
+    # the reduce never reads it. (Per lane: Triton's interpreter rejects a scalar bool mask.)
+    head_has_tokens = head_mask & ((group * 0 + first_key) < end)  # [BLOCK_G]
     out_rows = acc * (v_scale / tl.maximum(l_i, 1e-30))[:, None]
     store_mask = head_has_tokens[:, None] & dim_mask[None, :]
     if SINGLE_PARTITION:
@@ -132,6 +147,7 @@ def _decode_reduce_kernel(
     partial_out_ptr,  # [S, H, P, D] fp32
     partial_lse_ptr,  # [S, H, P] fp32
     seq_lens_ptr,  # [S] int32
+    window_tokens,  # sliding window W (0: none); partitions before it hold nothing
     stride_out_token,
     stride_out_head,
     partition_size,
@@ -145,6 +161,8 @@ def _decode_reduce_kernel(
     num_heads = tl.num_programs(1)
     seq_len = tl.load(seq_lens_ptr + seq)
     used_partitions = tl.cdiv(seq_len, partition_size)
+    window_start = tl.where(window_tokens > 0, tl.maximum(seq_len - window_tokens, 0), 0)
+    first_partition = window_start // partition_size
     dims = tl.arange(0, BLOCK_D)
     dim_mask = dims < head_dim
     base = (seq * num_heads + head) * num_partitions
@@ -153,7 +171,7 @@ def _decode_reduce_kernel(
     m_run = tl.full([1], float("-inf"), dtype=tl.float32)
     weight_sum = tl.zeros([1], dtype=tl.float32)
     acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    for chunk_start in range(0, used_partitions, BLOCK_P):
+    for chunk_start in range(first_partition, used_partitions, BLOCK_P):
         parts = chunk_start + tl.arange(0, BLOCK_P)
         part_mask = parts < used_partitions
         lse = tl.load(partial_lse_ptr + base + parts, mask=part_mask, other=float("-inf"))
@@ -232,6 +250,7 @@ def paged_decode_attention(
             split.partial_out,
             split.partial_lse,
             metadata.seq_lens,
+            inputs.window_tokens,
             out.stride(0),
             out.stride(1),
             partition_size,
@@ -283,6 +302,8 @@ def _launch_partitions(
         inputs.metadata.seq_lens,
         inputs.scale * inputs.k_scale * LOG2_E,
         inputs.v_scale,
+        inputs.window_tokens,
+        inputs.softcap_log2,
         query.stride(0),
         query.stride(1),
         out.stride(0),
@@ -301,6 +322,7 @@ def _launch_partitions(
         BLOCK_D=triton.next_power_of_2(inputs.head_dim),
         BLOCK_N=tiles.block_n,
         SINGLE_PARTITION=split.num_partitions == 1,
+        HAS_SOFTCAP=inputs.softcap_log2 > 0,
         DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
         num_warps=tiles.num_warps,
         num_stages=tiles.num_stages,

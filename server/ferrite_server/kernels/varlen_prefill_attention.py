@@ -13,7 +13,9 @@ enough ids for its tiles), a program finds its sequence by binary search, and id
 of a sequence's tiles do nothing. The grid therefore depends only on T and S.
 
 The K/V loop runs in two phases: tiles every row of the program may see (no mask needed), then
-the few tiles that cross the diagonal, masked per row.
+the few tiles that cross the diagonal, masked per row. With a sliding window W (row at position
+p sees p - W < j <= p) one masked loop runs from the first row's window start instead, and a
+row that has seen no key yet is kept at zero weight (its running max is still -inf).
 """
 
 from __future__ import annotations
@@ -24,9 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ferrite_server.kernels.attention_inputs import PagedAttentionInputs
-
-LOG2_E = 1.4426950408889634
+from ferrite_server.kernels.attention_inputs import LOG2_E, PagedAttentionInputs
+from ferrite_server.kernels.paged_decode_attention import softcap_scores
 
 
 @triton.jit
@@ -58,11 +59,15 @@ def _attend_tile(
     scale_log2,
     stride_cache_block,
     stride_cache_offset,
+    window_tokens,  # W > 0 when WINDOWED
+    softcap_log2,  # used when HAS_SOFTCAP
     block_size: tl.constexpr,
     head_dim: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
     CAUSAL_MASK: tl.constexpr,
+    WINDOWED: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     dims = tl.arange(0, BLOCK_D)
@@ -86,10 +91,16 @@ def _attend_tile(
         k = tl.load(key_cache_ptr + kv_offsets)
     k = k.to(q.dtype)  # fp8 cache: widen (its scale is in scale_log2)
     scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
+    if HAS_SOFTCAP:
+        scores = softcap_scores(scores, softcap_log2)
     if CAUSAL_MASK:
         visible = (positions[None, :] <= q_positions[:, None]) & valid[None, :]
+        if WINDOWED:
+            visible &= positions[None, :] > q_positions[:, None] - window_tokens
         scores = tl.where(visible, scores, float("-inf"))  # [BLOCK_M, BLOCK_N]
     m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+    if WINDOWED:  # a row with no visible key so far: weights 0, not exp2(-inf + inf)
+        m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
     p = tl.exp2(scores - m_new[:, None])
     alpha = tl.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, axis=1)
@@ -114,6 +125,8 @@ def _varlen_attention_kernel(
     num_seqs,
     scale_log2,  # softmax scale * k_scale * log2(e)
     v_scale,  # fp8 cache: V's dequantization scale (1.0 otherwise)
+    window_tokens,  # sliding window W (0: none)
+    softcap_log2,  # logit soft-cap in log2 units (used when HAS_SOFTCAP)
     stride_q_token,
     stride_q_head,
     stride_out_token,
@@ -129,6 +142,8 @@ def _varlen_attention_kernel(
     BLOCK_Q: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    WINDOWED: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     tile = tl.program_id(0)
@@ -166,17 +181,26 @@ def _varlen_attention_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     block_table_row = block_tables_ptr + seq.to(tl.int64) * stride_block_table
     kv_head_offset = kv_head * stride_cache_head
-    for tile_start in range(0, unmasked_end, BLOCK_N):
+    if WINDOWED:
+        # The program's first row sees the earliest keys: from its window start on, masked.
+        first_visible = tl.maximum(context_start + first_token - window_tokens + 1, 0)
+        masked_start = (first_visible // BLOCK_N) * BLOCK_N
+        unmasked_end = masked_start
+    else:
+        masked_start = 0
+    for tile_start in range(masked_start, unmasked_end, BLOCK_N):
         acc, m_i, l_i = _attend_tile(
             q, acc, m_i, l_i, key_cache_ptr, value_cache_ptr, block_table_row, kv_head_offset,
             q_positions, tile_start, kv_end, scale_log2, stride_cache_block, stride_cache_offset,
-            block_size, head_dim, BLOCK_D, BLOCK_N, False, DOT_PRECISION,
+            window_tokens, softcap_log2, block_size, head_dim, BLOCK_D, BLOCK_N, False, False,
+            HAS_SOFTCAP, DOT_PRECISION,
         )
     for tile_start in range(unmasked_end, kv_end, BLOCK_N):
         acc, m_i, l_i = _attend_tile(
             q, acc, m_i, l_i, key_cache_ptr, value_cache_ptr, block_table_row, kv_head_offset,
             q_positions, tile_start, kv_end, scale_log2, stride_cache_block, stride_cache_offset,
-            block_size, head_dim, BLOCK_D, BLOCK_N, True, DOT_PRECISION,
+            window_tokens, softcap_log2, block_size, head_dim, BLOCK_D, BLOCK_N, True, WINDOWED,
+            HAS_SOFTCAP, DOT_PRECISION,
         )
 
     result = acc * (v_scale / tl.maximum(l_i, 1e-30))[:, None]
@@ -226,6 +250,8 @@ def varlen_prefill_attention(
         num_seqs,
         inputs.scale * inputs.k_scale * LOG2_E,
         inputs.v_scale,
+        inputs.window_tokens,
+        inputs.softcap_log2,
         query.stride(0),
         query.stride(1),
         out.stride(0),
@@ -241,6 +267,8 @@ def varlen_prefill_attention(
         BLOCK_Q=block_q,
         BLOCK_D=triton.next_power_of_2(inputs.head_dim),
         BLOCK_N=tiles.block_n,
+        WINDOWED=inputs.window_tokens > 0,
+        HAS_SOFTCAP=inputs.softcap_log2 > 0,
         DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
         num_warps=tiles.num_warps,
         num_stages=tiles.num_stages,

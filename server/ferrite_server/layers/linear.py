@@ -166,7 +166,10 @@ class QKVParallelLinear(MergedColumnParallelLinear):
 
 
 def process_weights_after_loading(model: nn.Module) -> None:
-    """Let every linear layer's method finish its weights (quantize, rescale) once loaded."""
+    """Let every linear layer's method finish its weights (quantize, rescale) once loaded, and
+    every other layer that owns quantizable weights (mixture-of-experts experts) do the same."""
     for module in model.modules():
         if isinstance(module, _Linear):
             module.quant_method.process_weights_after_loading(module)
+        elif callable(getattr(module, "process_weights_after_loading", None)):
+            module.process_weights_after_loading()

@@ -3,59 +3,22 @@
 cos / sin are computed per step from the positions tensor (a few flops per token), so mixed
 batches with arbitrary positions need no cache and no index bookkeeping.
 
-Frequency scaling variants:
-- "default": inv_freq[i] = theta ** (-2i / dim)
-- "linear":  inv_freq / factor (positions interpolated)
-- "llama3":  Llama 3.1+: low frequencies divided by `factor`, high ones kept, a smooth blend
-             between the two wavelength bounds.
+Frequency scaling variants (linear, dynamic NTK, YaRN, llama3, longrope) live in
+layers/rope_scaling.py. Two of them depend on each sequence's current length (dynamic NTK,
+longrope): then cos / sin are computed per token from its sequence's context length, which is
+what transformers does for one sequence (it recomputes the frequencies from the longest
+position of each forward). Partial rotary (Phi-3 / Phi-4-mini): only the first `rotary_dim`
+features of each head are rotated, the rest pass through.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 from torch import nn
 
-RopeType = Literal["default", "linear", "llama3"]
+from ferrite_server.layers.rope_scaling import RopeConfig, rope_inv_freq
 
-
-@dataclass(frozen=True)
-class RopeConfig:
-    theta: float = 10000.0
-    rope_type: RopeType = "default"
-    factor: float = 1.0
-    # llama3 only:
-    low_freq_factor: float = 1.0
-    high_freq_factor: float = 4.0
-    original_max_position_embeddings: int = 8192
-
-
-def _llama3_inv_freq(inv_freq: torch.Tensor, config: RopeConfig) -> torch.Tensor:
-    old_context_len = config.original_max_position_embeddings
-    low_freq_wavelen = old_context_len / config.low_freq_factor
-    high_freq_wavelen = old_context_len / config.high_freq_factor
-    wavelen = 2 * math.pi / inv_freq
-    # Long wavelengths (low frequencies) are stretched by `factor`; short ones are kept.
-    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / config.factor, inv_freq)
-    smooth = (old_context_len / wavelen - config.low_freq_factor) / (
-        config.high_freq_factor - config.low_freq_factor
-    )
-    blended = (1 - smooth) * scaled / config.factor + smooth * scaled
-    is_medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
-    return torch.where(is_medium, blended, scaled)
-
-
-def rope_inv_freq(head_dim: int, config: RopeConfig) -> torch.Tensor:  # [head_dim / 2] float32
-    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
-    inv_freq = 1.0 / (config.theta**exponents)
-    if config.rope_type == "linear":
-        return inv_freq / config.factor
-    if config.rope_type == "llama3":
-        return _llama3_inv_freq(inv_freq, config)
-    return inv_freq
+__all__ = ["RopeConfig", "RotaryEmbedding", "apply_rotary", "rotate_query_key"]
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -64,36 +27,60 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class RotaryEmbedding(nn.Module):
-    inv_freq: torch.Tensor  # [head_dim / 2] float32 (a non-persistent buffer)
+    inv_freq: torch.Tensor  # [rotary_dim / 2] float32 (a non-persistent buffer)
 
     def __init__(self, head_dim: int, config: RopeConfig, device: torch.device) -> None:
         super().__init__()
-        inv_freq = rope_inv_freq(head_dim, config).to(device)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.config = config
+        self.rotary_dim = config.rotary_dim(head_dim)
+        inv_freq, self.attention_factor = rope_inv_freq(self.rotary_dim, config)
+        self.register_buffer("inv_freq", inv_freq.to(device), persistent=False)
 
     def cos_sin(
-        self, positions: torch.Tensor, dtype: torch.dtype
-    ) -> tuple[torch.Tensor, torch.Tensor]:  # positions [T] -> cos, sin [T, head_dim]
-        freqs = positions.float()[:, None] * self.inv_freq[None, :]  # [T, head_dim / 2]
+        self,
+        positions: torch.Tensor,  # [T]
+        dtype: torch.dtype,
+        context_lens: torch.Tensor | None = None,  # [T]: each token's sequence length this step
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # cos, sin [T, rotary_dim]
+        if self.config.depends_on_length and context_lens is not None:
+            inv_freq = self._per_token_inv_freq(context_lens)  # [T, rotary_dim / 2]
+            freqs = positions.float()[:, None] * inv_freq
+        else:
+            freqs = positions.float()[:, None] * self.inv_freq[None, :]  # [T, rotary_dim / 2]
         angles = torch.cat((freqs, freqs), dim=-1)
-        return angles.cos().to(dtype), angles.sin().to(dtype)
+        cos, sin = angles.cos(), angles.sin()
+        if self.attention_factor != 1.0:
+            cos, sin = cos * self.attention_factor, sin * self.attention_factor
+        return cos.to(dtype), sin.to(dtype)
+
+    def _per_token_inv_freq(self, context_lens: torch.Tensor) -> torch.Tensor:
+        # A step holds few distinct lengths: one frequency row per length, gathered per token.
+        lengths, index = torch.unique(context_lens, return_inverse=True)
+        rows = [rope_inv_freq(self.rotary_dim, self.config, int(n))[0] for n in lengths.tolist()]
+        return torch.stack(rows).to(self.inv_freq.device)[index]
 
 
 def apply_rotary(
     x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-) -> torch.Tensor:  # x [T, heads, head_dim], cos / sin [T, head_dim] -> [T, heads, head_dim]
-    return x * cos[:, None, :] + _rotate_half(x) * sin[:, None, :]
+) -> torch.Tensor:  # x [T, heads, head_dim], cos / sin [T, rotary_dim] -> [T, heads, head_dim]
+    rotary_dim = cos.shape[-1]
+    if rotary_dim == x.shape[-1]:
+        return x * cos[:, None, :] + _rotate_half(x) * sin[:, None, :]
+    rotated, passed = x[..., :rotary_dim], x[..., rotary_dim:]
+    rotated = rotated * cos[:, None, :] + _rotate_half(rotated) * sin[:, None, :]
+    return torch.cat((rotated, passed), dim=-1)
 
 
 def rotate_query_key(
     query: torch.Tensor,  # [T, num_heads, head_dim]
     key: torch.Tensor,  # [T, num_kv_heads, head_dim]
-    cos: torch.Tensor,  # [T, head_dim]
-    sin: torch.Tensor,  # [T, head_dim]
+    cos: torch.Tensor,  # [T, rotary_dim]
+    sin: torch.Tensor,  # [T, rotary_dim]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """RoPE on query and key: one fused in-place kernel on CUDA (kernels/rotary.py), the torch
-    expression elsewhere. The inputs may be views of a fused QKV output that is not used again."""
-    if query.is_cuda:
+    """RoPE on query and key: one fused in-place kernel on CUDA (kernels/rotary.py) when the
+    whole head rotates, the torch expression elsewhere. The inputs may be views of a fused QKV
+    output that is not used again."""
+    if query.is_cuda and cos.shape[-1] == query.shape[-1]:
         from ferrite_server.kernels.rotary import rotate_query_key_
 
         rotate_query_key_(query, key, cos, sin)

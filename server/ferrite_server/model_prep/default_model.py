@@ -56,8 +56,9 @@ def find_bundled_gguf() -> Path:
     return candidates[0]
 
 
-def _convert_gguf(gguf_path: Path, output_dir: Path) -> None:
-    """Dequantize the GGUF with transformers and save float32 safetensors + tokenizer."""
+def _convert_gguf(gguf_path: Path, output_dir: Path, needs_chat_template: bool = True) -> None:
+    """Dequantize the GGUF with transformers and save float32 safetensors + tokenizer
+    (`needs_chat_template`: refuse a GGUF without one, as an instruct model must have it)."""
     # Heavy imports stay here: the CLI's other paths must not pay for them.
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -74,7 +75,8 @@ def _convert_gguf(gguf_path: Path, output_dir: Path) -> None:
     tokenizer.save_pretrained(output_dir)
     if not (output_dir / "generation_config.json").is_file():
         model.generation_config.save_pretrained(output_dir)
-    _embed_chat_template(output_dir, tokenizer.chat_template)
+    if needs_chat_template or tokenizer.chat_template:
+        _embed_chat_template(output_dir, tokenizer.chat_template)
     _make_world_readable(output_dir)
 
 

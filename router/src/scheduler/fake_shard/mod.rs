@@ -247,6 +247,7 @@ impl ShardClient for FakeShard {
             max_position_embeddings: (self.config.num_blocks * self.config.block_size) as u32,
             world_size: 1,
             attention_backend: "fake".to_string(),
+            model_implementation: "native".to_string(),
             quantization: String::new(),
             kv_cache_dtype: "auto".to_string(),
             supports_chunked_prefill: true,

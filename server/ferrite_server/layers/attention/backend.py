@@ -10,6 +10,11 @@ KV cache layout (per layer, written by `write_kv`, read by `forward`):
     key_cache, value_cache: [num_blocks, block_size, num_kv_heads, head_dim]
 Token at position p of sequence s lives in block block_tables[s, p // block_size] at offset
 p % block_size; its flat slot is block * block_size + offset.
+
+Layers differ in how they attend (`AttentionVariant`): a sliding window W lets a token at
+position i see only keys at positions i - W < j <= i (transformers' sliding-window mask: W keys,
+itself included), and a logit soft-cap c replaces each score s by c * tanh(s / c) before the
+mask and softmax (Gemma 2). Every backend applies both.
 """
 
 from __future__ import annotations
@@ -18,6 +23,23 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+
+
+@dataclass(frozen=True)
+class AttentionVariant:
+    """How one layer attends beyond causal softmax(q k^T * scale) v."""
+
+    sliding_window_tokens: int | None = None  # None: every earlier key
+    logit_softcap: float | None = None  # None: scores as they are
+
+    def first_visible_position(self, position: int) -> int:
+        """The earliest key position a query at `position` sees."""
+        if self.sliding_window_tokens is None:
+            return 0
+        return max(0, position - self.sliding_window_tokens + 1)
+
+
+FULL_ATTENTION = AttentionVariant()
 
 
 @dataclass(frozen=True)
@@ -59,8 +81,10 @@ class AttentionBackend(Protocol):
         value_cache: torch.Tensor,
         metadata: AttentionMetadata,
         scale: float,
+        variant: AttentionVariant = FULL_ATTENTION,
     ) -> torch.Tensor:  # [T, num_heads, head_dim]
-        """Causal attention of each new token over its sequence's cached + new context.
+        """Causal attention of each new token over its sequence's cached + new context
+        (within the variant's window, with its soft-cap).
 
         Handles GQA/MQA (num_heads a multiple of num_kv_heads). Called after write_kv, so the
         new tokens' K/V are already in the cache.

@@ -12,13 +12,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ferrite_server.layers.attention.backend import AttentionMetadata
+from ferrite_server.layers.attention.backend import (
+    FULL_ATTENTION,
+    AttentionMetadata,
+    AttentionVariant,
+)
 from ferrite_server.layers.attention.kv_quant import (
     KVCacheQuant,
     as_bytes,
     is_fp8_cache,
     quantize_kv,
 )
+from ferrite_server.layers.attention.torch_attention_math import attend, context_mask
 from ferrite_server.layers.attention.torch_decode_batch import DecodeBatch
 
 
@@ -56,12 +61,13 @@ class TorchAttentionBackend:
         value_cache: torch.Tensor,
         metadata: AttentionMetadata,
         scale: float,
+        variant: AttentionVariant = FULL_ATTENTION,
     ) -> torch.Tensor:  # [T, num_heads, head_dim]
         output = torch.empty_like(query)
         block_size = key_cache.shape[1]
         decode_batch = self._decode_batch_for(metadata, block_size)
         if decode_batch is not None:
-            decode_batch.attend(query, key_cache, value_cache, scale, output, self._widen)
+            decode_batch.attend(query, (key_cache, value_cache), scale, variant, output, self._widen)
         for seq_index in range(metadata.num_seqs):
             if decode_batch is not None and decode_batch.includes(seq_index):
                 continue
@@ -73,7 +79,7 @@ class TorchAttentionBackend:
             keys = self._widen(_gather_context(key_cache, blocks, seq_len), query.dtype, True)
             values = self._widen(_gather_context(value_cache, blocks, seq_len), query.dtype, False)
             output[query_start:query_end] = _causal_attention(
-                query[query_start:query_end], keys, values, scale
+                query[query_start:query_end], keys, values, scale, variant
             )
         return output
 
@@ -101,22 +107,17 @@ def _causal_attention(
     keys: torch.Tensor,  # [seq_len, num_kv_heads, D]
     values: torch.Tensor,
     scale: float,
+    variant: AttentionVariant,
 ) -> torch.Tensor:  # [q_len, num_heads, D]
     query_len, seq_len = query.shape[0], keys.shape[0]
-    # GQA / MQA: SDPA maps each group of query heads to its kv head without copying K / V.
-    is_gqa = query.shape[1] != keys.shape[1]
     q, k, v = (t.transpose(0, 1) for t in (query, keys, values))  # [heads, len, D]
-    if query_len == 1:  # a decode token sees the whole context
-        out = F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=is_gqa)
-    elif query_len == seq_len:  # a whole prompt: plain causal
+    plain = variant == FULL_ATTENTION
+    if plain and query_len == seq_len > 1:  # a whole prompt: SDPA's own causal mask is faster
+        is_gqa = query.shape[1] != keys.shape[1]
         out = F.scaled_dot_product_attention(
             q, k, v, is_causal=True, scale=scale, enable_gqa=is_gqa
         )
-    else:  # a chunk after a cached prefix: query i sits at position seq_len - query_len + i
-        mask = torch.ones(query_len, seq_len, dtype=torch.bool, device=query.device).tril(
-            diagonal=seq_len - query_len
-        )
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, scale=scale, enable_gqa=is_gqa
-        )
+    else:
+        mask = context_mask(query_len, seq_len, variant, query.device)
+        out = attend(q, k, v, mask, scale, variant.logit_softcap)
     return out.transpose(0, 1)

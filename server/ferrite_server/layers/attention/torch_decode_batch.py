@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from ferrite_server.layers.attention.backend import AttentionMetadata
+from ferrite_server.layers.attention.backend import AttentionMetadata, AttentionVariant
+from ferrite_server.layers.attention.torch_attention_math import attend
 
 # (gathered cache rows, query dtype, is_key) -> rows as attention reads them.
 Widen = Callable[[torch.Tensor, torch.dtype, bool], torch.Tensor]
@@ -29,6 +29,7 @@ class DecodeBatch:
     block_tables: torch.Tensor  # [S, num_blocks] blocks covering the longest context
     key_mask: torch.Tensor  # [S, 1, 1, max_len] bool: True where a key is in the context
     max_len: int
+    seq_lens: torch.Tensor  # [S] int64
 
     @staticmethod
     def plan(metadata: AttentionMetadata, block_size: int) -> DecodeBatch | None:
@@ -51,6 +52,7 @@ class DecodeBatch:
             block_tables=metadata.block_tables.index_select(0, index)[:, :num_blocks].long(),
             key_mask=(positions[None, :] < lens[:, None])[:, None, None, :],
             max_len=max_len,
+            seq_lens=lens,
         )
 
     def includes(self, seq_index: int) -> bool:
@@ -59,22 +61,25 @@ class DecodeBatch:
     def attend(
         self,
         query: torch.Tensor,  # [T, num_heads, D]
-        key_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, D]
-        value_cache: torch.Tensor,
+        kv_cache: tuple[torch.Tensor, torch.Tensor],  # [num_blocks, block_size, kv_heads, D] each
         scale: float,
+        variant: AttentionVariant,
         output: torch.Tensor,  # [T, num_heads, D]: the decode rows are written
         widen: Widen | None = None,
     ) -> None:
-        num_heads, num_kv_heads = query.shape[1], key_cache.shape[2]
+        key_cache, value_cache = kv_cache
         keys = self._gather(key_cache)  # [S, num_kv_heads, max_len, D]
         values = self._gather(value_cache)
         if widen is not None:  # e.g. an fp8 cache: to the query's dtype, times its scale
             keys, values = widen(keys, query.dtype, True), widen(values, query.dtype, False)
         queries = query.index_select(0, self.query_rows)[:, :, None, :]  # [S, num_heads, 1, D]
-        attended = F.scaled_dot_product_attention(
-            queries, keys, values, attn_mask=self.key_mask, scale=scale,
-            enable_gqa=num_heads != num_kv_heads,
-        )  # [S, num_heads, 1, D]
+        mask = self.key_mask
+        if variant.sliding_window_tokens is not None:
+            # The decode token sits at position seq_len - 1 and sees the last W keys.
+            positions = torch.arange(self.max_len, device=mask.device)
+            first_visible = self.seq_lens - variant.sliding_window_tokens  # [S]
+            mask = mask & (positions[None, :] >= first_visible[:, None])[:, None, None, :]
+        attended = attend(queries, keys, values, mask, scale, variant.logit_softcap)
         output.index_copy_(0, self.query_rows, attended[:, :, 0, :])
 
     def _gather(self, cache: torch.Tensor) -> torch.Tensor:

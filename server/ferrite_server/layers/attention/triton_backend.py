@@ -24,7 +24,11 @@ from ferrite_server.kernels.attention_inputs import PagedAttentionInputs
 from ferrite_server.kernels.kv_write import write_kv as triton_write_kv
 from ferrite_server.kernels.paged_decode_attention import paged_decode_attention
 from ferrite_server.kernels.varlen_prefill_attention import varlen_prefill_attention
-from ferrite_server.layers.attention.backend import AttentionMetadata
+from ferrite_server.layers.attention.backend import (
+    FULL_ATTENTION,
+    AttentionMetadata,
+    AttentionVariant,
+)
 from ferrite_server.layers.attention.kv_quant import (
     KVCacheQuant,
     as_bytes,
@@ -81,13 +85,14 @@ class TritonAttentionBackend:
         value_cache: torch.Tensor,
         metadata: AttentionMetadata,
         scale: float,
+        variant: AttentionVariant = FULL_ATTENTION,
     ) -> torch.Tensor:  # [T, num_heads, head_dim]
         output = torch.empty_like(query)
         k_scale, v_scale = 1.0, 1.0
         if is_fp8_cache(key_cache):
             k_scale, v_scale = self.kv_quant.k_scale, self.kv_quant.v_scale
         inputs = PagedAttentionInputs(
-            query, key_cache, value_cache, metadata, scale, k_scale=k_scale, v_scale=v_scale
+            query, key_cache, value_cache, metadata, scale, k_scale, v_scale, variant
         )
         if is_pure_decode(query, metadata):
             return paged_decode_attention(inputs, output)
