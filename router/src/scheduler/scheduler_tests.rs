@@ -128,6 +128,23 @@ fn assert_correct(received: &Received, prompt: &[u32], max_new_tokens: u32) {
     assert_eq!(received.num_events_after_end, 0);
 }
 
+/// Submits every (prompt, max_new_tokens) case at once; checks each got exactly its tokens.
+async fn run_all_correct(handle: &SchedulerHandle, cases: &[(Vec<u32>, u32)]) -> Vec<Received> {
+    let receivers: Vec<EventReceiver> = cases
+        .iter()
+        .map(|(prompt, max_new_tokens)| {
+            handle
+                .submit(request(prompt.clone(), *max_new_tokens, false))
+                .expect("admitted")
+        })
+        .collect();
+    let results = join_all(receivers.into_iter().map(collect)).await;
+    for ((prompt, max_new_tokens), received) in cases.iter().zip(&results) {
+        assert_correct(received, prompt, *max_new_tokens);
+    }
+    results
+}
+
 /// Waits (polling, bounded by a generous guard) until `is_done` holds for the stats.
 async fn wait_for_stats(
     handle: &SchedulerHandle,
@@ -175,18 +192,7 @@ async fn sixty_four_concurrent_requests_are_all_correct() {
             (prompt(num_prompt_tokens, last), 1 + index % 20)
         })
         .collect();
-    let receivers: Vec<EventReceiver> = cases
-        .iter()
-        .map(|(prompt, max_new_tokens)| {
-            handle
-                .submit(request(prompt.clone(), *max_new_tokens, false))
-                .expect("admitted")
-        })
-        .collect();
-    let results = join_all(receivers.into_iter().map(collect)).await;
-    for ((prompt, max_new_tokens), received) in cases.iter().zip(&results) {
-        assert_correct(received, prompt, *max_new_tokens);
-    }
+    let results = run_all_correct(&handle, &cases).await;
     assert!(results
         .iter()
         .any(|received| received.finish == Some(ShardFinish::Eos)));

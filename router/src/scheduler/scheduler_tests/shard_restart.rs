@@ -13,18 +13,7 @@ async fn requests_survive_a_shard_crash_and_are_replayed() {
     let cases: Vec<(Vec<u32>, u32)> = (0..8u32)
         .map(|index| (prompt(3 + index as usize * 3, 100 + index * 50), 10))
         .collect();
-    let receivers: Vec<EventReceiver> = cases
-        .iter()
-        .map(|(prompt, max_new_tokens)| {
-            handle
-                .submit(request(prompt.clone(), *max_new_tokens, false))
-                .expect("admitted")
-        })
-        .collect();
-    let results = join_all(receivers.into_iter().map(collect)).await;
-    for ((prompt, max_new_tokens), received) in cases.iter().zip(&results) {
-        assert_correct(received, prompt, *max_new_tokens);
-    }
+    run_all_correct(&handle, &cases).await;
     let stats = wait_for_drain(&handle).await;
     assert_eq!(stats.shard_recoveries_total, 1);
     assert!(stats.replayed_requests_total > 0);

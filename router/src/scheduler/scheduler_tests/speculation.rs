@@ -38,18 +38,7 @@ async fn run_all(fake: &Arc<FakeShard>, num_speculative_tokens: usize) -> Schedu
         speculative_config(fake, num_speculative_tokens),
     );
     let cases = cases();
-    let receivers: Vec<EventReceiver> = cases
-        .iter()
-        .map(|(prompt, max_new_tokens)| {
-            handle
-                .submit(request(prompt.clone(), *max_new_tokens, false))
-                .expect("admitted")
-        })
-        .collect();
-    let results = join_all(receivers.into_iter().map(collect)).await;
-    for ((prompt, max_new_tokens), received) in cases.iter().zip(&results) {
-        assert_correct(received, prompt, *max_new_tokens);
-    }
+    run_all_correct(&handle, &cases).await;
     // A second wave with the same prompts: its prefix-cache hits include blocks the first
     // wave filled while speculating, so a garbage slot counted as computed would show.
     for (prompt, max_new_tokens) in cases.iter().take(8) {
