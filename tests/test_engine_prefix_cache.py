@@ -111,6 +111,7 @@ def test_a_prefix_cache_hit_samples_as_if_computed_from_scratch(model_dir: Path)
     # The hit joins in the same forward as the writer's next decode.
     hit = _cache_hit(2, reader.prompt_ids, reader.block_table, reader.params)
     writer_decode = RunningRequest(1, (writer.tokens[-1].token_id,), (), 1)
+    writer.num_generated_sent = len(writer.tokens)  # sent by hand here, not by the driver
     step = StepInput(new_requests=(hit,), running_requests=(writer_decode,))
     _step(engine, step, [writer, reader])
     driver.run([writer, _driven_from_now_on(reader)])

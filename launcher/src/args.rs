@@ -168,6 +168,10 @@ pub struct Args {
     #[arg(long, env)]
     pub max_batch_total_tokens: Option<u32>,
 
+    /// Most requests in one step (default 256)
+    #[arg(long, env)]
+    pub max_batch_size: Option<u32>,
+
     /// Requests accepted at once (running + waiting); more are refused with 429
     #[arg(long, env, default_value_t = 128)]
     pub max_concurrent_requests: u32,
@@ -175,6 +179,14 @@ pub struct Args {
     /// Reuse the KV blocks of identical token prefixes (shared prompts, earlier conversation turns, n / best_of candidates): on or off
     #[arg(long, env, default_value = "on", value_parser = ["on", "off"])]
     pub prefix_caching: String,
+
+    /// Longest a request may take from arrival to its last token, in seconds (408 if it was still queued, 504 once generating); a client may ask for less with the x-request-timeout-s header (default: no limit)
+    #[arg(long, env)]
+    pub request_timeout_s: Option<f64>,
+
+    /// Seconds a stream waits for its first token before it starts with SSE keep-alive comments, sent again after each such quiet interval (default: 10)
+    #[arg(long, env)]
+    pub stream_keep_alive_s: Option<f64>,
 
     /// Memory for the KV cache, e.g. 2GiB or 500MB (default: measured free memory)
     #[arg(long, env, value_parser = parse_byte_size)]

@@ -328,6 +328,17 @@ fn router_spec(
         "--max-batch-total-tokens",
         args.max_batch_total_tokens.as_ref(),
     );
+    push_opt(&mut argv, "--max-batch-size", args.max_batch_size.as_ref());
+    push_opt(
+        &mut argv,
+        "--request-timeout-s",
+        args.request_timeout_s.as_ref(),
+    );
+    push_opt(
+        &mut argv,
+        "--stream-keep-alive-s",
+        args.stream_keep_alive_s.as_ref(),
+    );
     push_opt(&mut argv, "--api-key", args.api_key.as_ref());
     for origin in &args.cors_allow_origin {
         push_opt(&mut argv, "--cors-allow-origin", Some(origin));

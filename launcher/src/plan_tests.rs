@@ -178,9 +178,15 @@ fn router_gets_tokenizer_sockets_and_limits() {
         Some("on"),
         "on by default"
     );
-    let off = self::plan(&["--prefix-caching", "off"]).expect("valid");
+    assert_eq!(
+        flag_value(router, "--request-timeout-s"),
+        None,
+        "no limit by default"
+    );
+    let off = self::plan(&["--prefix-caching", "off", "--request-timeout-s", "30"]).expect("valid");
     let off_router = off.router.as_ref().expect("router");
     assert_eq!(flag_value(off_router, "--prefix-caching"), Some("off"));
+    assert_eq!(flag_value(off_router, "--request-timeout-s"), Some("30"));
     assert_eq!(
         plan.router_probe_host, "127.0.0.1",
         "wildcard bind is probed on loopback"

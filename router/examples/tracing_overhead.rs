@@ -56,6 +56,7 @@ fn request(index: usize) -> GenerationRequest {
             ..Default::default()
         },
         received_at: Instant::now(),
+        deadline: None,
         span: tracing::info_span!("request"),
     }
 }

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::api::error::ErrorResponse;
-use crate::scheduler::interface::{AdmissionError, GenerationError};
+use crate::scheduler::interface::{AdmissionError, GenerationError, TimeoutPhase};
 use crate::validation::ValidationError;
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +56,11 @@ impl ApiError {
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable | Self::Unhealthy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Generation(GenerationError::TimedOut { phase, .. }) => match phase {
+                // Never started: safe to retry, as after a client-side timeout.
+                TimeoutPhase::Queued => StatusCode::REQUEST_TIMEOUT,
+                TimeoutPhase::Generating => StatusCode::GATEWAY_TIMEOUT,
+            },
             Self::Generation(_) => StatusCode::FAILED_DEPENDENCY,
             Self::IncompleteGeneration | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Body { status, .. } => *status,
@@ -70,6 +75,7 @@ impl ApiError {
             Self::Overloaded { .. } => "overloaded",
             Self::Unavailable => "unavailable",
             Self::Unhealthy(_) => "healthcheck",
+            Self::Generation(GenerationError::TimedOut { .. }) => "timeout",
             Self::Generation(_) => "generation",
             Self::IncompleteGeneration => "incomplete_generation",
             Self::Body { status, .. } if *status == StatusCode::PAYLOAD_TOO_LARGE => {
@@ -119,6 +125,24 @@ mod tests {
                 "generation",
             ),
             (ApiError::IncompleteGeneration, 500, "incomplete_generation"),
+            (
+                GenerationError::TimedOut {
+                    budget_s: 2.0,
+                    phase: TimeoutPhase::Queued,
+                }
+                .into(),
+                408,
+                "timeout",
+            ),
+            (
+                GenerationError::TimedOut {
+                    budget_s: 2.0,
+                    phase: TimeoutPhase::Generating,
+                }
+                .into(),
+                504,
+                "timeout",
+            ),
             (ApiError::Unauthorized, 401, "authentication"),
             (AdmissionError::Stopped.into(), 503, "unavailable"),
         ];

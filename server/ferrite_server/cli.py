@@ -31,6 +31,7 @@ from ferrite_server.config import (
     DistributedTimeouts,
     KVCacheDtypeName,
     QuantizeName,
+    SpeculativeMethodName,
     ShardConfig,
     TcpListen,
     TracingConfig,
@@ -91,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--cuda-graphs", type=parse_cuda_graph_sizes, default=None,
                        help="decode batch sizes to capture as CUDA graphs (CUDA, triton attention), "
                        "e.g. 1,2,4,8; 0 turns graphs off; default: buckets up to the max batch size")
+    serve.add_argument("--speculative-method", choices=list(get_args(SpeculativeMethodName)),
+                       default=None, help="propose tokens for the slots the router reserves "
+                       "(--speculate): ngram = prompt lookup; default: no speculation")
     _add_tensor_parallel_flags(serve)
     serve.add_argument("--otlp-endpoint", default=None,
                        help="OTLP/gRPC collector to export step spans to (default: tracing off)")
@@ -159,6 +163,7 @@ def shard_config_from_args(args: argparse.Namespace) -> ShardConfig:
         quantize=args.quantize,
         kv_cache_dtype=args.kv_cache_dtype,
         cuda_graph_batch_sizes=args.cuda_graphs,
+        speculative_method=args.speculative_method,
     )
 
 

@@ -18,6 +18,7 @@ QuantizeName = Literal[
     "bitsandbytes", "bitsandbytes-nf4", "bitsandbytes-fp4", "fp8", "gptq", "awq"
 ]
 KVCacheDtypeName = Literal["auto", "fp8"]
+SpeculativeMethodName = Literal["ngram"]
 
 DEFAULT_BLOCK_SIZE_TOKENS = 16
 
@@ -88,3 +89,5 @@ class ShardConfig:
     # Decode batch sizes captured as CUDA graphs (CUDA + triton attention only). None: the
     # standard buckets up to the router's max batch size; empty: no graphs (eager decode).
     cuda_graph_batch_sizes: tuple[int, ...] | None = None
+    # How the shard proposes tokens where the router reserved lookahead slots; None: never.
+    speculative_method: SpeculativeMethodName | None = None

@@ -65,6 +65,7 @@ def running_request_from_proto(message: pb.RunningRequest) -> engine.RunningRequ
         new_token_ids=tuple(message.new_token_ids),
         new_block_ids=tuple(message.new_block_ids),
         num_scheduled_tokens=message.num_scheduled_tokens,
+        num_lookahead_tokens=message.num_lookahead_tokens,
     )
 
 
@@ -95,6 +96,7 @@ def generation_to_proto(generation: engine.Generation) -> pb.Generation:
         prompt_logprobs=generation.prompt_logprobs,
         finish_reason=int(generation.finish_reason),
         error=generation.error,
+        num_proposed_tokens=generation.num_proposed_tokens,
     )
 
 

@@ -56,6 +56,8 @@ class ScriptedRequest:
     num_chunks_sent: int = 0
     block_table: list[int] = field(default_factory=list)
     num_blocks_sent: int = 0  # of block_table, as the engine knows it
+    num_generated_sent: int = 0  # of tokens, sent back to the engine
+    tokens_per_step: list[int] = field(default_factory=list)  # tokens each decode produced
     tokens: list[GeneratedToken] = field(default_factory=list)
     prompt_logprobs: list[float] = field(default_factory=list)
     finish_reason: FinishReason = FinishReason.NONE
@@ -83,9 +85,14 @@ class StepRecord:
 
 
 class EngineDriver:
-    def __init__(self, engine: Engine, allocator: BlockAllocator) -> None:
+    def __init__(
+        self, engine: Engine, allocator: BlockAllocator, num_lookahead_tokens: int = 0
+    ) -> None:
+        """num_lookahead_tokens: KV slots reserved after each decode for proposals (the
+        router's --speculate), within what max_new_tokens leaves."""
         self.engine = engine
         self.allocator = allocator
+        self.num_lookahead_tokens = num_lookahead_tokens
         self.block_size = engine.info().block_size
         self.steps: list[StepRecord] = []
 
@@ -121,6 +128,8 @@ class EngineDriver:
         for generation in output.generations:
             assert not generation.error, generation.error
             request = by_id[generation.request_id]
+            if generation.request_id in decode_ids:
+                request.tokens_per_step.append(len(generation.tokens))
             request.tokens.extend(generation.tokens)
             request.prompt_logprobs.extend(generation.prompt_logprobs)
             request.finish_reason = generation.finish_reason
@@ -150,12 +159,20 @@ class EngineDriver:
 
     def _decode(self, request: ScriptedRequest) -> RunningRequest:
         num_tokens = len(request.prompt_ids) + len(request.tokens)
-        self.allocator.extend(request.block_table, num_tokens, self.block_size)
-        return self._running(request, (request.tokens[-1].token_id,), num_scheduled_tokens=1)
+        # After this step at most max_new_tokens may exist: reserve no more.
+        room = request.params.stopping.max_new_tokens - len(request.tokens) - 1
+        num_lookahead = max(0, min(self.num_lookahead_tokens, room))
+        self.allocator.extend(request.block_table, num_tokens + num_lookahead, self.block_size)
+        new_token_ids = tuple(request.generated_ids[request.num_generated_sent :])
+        request.num_generated_sent = len(request.tokens)
+        return self._running(request, new_token_ids, 1, num_lookahead)
 
     @staticmethod
     def _running(
-        request: ScriptedRequest, new_token_ids: tuple[int, ...], num_scheduled_tokens: int
+        request: ScriptedRequest,
+        new_token_ids: tuple[int, ...],
+        num_scheduled_tokens: int,
+        num_lookahead_tokens: int = 0,
     ) -> RunningRequest:
         new_block_ids = tuple(request.block_table[request.num_blocks_sent :])
         request.num_blocks_sent = len(request.block_table)
@@ -164,4 +181,5 @@ class EngineDriver:
             new_token_ids=new_token_ids,
             new_block_ids=new_block_ids,
             num_scheduled_tokens=num_scheduled_tokens,
+            num_lookahead_tokens=num_lookahead_tokens,
         )

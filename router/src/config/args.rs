@@ -90,6 +90,19 @@ pub struct RouterArgs {
     #[arg(long)]
     pub max_top_n_tokens: Option<u32>,
 
+    /// Longest a request may take from arrival to its last token, in seconds; past it the
+    /// request ends with a timeout error (408 while still queued, 504 once generating) and
+    /// frees its KV blocks. A request can ask for less with the `x-request-timeout-s` header.
+    /// Off by default.
+    #[arg(long)]
+    pub request_timeout_s: Option<f64>,
+
+    /// A stream still waiting for its first token after this many seconds is started (200)
+    /// and sent an SSE comment this often, so proxies and clients do not drop an idle
+    /// connection; a failure after that arrives as the stream's error event.
+    #[arg(long, default_value_t = 10.0)]
+    pub stream_keep_alive_s: f64,
+
     /// Largest request body in bytes (413 beyond).
     #[arg(long, default_value_t = 2_000_000)]
     pub payload_limit: usize,

@@ -30,6 +30,10 @@ pub struct ServerConfig {
     pub otlp_endpoint: Option<String>,
     /// A second listener serving only /metrics.
     pub prometheus_port: Option<u16>,
+    /// Longest a request may take (arrival to last token); None: no limit.
+    pub request_timeout: Option<std::time::Duration>,
+    /// How long a stream waits for its first token before it starts with keep-alive comments.
+    pub stream_keep_alive: std::time::Duration,
 }
 
 /// What the shard reported about the model (Info), for /info and the limits.

@@ -3,6 +3,8 @@
 //! Two pure steps around the shard handshake: `plan_warmup` (flags + Info -> what Warmup is
 //! asked to size for) and `resolve` (+ Warmup's answer -> RouterConfig).
 
+use std::time::Duration;
+
 use crate::proto;
 
 use super::{BatchLimits, ModelFacts, RequestLimits, RouterArgs, RouterConfig, ServerConfig};
@@ -17,6 +19,8 @@ pub enum ConfigError {
     ShardReportedZero { field: &'static str },
     #[error("`{flag}` must be at least 1")]
     Zero { flag: &'static str },
+    #[error("`{flag}` must be a positive number of seconds, not {given}")]
+    NotPositiveSeconds { flag: &'static str, given: String },
     #[error("`max_total_tokens` ({max_total_tokens}) exceeds the model's max_position_embeddings ({max_position_embeddings})")]
     TotalAboveModel {
         max_total_tokens: usize,
@@ -204,7 +208,7 @@ pub fn resolve(
     };
     let max_top_n_tokens = top_n_tokens(args.max_top_n_tokens, info.max_top_n_tokens)?;
     Ok(RouterConfig {
-        server: server_config(args),
+        server: server_config(args)?,
         model: model_facts(args, info),
         limits: RequestLimits {
             max_input_tokens,
@@ -233,8 +237,24 @@ fn top_n_tokens(given: Option<u32>, supported: u32) -> Result<u32, ConfigError> 
     }
 }
 
-fn server_config(args: &RouterArgs) -> ServerConfig {
-    ServerConfig {
+fn positive_seconds(flag: &'static str, given: f64) -> Result<Duration, ConfigError> {
+    if given.is_finite() && given > 0.0 {
+        Ok(Duration::from_secs_f64(given))
+    } else {
+        Err(ConfigError::NotPositiveSeconds {
+            flag,
+            given: given.to_string(),
+        })
+    }
+}
+
+fn server_config(args: &RouterArgs) -> Result<ServerConfig, ConfigError> {
+    let request_timeout = args
+        .request_timeout_s
+        .map(|seconds| positive_seconds("request_timeout_s", seconds))
+        .transpose()?;
+    let stream_keep_alive = positive_seconds("stream_keep_alive_s", args.stream_keep_alive_s)?;
+    Ok(ServerConfig {
         hostname: args.hostname.clone(),
         port: args.port,
         api_key: args.api_key.clone().filter(|key| !key.is_empty()),
@@ -244,7 +264,9 @@ fn server_config(args: &RouterArgs) -> ServerConfig {
         log_filter: args.effective_log_filter(),
         otlp_endpoint: args.otlp_endpoint.clone(),
         prometheus_port: args.prometheus_port,
-    }
+        request_timeout,
+        stream_keep_alive,
+    })
 }
 
 fn model_facts(args: &RouterArgs, info: &proto::InfoResponse) -> ModelFacts {

@@ -12,6 +12,7 @@ use crate::api::generate::CompatGenerateRequest;
 use crate::api::response::{GenerateResponse, StreamResponse};
 use crate::error::ApiError;
 
+use super::deadline::RequestBudget;
 use super::generate::complete;
 use super::json::ApiJson;
 use super::state::AppState;
@@ -34,12 +35,13 @@ use super::stream::start_stream;
 )]
 pub async fn compat_generate(
     State(state): State<AppState>,
+    budget: RequestBudget,
     ApiJson(request): ApiJson<CompatGenerateRequest>,
 ) -> Result<Response, ApiError> {
     let received_at = Instant::now();
     if request.stream {
-        return start_stream(state, request.into(), received_at).await;
+        return start_stream(state, request.into(), received_at, budget).await;
     }
-    let (headers, response) = complete(&state, request.into(), received_at).await?;
+    let (headers, response) = complete(&state, request.into(), received_at, budget).await?;
     Ok((headers, Json(vec![response])).into_response())
 }

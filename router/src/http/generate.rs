@@ -17,6 +17,7 @@ use crate::metrics::RequestRecord;
 use crate::tokenizer::TextTokenizer;
 use crate::validation::{Delivery, ValidRequest};
 
+use super::deadline::RequestBudget;
 use super::headers::{generation_headers, GenerationTimings};
 use super::json::ApiJson;
 use super::state::AppState;
@@ -36,9 +37,10 @@ use super::state::AppState;
 )]
 pub async fn generate(
     State(state): State<AppState>,
+    budget: RequestBudget,
     ApiJson(request): ApiJson<GenerateRequest>,
 ) -> Result<Response, ApiError> {
-    let (headers, response) = complete(&state, request, Instant::now()).await?;
+    let (headers, response) = complete(&state, request, Instant::now(), budget).await?;
     Ok((headers, Json(response)).into_response())
 }
 
@@ -47,14 +49,16 @@ pub(crate) async fn complete(
     state: &AppState,
     request: GenerateRequest,
     received_at: Instant,
+    budget: RequestBudget,
 ) -> Result<(HeaderMap, GenerateResponse), ApiError> {
     state.metrics().request_received();
     let input_characters = request.inputs.chars().count();
     let result = async {
-        let valid = state
+        let mut valid = state
             .validator
             .validate(request, Delivery::Complete, received_at)
             .await?;
+        valid.deadline = budget.deadline(received_at);
         let outcome =
             generation::generate(state.submitter.as_ref(), &state.generation, &valid).await?;
         Ok::<_, ApiError>((valid, outcome))

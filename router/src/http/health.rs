@@ -69,6 +69,7 @@ impl HealthState {
             input_ids: self.probe_input_ids.clone(),
             parameters,
             received_at: Instant::now(),
+            deadline: None,
             // Probes are not API requests: no trace of their own.
             span: tracing::Span::none(),
         };

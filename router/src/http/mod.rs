@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod compat;
+pub mod deadline;
 pub mod generate;
 pub mod headers;
 pub mod health;

@@ -20,6 +20,11 @@ pub fn json_event<T: Serialize>(value: &T) -> Bytes {
     Bytes::from(format!("data:{json}\n\n"))
 }
 
+/// An SSE comment: clients ignore it; proxies see a live connection.
+pub fn keep_alive() -> Bytes {
+    Bytes::from_static(b": keep-alive\n\n")
+}
+
 /// A streaming response; `headers` are added to the SSE ones.
 pub fn response(
     events: impl Stream<Item = Bytes> + Send + 'static,

@@ -83,7 +83,10 @@ impl AppState {
     pub fn request_failed(&self, error: ApiError) -> ApiError {
         self.metrics().request_failed(error.error_type());
         request_log::failed(error.error_type(), &error);
-        if matches!(error, ApiError::Generation(_)) {
+        // A request past its own deadline says nothing about the shards' health.
+        let is_shard_failure = matches!(error, ApiError::Generation(ref failure)
+            if !matches!(failure, crate::scheduler::interface::GenerationError::TimedOut { .. }));
+        if is_shard_failure {
             self.health.mark_failed();
         }
         error

@@ -3,9 +3,11 @@
 //!
 //! Failures known before the first token (validation, a full queue, a request the shard
 //! refuses at once) are answered with their real status code: the response is only started
-//! once the first token is there (DESIGN.md pain point 3). A failure after that arrives as a
-//! final `{"error", "error_type"}` event. A client that goes away drops the body, hence the
-//! event receiver, which cancels the request in the scheduler.
+//! once the first token is there (DESIGN.md pain point 3), or once `--stream-keep-alive-s`
+//! passed without one (a long queue wait): then the stream starts with SSE comments, one per
+//! interval without a token, so proxies keep the connection. A failure after the start
+//! arrives as a final `{"error", "error_type"}` event. A client that goes away drops the
+//! body, hence the event receiver, which cancels the request in the scheduler.
 
 use std::time::Instant;
 
@@ -23,6 +25,7 @@ use crate::generation::{FinishReason, TokenProcessor, TokenStep};
 use crate::scheduler::interface::EventReceiver;
 use crate::validation::{Delivery, ValidRequest};
 
+use super::deadline::RequestBudget;
 use super::generate::{full_text, request_record};
 use super::headers::{stream_headers, GenerationTimings};
 use super::json::ApiJson;
@@ -45,23 +48,28 @@ use super::state::AppState;
 )]
 pub async fn generate_stream(
     State(state): State<AppState>,
+    budget: RequestBudget,
     ApiJson(request): ApiJson<GenerateRequest>,
 ) -> Result<Response, ApiError> {
-    start_stream(state, request, Instant::now()).await
+    start_stream(state, request, Instant::now(), budget).await
 }
 
-/// Everything up to the first token; an error here is an HTTP status.
+/// Everything up to the first token (or the first keep-alive); an error here is an HTTP
+/// status.
 pub(crate) async fn start_stream(
     state: AppState,
     request: GenerateRequest,
     received_at: Instant,
+    budget: RequestBudget,
 ) -> Result<Response, ApiError> {
     state.metrics().request_received();
+    let keep_alive = state.server.stream_keep_alive;
     let started = async {
-        let valid = state
+        let mut valid = state
             .validator
             .validate(request, Delivery::Stream, received_at)
             .await?;
+        valid.deadline = budget.deadline(received_at);
         let mut events = state.submitter.submit(valid.generation_request(0))?;
         let mut processor = TokenProcessor::new(
             &state.generation,
@@ -69,7 +77,12 @@ pub(crate) async fn start_stream(
             valid.stop_sequences.clone(),
             received_at,
         );
-        let first = next_step(&mut events, &mut processor).await?;
+        // next_step only awaits the channel, so giving up on it loses no event.
+        let first =
+            match tokio::time::timeout(keep_alive, next_step(&mut events, &mut processor)).await {
+                Ok(step) => Some(step?),
+                Err(_) => None,
+            };
         Ok::<_, ApiError>((valid, events, processor, first))
     }
     .await;
@@ -106,24 +119,40 @@ struct StreamRun {
 }
 
 impl StreamRun {
-    fn into_events(mut self, first: TokenStep) -> impl Stream<Item = Bytes> + Send + 'static {
+    /// The stream's bytes: `first` (if it came before the stream started), then every
+    /// other token, with a keep-alive comment whenever an interval passes without one.
+    fn into_events(
+        mut self,
+        first: Option<TokenStep>,
+    ) -> impl Stream<Item = Bytes> + Send + 'static {
+        let keep_alive = self.state.server.stream_keep_alive;
         stream! {
-            let mut step = first;
+            let mut pending = first;
             loop {
+                let step = match pending.take() {
+                    Some(step) => step,
+                    None => {
+                        let next = next_step(&mut self.events, &mut self.processor);
+                        match tokio::time::timeout(keep_alive, next).await {
+                            Err(_) => {
+                                yield sse::keep_alive();
+                                continue;
+                            }
+                            Ok(Ok(step)) => step,
+                            Ok(Err(error)) => {
+                                let error = self.state.request_failed(error);
+                                tracing::warn!(%error, "stream failed after it started");
+                                yield sse::json_event(&error.body());
+                                break;
+                            }
+                        }
+                    }
+                };
                 let finish = step.finish;
                 yield sse::json_event(&self.stream_response(step));
                 if let Some(finish) = finish {
                     self.record_success(finish);
                     break;
-                }
-                match next_step(&mut self.events, &mut self.processor).await {
-                    Ok(next) => step = next,
-                    Err(error) => {
-                        let error = self.state.request_failed(error);
-                        tracing::warn!(%error, "stream failed after it started");
-                        yield sse::json_event(&error.body());
-                        break;
-                    }
                 }
             }
         }

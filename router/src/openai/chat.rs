@@ -10,11 +10,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use tracing::Instrument;
 
+use crate::error::ApiError;
+use crate::http::deadline::RequestBudget;
 use crate::http::AppState;
 use crate::tokenizer::TextTokenizer;
 
-use super::choices::{ChoiceSet, ChoiceUpdate};
-use super::error::{body_rejection, OpenAiError};
+use super::choices::{Arrival, ChoiceSet, ChoiceUpdate};
+use super::error::{body_rejection, ErrorBody, OpenAiError};
 use super::finish_reason;
 use super::logprobs::chat_entry;
 use super::parameters::check_chat;
@@ -29,18 +31,43 @@ use super::state::{response_id, unix_now_s};
 
 const ROLE: &str = "assistant";
 
+/// OpenAI chat completions: the chat template renders the messages, then the model answers.
+#[utoipa::path(
+    post,
+    path = "/v1/chat/completions",
+    tag = "OpenAI",
+    request_body = ChatCompletionRequest,
+    params(("x-request-timeout-s" = Option<f64>, Header, description = "Ask for a shorter time limit than the server's")),
+    responses(
+        (status = 200, description = "The completion", body = ChatCompletion),
+        (status = 200, description = "Chunks (`stream: true`), `data: [DONE]` last", body = ChatCompletionChunk,
+         content_type = "text/event-stream"),
+        (status = 400, description = "Invalid parameter", body = ErrorBody),
+        (status = 408, description = "Timed out while queued", body = ErrorBody),
+        (status = 422, description = "Not supported, or no chat template", body = ErrorBody),
+        (status = 424, description = "Generation error", body = ErrorBody),
+        (status = 429, description = "Model is overloaded", body = ErrorBody),
+        (status = 504, description = "Timed out while generating", body = ErrorBody),
+    )
+)]
 pub async fn chat_completions(
     State(state): State<AppState>,
+    budget: Result<RequestBudget, ApiError>,
     body: Result<Json<ChatCompletionRequest>, JsonRejection>,
 ) -> Response {
-    run::respond(state, |state, received_at| chat(state, body, received_at)).await
+    run::respond(state, |state, received_at| {
+        chat(state, budget, body, received_at)
+    })
+    .await
 }
 
 async fn chat(
     state: AppState,
+    budget: Result<RequestBudget, ApiError>,
     body: Result<Json<ChatCompletionRequest>, JsonRejection>,
     received_at: Instant,
 ) -> Result<Response, OpenAiError> {
+    let deadline = budget?.deadline(received_at);
     let tokenizer = Arc::clone(&state.generation.tokenizer);
     let limits = state.validator.limits();
     let (options, prompt) = async {
@@ -64,7 +91,10 @@ async fn chat(
         &state.generation,
         &[prompt],
         &options,
-        received_at,
+        Arrival {
+            received_at,
+            deadline,
+        },
     )?;
     let header = |object| Header {
         id: response_id("chatcmpl"),

@@ -20,6 +20,13 @@ use super::error::OpenAiError;
 use super::parameters::GenerationOptions;
 use super::text::StopTextFilter;
 
+/// When a request arrived and by when it must be done.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival {
+    pub received_at: Instant,
+    pub deadline: Option<Instant>,
+}
+
 /// A tokenized prompt with its token budget.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PreparedPrompt {
@@ -68,8 +75,12 @@ impl ChoiceSet {
         context: &GenerationContext,
         prompts: &[PreparedPrompt],
         options: &GenerationOptions,
-        received_at: Instant,
+        arrival: Arrival,
     ) -> Result<Self, OpenAiError> {
+        let Arrival {
+            received_at,
+            deadline,
+        } = arrival;
         let mut choices = Vec::with_capacity(prompts.len() * options.n);
         for prompt in prompts {
             for sample in 0..options.n {
@@ -77,6 +88,7 @@ impl ChoiceSet {
                     input_ids: prompt.input_ids.clone(),
                     parameters: options.request_parameters(prompt.max_new_tokens, sample),
                     received_at,
+                    deadline,
                     span: tracing::Span::current(),
                 };
                 let events = submitter.submit(request)?;

@@ -10,11 +10,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use tracing::Instrument;
 
+use crate::error::ApiError;
+use crate::http::deadline::RequestBudget;
 use crate::http::AppState;
 use crate::tokenizer::TextTokenizer;
 
-use super::choices::{ChoiceSet, ChoiceUpdate, PreparedPrompt};
-use super::error::{body_rejection, OpenAiError};
+use super::choices::{Arrival, ChoiceSet, ChoiceUpdate, PreparedPrompt};
+use super::error::{body_rejection, ErrorBody, OpenAiError};
 use super::finish_reason;
 use super::logprobs::CompletionLogprobsBuilder;
 use super::parameters::{check_completion, GenerationOptions, MAX_CHOICES};
@@ -24,21 +26,43 @@ use super::response::{Completion, CompletionChoice, CompletionLogprobs, Header, 
 use super::run::{self, ChunkShaper, RequestTiming};
 use super::state::{response_id, unix_now_s};
 
+/// OpenAI (legacy) completions of a raw prompt.
+#[utoipa::path(
+    post,
+    path = "/v1/completions",
+    tag = "OpenAI",
+    request_body = CompletionRequest,
+    params(("x-request-timeout-s" = Option<f64>, Header, description = "Ask for a shorter time limit than the server's")),
+    responses(
+        (status = 200, description = "The completion (or chunks with `stream: true`)", body = Completion),
+        (status = 200, description = "Chunks (`stream: true`), `data: [DONE]` last", body = Completion,
+         content_type = "text/event-stream"),
+        (status = 400, description = "Invalid parameter", body = ErrorBody),
+        (status = 408, description = "Timed out while queued", body = ErrorBody),
+        (status = 422, description = "Not supported", body = ErrorBody),
+        (status = 424, description = "Generation error", body = ErrorBody),
+        (status = 429, description = "Model is overloaded", body = ErrorBody),
+        (status = 504, description = "Timed out while generating", body = ErrorBody),
+    )
+)]
 pub async fn completions(
     State(state): State<AppState>,
+    budget: Result<RequestBudget, ApiError>,
     body: Result<Json<CompletionRequest>, JsonRejection>,
 ) -> Response {
     run::respond(state, |state, received_at| {
-        complete(state, body, received_at)
+        complete(state, budget, body, received_at)
     })
     .await
 }
 
 async fn complete(
     state: AppState,
+    budget: Result<RequestBudget, ApiError>,
     body: Result<Json<CompletionRequest>, JsonRejection>,
     received_at: Instant,
 ) -> Result<Response, OpenAiError> {
+    let deadline = budget?.deadline(received_at);
     let tokenizer = Arc::clone(&state.generation.tokenizer);
     let limits = state.validator.limits();
     let (options, echo, prompts) = async {
@@ -76,7 +100,10 @@ async fn complete(
         &state.generation,
         &prompts,
         &options,
-        received_at,
+        Arrival {
+            received_at,
+            deadline,
+        },
     )?;
     let header = Header {
         id: response_id("cmpl"),

@@ -6,9 +6,12 @@ use axum::Json;
 
 use crate::http::AppState;
 
-use super::error::OpenAiError;
+use super::error::{ErrorBody, OpenAiError};
 use super::response::{ModelCard, ModelList};
 
+/// The served model, as OpenAI lists models.
+#[utoipa::path(get, path = "/v1/models", tag = "OpenAI",
+    responses((status = 200, description = "The served model", body = ModelList)))]
 pub async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
     Json(ModelList {
         object: "list",
@@ -16,6 +19,13 @@ pub async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
     })
 }
 
+/// The served model by name; 404 for any other name.
+#[utoipa::path(get, path = "/v1/models/{model_id}", tag = "OpenAI",
+    params(("model_id" = String, Path, description = "The model's name")),
+    responses(
+        (status = 200, description = "The served model", body = ModelCard),
+        (status = 404, description = "Not the served model", body = ErrorBody),
+    ))]
 pub async fn get_model(State(state): State<AppState>, Path(model_id): Path<String>) -> Response {
     if model_id == state.info.model_id {
         return Json(model_card(&state)).into_response();

@@ -2,10 +2,11 @@
 //! defaults only; `parameters.rs` checks the values. Unknown fields are ignored (clients send
 //! extras such as `tool_prompt` or `parallel_tool_calls`), and `null` means "not given".
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// `"text"` or `["a", "b"]`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum StringOrList {
     One(String),
@@ -23,7 +24,7 @@ impl StringOrList {
 
 /// A completions prompt: text, texts, token ids or lists of token ids. A list gives one
 /// prompt (and `n` choices) per element.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum Prompt {
     Text(String),
@@ -32,7 +33,7 @@ pub enum Prompt {
     TokenLists(Vec<Vec<u32>>),
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, ToSchema)]
 pub struct StreamOptions {
     /// Send a last chunk with `usage` (and no choices) before `[DONE]`.
     #[serde(default)]
@@ -40,7 +41,7 @@ pub struct StreamOptions {
 }
 
 /// What both endpoints accept with the same meaning.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, ToSchema)]
 #[serde(default)]
 pub struct CommonParameters {
     /// Echoed back; ferrite serves one model whatever the name.
@@ -56,6 +57,7 @@ pub struct CommonParameters {
     pub presence_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
     /// `{"token id": bias}`; kept as JSON so a wrong shape gets a precise message.
+    #[schema(value_type = Option<Object>)]
     pub logit_bias: Option<serde_json::Value>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
@@ -64,7 +66,7 @@ pub struct CommonParameters {
 }
 
 /// `POST /v1/chat/completions`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, ToSchema)]
 #[serde(default)]
 pub struct ChatCompletionRequest {
     pub messages: Vec<ChatMessage>,
@@ -74,14 +76,17 @@ pub struct ChatCompletionRequest {
     /// Alternatives per token (needs `logprobs: true`).
     pub top_logprobs: Option<u32>,
     /// Not supported until grammars exist (422 when set).
+    #[schema(value_type = Option<Object>)]
     pub response_format: Option<serde_json::Value>,
+    #[schema(value_type = Option<Vec<Object>>)]
     pub tools: Option<serde_json::Value>,
+    #[schema(value_type = Option<Object>)]
     pub tool_choice: Option<serde_json::Value>,
     #[serde(flatten)]
     pub common: CommonParameters,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
 pub struct ChatMessage {
     pub role: String,
     /// Null for an assistant turn that only called tools.
@@ -90,20 +95,21 @@ pub struct ChatMessage {
     #[serde(default)]
     pub name: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
     pub tool_calls: Option<serde_json::Value>,
     #[serde(default)]
     pub tool_call_id: Option<String>,
 }
 
 /// A string, or a list of typed parts (`{"type": "text", "text": ...}`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum MessageContent {
     Text(String),
     Parts(Vec<ContentPart>),
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
 pub struct ContentPart {
     #[serde(rename = "type")]
     pub kind: String,
@@ -112,7 +118,7 @@ pub struct ContentPart {
 }
 
 /// `POST /v1/completions`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
 pub struct CompletionRequest {
     pub prompt: Prompt,
     /// Return the logprobs of the sampled token and of this many alternatives.

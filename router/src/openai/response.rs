@@ -3,8 +3,9 @@
 
 use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
+use utoipa::ToSchema;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Usage {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
@@ -22,7 +23,7 @@ impl Usage {
 }
 
 /// What every response and chunk starts with.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Header {
     pub id: String,
     pub object: &'static str,
@@ -33,7 +34,7 @@ pub struct Header {
 
 // ---- chat ----
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct ChatCompletion {
     #[serde(flatten)]
     pub header: Header,
@@ -41,7 +42,7 @@ pub struct ChatCompletion {
     pub usage: Usage,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct ChatChoice {
     pub index: u32,
     pub message: AssistantMessage,
@@ -49,18 +50,18 @@ pub struct ChatChoice {
     pub finish_reason: &'static str,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct AssistantMessage {
     pub role: &'static str,
     pub content: String,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
 pub struct ChatLogprobs {
     pub content: Vec<TokenLogprob>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct TokenLogprob {
     pub token: String,
     pub logprob: f32,
@@ -68,24 +69,25 @@ pub struct TokenLogprob {
     pub top_logprobs: Vec<TopLogprob>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct TopLogprob {
     pub token: String,
     pub logprob: f32,
     pub bytes: Vec<u8>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct ChatCompletionChunk {
     #[serde(flatten)]
     pub header: Header,
     pub choices: Vec<ChatChunkChoice>,
     /// Present (null, then the totals on the last chunk) only with `include_usage`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Usage>, nullable)]
     pub usage: Option<Option<Usage>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct ChatChunkChoice {
     pub index: u32,
     pub delta: Delta,
@@ -95,26 +97,28 @@ pub struct ChatChunkChoice {
 
 /// Every delta names the role and carries a `tool_calls` key: Hugging Face's
 /// `text-generation` client requires both in each chunk (DESIGN.md "Client quirks").
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Delta {
     pub role: &'static str,
     pub content: Option<String>,
+    #[schema(value_type = Option<Vec<Object>>)]
     pub tool_calls: Option<()>,
 }
 
 // ---- completions ----
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Completion {
     #[serde(flatten)]
     pub header: Header,
     pub choices: Vec<CompletionChoice>,
     /// Always set on a whole response; on stream chunks as for chat.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Usage>, nullable)]
     pub usage: Option<Option<Usage>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct CompletionChoice {
     pub index: u32,
     pub text: String,
@@ -123,11 +127,12 @@ pub struct CompletionChoice {
 }
 
 /// The legacy completions logprobs layout: parallel lists, one entry per token.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
 pub struct CompletionLogprobs {
     pub tokens: Vec<String>,
     /// None for the first prompt token (echo), which has no logprob.
     pub token_logprobs: Vec<Option<f32>>,
+    #[schema(value_type = Vec<Option<std::collections::HashMap<String, f32>>>)]
     pub top_logprobs: Vec<Option<Alternatives>>,
     /// Character offset of each token in the choice's text.
     pub text_offset: Vec<usize>,
@@ -162,13 +167,13 @@ impl Serialize for Alternatives {
 
 // ---- models ----
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct ModelList {
     pub object: &'static str,
     pub data: Vec<ModelCard>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct ModelCard {
     pub id: String,
     pub object: &'static str,

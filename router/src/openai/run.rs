@@ -1,7 +1,9 @@
 //! Running a submitted `ChoiceSet` to an answer: collected whole, or streamed as SSE chunks
-//! shaped by the endpoint. A stream starts only once its first token is there, so a failure
-//! known by then (validation, a full queue, a shard refusing the request) gets its real HTTP
-//! status; a failure after that is sent as an OpenAI error event, then `data: [DONE]`.
+//! shaped by the endpoint. A stream starts only once its first token is there (or once
+//! `--stream-keep-alive-s` passed without one: then with SSE comments, one per quiet
+//! interval), so a failure known by then (validation, a full queue, a shard refusing the
+//! request) gets its real HTTP status; a failure after that is sent as an OpenAI error event,
+//! then `data: [DONE]`.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -61,27 +63,36 @@ pub async fn stream<S: ChunkShaper>(
     include_usage: bool,
     timing: RequestTiming,
 ) -> Result<Response, OpenAiError> {
-    let first = match set.next().await {
-        Some(update) => update?,
-        None => return Err(ApiError::IncompleteGeneration.into()),
+    let keep_alive = state.server.stream_keep_alive;
+    // `next` only polls the choices' channels, so giving up on it loses no event.
+    let mut pending = match tokio::time::timeout(keep_alive, set.next()).await {
+        Ok(Some(update)) => Some(update?),
+        Ok(None) => return Err(ApiError::IncompleteGeneration.into()),
+        Err(_) => None,
     };
     let events = stream! {
-        let mut update = first;
         loop {
+            let update = match pending.take() {
+                Some(update) => update,
+                None => match tokio::time::timeout(keep_alive, set.next()).await {
+                    Err(_) => {
+                        yield sse::keep_alive();
+                        continue;
+                    }
+                    Ok(Some(Ok(next))) => next,
+                    Ok(Some(Err(error))) => {
+                        let error = failed(&state, error);
+                        tracing::warn!(%error, "OpenAI stream failed after it started");
+                        yield event(&error.body());
+                        yield done();
+                        return;
+                    }
+                    Ok(None) => break,
+                },
+            };
             let prompt_logprobs = set.prompt_logprobs(update.index as usize).to_vec();
             for chunk in shaper.chunks(&update, &prompt_logprobs) {
                 yield event(&chunk);
-            }
-            match set.next().await {
-                Some(Ok(next)) => update = next,
-                Some(Err(error)) => {
-                    let error = failed(&state, error);
-                    tracing::warn!(%error, "OpenAI stream failed after it started");
-                    yield event(&error.body());
-                    yield done();
-                    return;
-                }
-                None => break,
             }
         }
         if include_usage {

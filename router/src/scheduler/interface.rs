@@ -21,6 +21,8 @@ pub struct GenerationRequest {
     pub parameters: proto::RequestParameters,
     /// When the HTTP layer accepted the request (queue time is measured from here).
     pub received_at: Instant,
+    /// Past it the request fails with `TimedOut` (never sent to a shard if still queued).
+    pub deadline: Option<Instant>,
     /// The API request's span: the scheduler hangs the sequence's queue / prefill / decode
     /// spans under it. `Span::none()` when nobody traces the request.
     pub span: tracing::Span,
@@ -58,9 +60,30 @@ pub enum GenerationEvent {
     Error(GenerationError),
 }
 
-/// Why an accepted request failed after admission (mapped to HTTP 424 by the error module).
+/// Where a request was when its deadline passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutPhase {
+    /// Still waiting for admission: nothing of it was computed.
+    Queued,
+    /// Admitted: some of it was computed (or streamed).
+    Generating,
+}
+
+impl TimeoutPhase {
+    fn as_str(self) -> &'static str {
+        match self {
+            TimeoutPhase::Queued => "waiting in the queue",
+            TimeoutPhase::Generating => "generating",
+        }
+    }
+}
+
+/// Why an accepted request failed after admission (mapped to HTTP 424 by the error module,
+/// timeouts to 408 / 504).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum GenerationError {
+    #[error("Request timed out: its {budget_s:.3} s time limit passed while {}", phase.as_str())]
+    TimedOut { budget_s: f64, phase: TimeoutPhase },
     #[error("generation failed in the shard: {0}")]
     Shard(String),
     #[error("the request needs {needed_blocks} KV blocks but the cache only has {total_blocks}")]

@@ -13,6 +13,7 @@ use super::interface::{
 use super::{spawn_scheduler, SchedulerHandle};
 use crate::proto;
 
+mod deadlines;
 mod prefix_caching;
 mod shard_restart;
 mod stress;
@@ -62,6 +63,7 @@ fn request(prompt: Vec<u32>, max_new_tokens: u32, prompt_logprobs: bool) -> Gene
             ..Default::default()
         },
         received_at: Instant::now(),
+        deadline: None,
         span: tracing::Span::none(),
     }
 }

@@ -12,7 +12,9 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use super::batcher::ChunkPlan;
-use super::interface::{GenerationError, GenerationEvent, GenerationRequest, ShardFinish, Token};
+use super::interface::{
+    GenerationError, GenerationEvent, GenerationRequest, ShardFinish, TimeoutPhase, Token,
+};
 use super::kv_cache_manager::{extend_block_hashes, BlockHash};
 use crate::proto;
 use crate::telemetry::sequence_trace::SequenceTrace;
@@ -70,6 +72,7 @@ pub struct Sequence {
     parameters: proto::RequestParameters,
     events: EventSender,
     received_at: Instant,
+    deadline: Option<Instant>,
     first_scheduled_at: Option<Instant>,
     /// Prompt logprobs gathered over chunks until PrefillDone is sent.
     prompt_logprobs: Vec<f32>,
@@ -93,6 +96,7 @@ impl Sequence {
             parameters: request.parameters,
             events,
             received_at: request.received_at,
+            deadline: request.deadline,
             first_scheduled_at: None,
             prompt_logprobs: Vec::new(),
             is_prefill_done_sent: false,
@@ -112,6 +116,28 @@ impl Sequence {
     /// The receiver was dropped (client gone, or a stop sequence matched upstream).
     pub fn is_cancelled(&self) -> bool {
         self.events.is_closed()
+    }
+
+    pub fn is_past_deadline(&self, now: Instant) -> bool {
+        self.deadline.is_some_and(|deadline| now >= deadline)
+    }
+
+    /// Sends the timeout error; the caller then drops the request like a cancelled one.
+    pub fn fail_timed_out(&self) {
+        // A preempted or replayed request waits in the queue but has started.
+        let phase = if self.first_scheduled_at.is_some() {
+            TimeoutPhase::Generating
+        } else {
+            TimeoutPhase::Queued
+        };
+        let budget = self
+            .deadline
+            .map(|deadline| deadline.saturating_duration_since(self.received_at))
+            .unwrap_or_default();
+        self.fail(GenerationError::TimedOut {
+            budget_s: budget.as_secs_f64(),
+            phase,
+        });
     }
 
     pub fn token_ids(&self) -> &[u32] {

@@ -24,6 +24,7 @@ fn sequence(prompt: Vec<u32>, prompt_logprobs: bool) -> (Sequence, EventReceiver
         input_ids: prompt,
         parameters: parameters(10, prompt_logprobs),
         received_at: Instant::now(),
+        deadline: None,
         span: tracing::Span::none(),
     };
     (Sequence::new(7, request, sender), receiver)

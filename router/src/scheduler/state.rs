@@ -105,13 +105,25 @@ impl SchedulerState {
         self.waiting.push_reserved(sequence);
     }
 
-    /// Drops requests whose receiver is gone: running ones free their blocks and are released
-    /// in the shard at the next call; waiting ones hold nothing.
-    pub fn drop_cancelled(&mut self) {
-        self.waiting.remove_where(Sequence::is_cancelled);
+    /// Drops requests whose receiver is gone and fails those past their deadline (a queued
+    /// one never reaches a shard): running ones free their blocks and are released in the
+    /// shard at the next call; waiting ones hold nothing.
+    pub fn drop_cancelled_and_expired(&mut self, now: Instant) {
+        self.waiting.remove_where(|sequence| {
+            let is_expired = sequence.is_past_deadline(now);
+            if is_expired {
+                sequence.fail_timed_out();
+            }
+            is_expired || sequence.is_cancelled()
+        });
         let mut index = 0;
         while index < self.running.len() {
-            if self.running[index].is_cancelled() {
+            let sequence = &self.running[index];
+            let is_expired = sequence.is_past_deadline(now);
+            if is_expired {
+                sequence.fail_timed_out();
+            }
+            if is_expired || sequence.is_cancelled() {
                 let sequence = self.running.remove(index);
                 self.kv.free(sequence.request_id);
                 self.pending_release_ids.push(sequence.request_id);

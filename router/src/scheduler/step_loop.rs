@@ -63,7 +63,7 @@ impl<C: ShardClient> StepLoop<C> {
             while let Ok(sequence) = self.commands.try_recv() {
                 self.state.accept(sequence);
             }
-            self.state.drop_cancelled();
+            self.state.drop_cancelled_and_expired(Instant::now());
             let plan = self.state.plan();
             if plan.is_empty() {
                 // Nothing can run: normally because everything left was cancelled. A
@@ -156,10 +156,16 @@ impl<C: ShardClient> StepLoop<C> {
         loop {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(RECOVERY_POLL_MAX);
+            // Requests keep arriving and waiting meanwhile, within their deadlines.
+            while let Ok(sequence) = self.commands.try_recv() {
+                self.state.accept(sequence);
+            }
+            self.state.drop_cancelled_and_expired(Instant::now());
+            self.publish_gauges();
             if self.client.health().await.is_err() {
                 continue;
             }
-            match self.client.warmup(self.warmup.clone()).await {
+            match self.client.warmup(self.warmup).await {
                 Ok(answer) => {
                     self.state.reset_kv_cache(answer.num_blocks as usize);
                     break;

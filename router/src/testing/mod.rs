@@ -20,6 +20,7 @@ pub fn test_config() -> RouterConfig {
             hostname: "127.0.0.1".into(),
             port: 0,
             payload_limit_bytes: 4096,
+            stream_keep_alive: std::time::Duration::from_secs(10),
             ..Default::default()
         },
         model: ModelFacts {

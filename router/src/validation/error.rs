@@ -66,4 +66,6 @@ pub enum ValidationError {
     NotSupported(&'static str),
     #[error("tokenizer error: {0}")]
     Tokenizer(String),
+    #[error("the `x-request-timeout-s` header must be a positive number of seconds. Given: {0:?}")]
+    RequestTimeoutHeader(String),
 }

@@ -35,6 +35,8 @@ pub struct ValidRequest {
     pub decoder_input_details: bool,
     pub return_full_text: bool,
     pub received_at: Instant,
+    /// Set by the route from the request's budget (`http::deadline`).
+    pub deadline: Option<Instant>,
     pub validation_time: Duration,
 }
 
@@ -50,6 +52,7 @@ impl ValidRequest {
             input_ids: self.input_ids.clone(),
             parameters,
             received_at: self.received_at,
+            deadline: self.deadline,
             // Called inside the request's span (telemetry::request_span).
             span: tracing::Span::current(),
         }
@@ -109,6 +112,7 @@ impl Validator {
             decoder_input_details: checked.decoder_input_details,
             return_full_text: request.parameters.return_full_text.unwrap_or(false),
             received_at,
+            deadline: None,
             validation_time: received_at.elapsed(),
         })
     }

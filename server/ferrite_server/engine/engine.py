@@ -33,6 +33,8 @@ from ferrite_server.engine.memory import cpu_kv_cache_bytes, cuda_kv_cache_bytes
 from ferrite_server.engine.model_runner import ModelRunner
 from ferrite_server.engine.prompt_logprobs import prompt_logprobs_for_chunk
 from ferrite_server.engine.sampling import SampleResult, SequenceSamplingState, sample
+from ferrite_server.engine.speculative import proposer_for
+from ferrite_server.engine.speculative.verify import accepted_run
 from ferrite_server.engine.step_clock import StepClock
 from ferrite_server.engine.step_plan import ScheduledSequence, StepLimits, plan_step
 from ferrite_server.engine.stopping import StopCriteria
@@ -75,6 +77,7 @@ class Engine:
         # stream, and every rank sees the same requests in the same order), so they sample the
         # same tokens.
         self._seed_source = random.Random(runner.group.rank0_value(random.getrandbits(63)))
+        self._propose = proposer_for(config.speculative_method)
         facts = runner.facts
         self._stop = StopCriteria(
             eos_token_ids=frozenset(facts.eos_token_ids),
@@ -173,7 +176,7 @@ class Engine:
             raise NotWarmedUpError("Warmup must allocate the KV cache before Prefill/Decode")
         for request_id in step.release_request_ids:
             self._batch.forget(request_id)
-        plan = plan_step(step, self._batch, self._limits, self._draw_seed)
+        plan = plan_step(step, self._batch, self._limits, self._draw_seed, self._propose)
         generations = list(plan.rejected)
         forward_start_ns = forward_ns = sampling_ns = 0
         if plan.sequences:
@@ -216,7 +219,7 @@ class Engine:
         clock.start()
         hidden = self._forward(inputs, kv_caches)  # [T, H]
         clock.forward_done()  # no device synchronize: sampling is queued behind the forward
-        sampled = self._sample(sequences, inputs, hidden)
+        sampled = self._sample(sequences, inputs, hidden)  # per sequence: its choices
         prompt_logprobs = self._prompt_logprobs(sequences, inputs, hidden)
         forward_ns, sampling_ns = clock.split()
         generations = [
@@ -242,33 +245,52 @@ class Engine:
         sequences: Sequence[ScheduledSequence],
         inputs: ForwardInputs,
         hidden: torch.Tensor,  # [T, H]
-    ) -> dict[int, GeneratedToken]:
-        """Sample the next token of every sequence that samples; keyed by sequence index."""
+    ) -> dict[int, tuple[GeneratedToken, ...]]:
+        """The model's choice of next token for every sequence that samples (with proposals:
+        after the known tokens, then after each proposal), keyed by sequence index."""
         indices = [index for index, sequence in enumerate(sequences) if sequence.samples]
         if not indices:
             return {}
-        rows = torch.tensor([inputs.last_row(index) for index in indices], device=hidden.device)
+        row_ids: list[int] = []
+        states: list[SequenceSamplingState] = []
+        top_ns: list[int] = []
+        for index in indices:
+            sequence = sequences[index]
+            state = sequence.state
+            num_rows = sequence.num_sampled_rows
+            first_row = inputs.last_row(index) - num_rows + 1
+            for offset in range(num_rows):
+                row_ids.append(first_row + offset)
+                states.append(
+                    SequenceSamplingState(
+                        params=state.params.sampling,
+                        # The whole prompt, cached part included (the router sent it all).
+                        prompt_ids=state.prompt_ids,
+                        # As if the proposals before this row had been generated: penalties
+                        # and the seeded stream then match a run without speculation.
+                        generated_ids=state.generated_ids + list(sequence.proposed_ids[:offset]),
+                        seed=state.seed,
+                    )
+                )
+                top_ns.append(self._top_n(sequence))
+        rows = torch.tensor(row_ids, device=hidden.device)
         logits = self._runner.compute_logits(hidden.index_select(0, rows))  # [N, V] float32
-        states = [
-            SequenceSamplingState(
-                params=sequences[index].state.params.sampling,
-                # The whole prompt, cached part included (the router sent it all).
-                prompt_ids=sequences[index].state.prompt_ids,
-                generated_ids=sequences[index].state.generated_ids,
-                seed=sequences[index].state.seed,
-            )
-            for index in indices
-        ]
-        top_ns = [self._top_n(sequences[index]) for index in indices]
         result: SampleResult = sample(logits, states, max(top_ns))
-        return {
-            index: GeneratedToken(
+        choices = [
+            GeneratedToken(
                 token_id=result.token_ids[i],
                 logprob=result.logprobs[i],
                 top_tokens=tuple(result.top_tokens[i][: top_ns[i]]),
             )
-            for i, index in enumerate(indices)
-        }
+            for i in range(len(row_ids))
+        ]
+        by_sequence: dict[int, tuple[GeneratedToken, ...]] = {}
+        start = 0
+        for index in indices:
+            num_rows = sequences[index].num_sampled_rows
+            by_sequence[index] = tuple(choices[start : start + num_rows])
+            start += num_rows
+        return by_sequence
 
     @staticmethod
     def _top_n(sequence: ScheduledSequence) -> int:
@@ -293,24 +315,30 @@ class Engine:
     def _commit(
         self,
         sequence: ScheduledSequence,
-        token: GeneratedToken | None,
+        choices: tuple[GeneratedToken, ...] | None,
         prompt_logprobs: tuple[float, ...] | None,
     ) -> Generation:
         """Record the step's progress in the request's state; stop it if it finished. The
-        sampled token is only reported: the router appends it and sends it back."""
+        produced tokens are only reported: the router appends them and sends them back."""
         state = sequence.state
-        state.num_computed_tokens = sequence.end_position
+        tokens = accepted_run(choices, sequence.proposed_ids) if choices else ()
+        # The K/V of the rejected proposals is garbage: the next step overwrites it.
+        num_rejected = len(sequence.proposed_ids) - max(len(tokens) - 1, 0)
+        state.num_computed_tokens = sequence.end_position - num_rejected
         state.pending_hidden = None
         if sequence.is_new:
             self._batch.add(state)
         finish_reason = FinishReason.NONE
-        if token is not None:
-            finish_reason = self._stop.finish_reason(state, token.token_id)
+        for index, token in enumerate(tokens):
+            finish_reason = self._stop.finish_reason(state, token.token_id, index)
             if finish_reason != FinishReason.NONE:
+                tokens = tokens[: index + 1]
                 self._batch.forget(state.request_id)
+                break
         return Generation(
             request_id=state.request_id,
-            tokens=(token,) if token is not None else (),
+            tokens=tokens,
             prompt_logprobs=prompt_logprobs or (),
             finish_reason=finish_reason,
+            num_proposed_tokens=len(sequence.proposed_ids),
         )

@@ -19,6 +19,9 @@ from ferrite_server.engine.batch_state import BatchState, RequestState
 from ferrite_server.engine.errors import InvalidStepError
 from ferrite_server.engine.types import Generation, NewRequest, RunningRequest, StepInput
 
+# (request state, most tokens wanted) -> proposed next tokens (may be fewer, or none).
+Proposer = Callable[[RequestState, int], tuple[int, ...]]
+
 
 @dataclass(frozen=True)
 class StepLimits:
@@ -34,14 +37,21 @@ class ScheduledSequence:
 
     state: RequestState
     is_new: bool  # created by this step; joins the batch when the step succeeds
-    input_ids: tuple[int, ...]
+    input_ids: tuple[int, ...]  # known tokens, then the proposed ones
     start_position: int
     block_table: tuple[int, ...]
+    # Speculative decoding: guessed next tokens (the tail of input_ids), verified this step.
+    proposed_ids: tuple[int, ...] = ()
 
     @property
     def samples(self) -> bool:
         """Computes the next token: the step reaches the end of the known tokens."""
-        return self.end_position == len(self.state.token_ids)
+        return self.end_position == len(self.state.token_ids) + len(self.proposed_ids)
+
+    @property
+    def num_sampled_rows(self) -> int:
+        """Rows whose logits choose a token: the last known one and each proposal."""
+        return 1 + len(self.proposed_ids) if self.samples else 0
 
     @property
     def wants_prompt_logprobs(self) -> bool:
@@ -63,7 +73,11 @@ class _Rejected(Exception):
 
 
 def plan_step(
-    step: StepInput, batch: BatchState, limits: StepLimits, draw_seed: Callable[[], int]
+    step: StepInput,
+    batch: BatchState,
+    limits: StepLimits,
+    draw_seed: Callable[[], int],
+    propose: Proposer | None = None,
 ) -> StepPlan:
     """Validate each new and running request of `step` against the live requests.
 
@@ -80,7 +94,7 @@ def plan_step(
             if isinstance(entry, NewRequest):
                 sequence = _plan_new(entry, batch, limits, draw_seed)
             else:
-                sequence = _plan_running(entry, batch, limits)
+                sequence = _plan_running(entry, batch, limits, propose)
         except _Rejected as problem:
             batch.forget(entry.request_id)
             rejected.append(Generation(request_id=entry.request_id, error=str(problem)))
@@ -121,18 +135,30 @@ def _plan_new(
     return _scheduled(state, new.num_scheduled_tokens, is_new=True, limits=limits)
 
 
-def _plan_running(running: RunningRequest, batch: BatchState, limits: StepLimits) -> ScheduledSequence:
+def _plan_running(
+    running: RunningRequest, batch: BatchState, limits: StepLimits, propose: Proposer | None
+) -> ScheduledSequence:
     state = batch.get(running.request_id)
     if state is None:
         raise _Rejected("unknown request (finished, released or never sent as new)")
     _check_token_ids(running.new_token_ids, limits)
     state.token_ids.extend(running.new_token_ids)
     state.block_table.extend(running.new_block_ids)
-    return _scheduled(state, running.num_scheduled_tokens, is_new=False, limits=limits)
+    proposed: tuple[int, ...] = ()
+    reaches_end = state.num_computed_tokens + running.num_scheduled_tokens == len(state.token_ids)
+    if propose is not None and running.num_lookahead_tokens > 0 and reaches_end:
+        # Never past the model's positions, whatever the router reserved.
+        room = limits.max_position_embeddings - len(state.token_ids)
+        proposed = propose(state, min(running.num_lookahead_tokens, room))
+    return _scheduled(state, running.num_scheduled_tokens, is_new=False, limits=limits, proposed=proposed)
 
 
 def _scheduled(
-    state: RequestState, num_scheduled_tokens: int, is_new: bool, limits: StepLimits
+    state: RequestState,
+    num_scheduled_tokens: int,
+    is_new: bool,
+    limits: StepLimits,
+    proposed: tuple[int, ...] = (),
 ) -> ScheduledSequence:
     start = state.num_computed_tokens
     end = start + num_scheduled_tokens
@@ -146,9 +172,10 @@ def _scheduled(
     sequence = ScheduledSequence(
         state=state,
         is_new=is_new,
-        input_ids=tuple(state.token_ids[start:end]),
+        input_ids=tuple(state.token_ids[start:end]) + proposed,
         start_position=start,
         block_table=tuple(state.block_table),
+        proposed_ids=proposed,
     )
     _check_positions_and_blocks(sequence, limits)
     return sequence

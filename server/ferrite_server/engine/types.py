@@ -63,6 +63,8 @@ class RunningRequest:
     new_token_ids: tuple[int, ...]  # appended by the router (normally the last sampled token)
     new_block_ids: tuple[int, ...]  # appended to its block table
     num_scheduled_tokens: int  # computed now, continuing where the previous step stopped
+    # KV slots reserved after them for proposed tokens (speculative decoding); 0: none.
+    num_lookahead_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,7 @@ class Generation:
     prompt_logprobs: tuple[float, ...] = ()  # aligned with the chunk's input_ids; NaN for token 0
     finish_reason: FinishReason = FinishReason.NONE
     error: str = ""  # non-empty: this request was rejected and forgotten; others ran
+    num_proposed_tokens: int = 0  # speculative proposals verified in this step
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 //! HTTP tests: the real `app()` driven with `oneshot`, the scheduler replaced by a fake.
 
+mod deadlines;
 mod errors;
 mod generate;
 mod ops;
