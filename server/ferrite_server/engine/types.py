@@ -12,6 +12,15 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
+class Grammar:
+    """Structured output: every generated token keeps the output a prefix of the grammar's
+    language. Hashable: the shard's compiled-grammar cache is keyed by it."""
+
+    kind: str  # "json" (value: a JSON schema) or "regex"
+    value: str
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     """Hugging Face / TGI sampling semantics; neutral values mean "off"."""
 
@@ -26,6 +35,7 @@ class SamplingParams:
     presence_penalty: float = 0.0  # over generated tokens
     seed: int | None = None  # None: the shard draws one
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token_id, additive bias)
+    grammar: Grammar | None = None  # None: unconstrained
 
 
 @dataclass(frozen=True)
