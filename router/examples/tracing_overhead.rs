@@ -80,6 +80,7 @@ async fn round() -> (Duration, usize) {
         max_total_tokens: 64,
         max_waiting_requests: NUM_REQUESTS,
         prefix_caching: true,
+        num_speculative_tokens: 0,
     };
     let handle = spawn_scheduler(shard.clone(), config);
     let started = Instant::now();

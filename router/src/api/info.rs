@@ -55,6 +55,9 @@ pub struct Info {
     pub kv_num_blocks: usize,
     #[schema(example = "torch")]
     pub attention_backend: String,
+    /// Tokens proposed and verified per decode step (`--speculate`, TGI's field; 0: off).
+    #[schema(example = 0)]
+    pub speculate: usize,
     /// Whether identical token prefixes share KV blocks (`--prefix-caching`).
     #[schema(example = true)]
     pub prefix_caching: bool,

@@ -80,6 +80,11 @@ pub struct RouterArgs {
     #[arg(long, value_enum, default_value_t = Switch::On)]
     pub prefix_caching: Switch,
 
+    /// Speculative decoding: each decode step proposes up to this many tokens (n-gram lookup
+    /// in the shard) and verifies them in the same forward; outputs are unchanged. 0: off.
+    #[arg(long, default_value_t = 0)]
+    pub speculate: usize,
+
     #[arg(long, default_value_t = 2)]
     pub max_best_of: usize,
 

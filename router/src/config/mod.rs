@@ -79,6 +79,8 @@ pub struct BatchLimits {
     pub num_blocks: usize,
     /// Whether identical token prefixes share KV blocks.
     pub prefix_caching: bool,
+    /// `--speculate`: tokens proposed and verified per decode step (0: off).
+    pub num_speculative_tokens: usize,
 }
 
 impl RouterConfig {
@@ -92,6 +94,7 @@ impl RouterConfig {
             max_total_tokens: self.limits.max_total_tokens,
             max_waiting_requests: self.batching.max_concurrent_requests,
             prefix_caching: self.batching.prefix_caching,
+            num_speculative_tokens: self.batching.num_speculative_tokens,
         }
     }
 }

@@ -225,6 +225,7 @@ pub fn resolve(
             max_concurrent_requests: args.max_concurrent_requests,
             num_blocks,
             prefix_caching: args.prefix_caching.is_on(),
+            num_speculative_tokens: args.speculate,
         },
     })
 }

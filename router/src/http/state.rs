@@ -118,6 +118,7 @@ fn info(config: &RouterConfig) -> Info {
         kv_block_size: config.model.block_size,
         kv_num_blocks: config.batching.num_blocks,
         attention_backend: config.model.attention_backend.clone(),
+        speculate: config.batching.num_speculative_tokens,
         prefix_caching: config.batching.prefix_caching,
         quantize: config.model.quantization.clone(),
         kv_cache_dtype: config.model.kv_cache_dtype.clone(),

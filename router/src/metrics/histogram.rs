@@ -13,6 +13,9 @@ pub const TOKEN_BOUNDS: &[f64] = &[
     16384.0, 32768.0, 65536.0, 131072.0,
 ];
 
+/// Small counts (e.g. speculative tokens accepted per decode), 0 .. 16.
+pub const COUNT_BOUNDS: &[f64] = &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 16.0];
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct HistogramSnapshot {
     /// (upper bound, observations <= bound), cumulative, ascending; `+Inf` is `count`.

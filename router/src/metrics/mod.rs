@@ -7,6 +7,7 @@
 //! read from `SchedulerStats` like the KV gauges, once the scheduler has a prefix cache.
 
 pub mod histogram;
+mod speculation;
 pub mod steps;
 mod text;
 
@@ -127,6 +128,7 @@ impl Metrics {
         self.render_requests(&mut out);
         render_scheduler(&mut out, stats);
         steps::render_steps(&mut out, &stats.steps);
+        speculation::render_speculation(&mut out, stats);
         out.finish()
     }
 

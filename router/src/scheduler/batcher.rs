@@ -78,6 +78,9 @@ pub struct StepPlan {
     /// How many requests from the front of the waiting queue start this step (their first
     /// chunk is among `chunks`).
     pub num_admitted: usize,
+    /// `max_batch_total_tokens` minus the tokens resident once the step has run: the room
+    /// speculative lookahead may fill with accepted proposals.
+    pub num_resident_tokens_left: usize,
 }
 
 impl StepPlan {
@@ -121,6 +124,9 @@ pub fn plan_step(
     if plan.preempted_ids.is_empty() {
         plan_admissions(limits, num_alive, waiting, &mut budget, &mut plan);
     }
+    plan.num_resident_tokens_left = budget
+        .max_resident_tokens
+        .saturating_sub(budget.num_resident_tokens);
     plan
 }
 

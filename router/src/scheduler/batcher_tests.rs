@@ -8,6 +8,7 @@ fn limits(max_batch_prefill_tokens: usize) -> BatchLimits {
         max_batch_prefill_tokens,
         max_batch_total_tokens: 10_000,
         max_batch_size: 8,
+        num_speculative_tokens: 0,
     }
 }
 
@@ -342,5 +343,19 @@ fn total_token_cap_preempts_like_blocks() {
 fn empty_state_plans_nothing() {
     let plan = plan_step(&limits(16), &[], &[], 10);
     assert!(plan.is_empty());
-    assert_eq!(plan, StepPlan::default());
+    assert_eq!(
+        plan,
+        StepPlan {
+            num_resident_tokens_left: 10_000, // all of max_batch_total_tokens
+            ..StepPlan::default()
+        }
+    );
+}
+
+#[test]
+fn the_plan_says_how_many_resident_tokens_are_left_for_lookahead() {
+    let running = [decoding(1, 3), decoding(2, 5)];
+    let plan = plan_step(&limits(16), &running, &[waiting(3, 4)], 100);
+    // The decodes leave 3 + 5 tokens computed, then the 4-token prompt: 12 resident.
+    assert_eq!(plan.num_resident_tokens_left, 10_000 - 12);
 }

@@ -20,6 +20,8 @@ pub struct BatchLimits {
     pub max_batch_prefill_tokens: usize,
     pub max_batch_total_tokens: usize,
     pub max_batch_size: usize,
+    /// Most lookahead slots reserved per decode (speculative decoding).
+    pub num_speculative_tokens: usize,
 }
 
 impl BatchLimits {
@@ -29,6 +31,7 @@ impl BatchLimits {
             max_batch_prefill_tokens: config.max_batch_prefill_tokens,
             max_batch_total_tokens: config.max_batch_total_tokens,
             max_batch_size: config.max_batch_size,
+            num_speculative_tokens: config.num_speculative_tokens,
         }
     }
 }
@@ -171,6 +174,7 @@ mod tests {
             max_total_tokens: 64,
             max_waiting_requests: 8,
             prefix_caching: true,
+            num_speculative_tokens: 0,
         }
     }
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use crate::metrics::histogram::HistogramSnapshot;
 use crate::metrics::steps::StepMetricsSnapshot;
 use crate::proto;
 
@@ -135,6 +136,11 @@ pub struct SchedulerStats {
     pub step_wall_ns_total: u64,
     /// Per-step histograms by method (prefill / decode).
     pub steps: StepMetricsSnapshot,
+    /// Speculative decoding: tokens proposed and verified, those accepted, and how many
+    /// were accepted per verified decode.
+    pub speculative_proposed_tokens_total: u64,
+    pub speculative_accepted_tokens_total: u64,
+    pub speculative_accepted_per_decode: HistogramSnapshot,
 }
 
 /// The HTTP layer's handle on the scheduler (a trait so HTTP tests can use a fake).
@@ -163,6 +169,9 @@ pub struct SchedulerConfig {
     pub max_waiting_requests: usize,
     /// Reuse the KV blocks of identical token prefixes (prompts and earlier turns).
     pub prefix_caching: bool,
+    /// Speculative decoding: KV slots reserved after each decode for tokens the shard
+    /// proposes and verifies in the same step (0: off).
+    pub num_speculative_tokens: usize,
 }
 
 impl SchedulerConfig {

@@ -16,6 +16,7 @@ use crate::proto;
 mod deadlines;
 mod prefix_caching;
 mod shard_restart;
+mod speculation;
 mod stress;
 mod traces;
 
@@ -48,6 +49,7 @@ fn config(
         max_total_tokens: 64,
         max_waiting_requests: 64,
         prefix_caching: true,
+        num_speculative_tokens: 0,
     }
 }
 

@@ -197,10 +197,12 @@ impl Sequence {
     }
 
     /// This request's entry in a step computing `chunk` (None: a decode) with `block_table`.
+    /// `num_lookahead_tokens`: slots reserved after a decode for speculative proposals.
     pub fn step_entry(
         &mut self,
         chunk: Option<&ChunkPlan>,
         block_table: &[u32],
+        num_lookahead_tokens: usize,
         now: Instant,
     ) -> StepEntry {
         let num_scheduled_tokens = match chunk {
@@ -221,6 +223,7 @@ impl Sequence {
                     .unwrap_or(&[])
                     .to_vec(),
                 num_scheduled_tokens,
+                num_lookahead_tokens: num_lookahead_tokens as u32,
             }),
         };
         self.shard_copy = Some(ShardCopy {
@@ -293,7 +296,12 @@ impl Sequence {
                         .extend_from_slice(&generation.prompt_logprobs);
                 }
             }
-            None => self.num_computed_tokens = self.token_ids.len(),
+            // The decode computed its last token and every accepted proposal: all but the
+            // newest of the tokens it produced (pushed below).
+            None => {
+                let num_accepted = generation.tokens.len().saturating_sub(1);
+                self.num_computed_tokens = self.token_ids.len() + num_accepted;
+            }
         }
         if !is_last_chunk {
             return self.outcome_of_send(true);

@@ -53,12 +53,13 @@ fn generation(token_ids: &[u32], prompt_logprobs: Vec<f32>, finish: i32) -> prot
             .collect(),
         prompt_logprobs,
         finish_reason: finish,
+        num_proposed_tokens: 0,
         error: String::new(),
     }
 }
 
 fn new_entry(sequence: &mut Sequence, chunk: &ChunkPlan, block_table: &[u32]) -> proto::NewRequest {
-    match sequence.step_entry(Some(chunk), block_table, Instant::now()) {
+    match sequence.step_entry(Some(chunk), block_table, 0, Instant::now()) {
         StepEntry::New(new) => new,
         other => panic!("expected a new request, got {other:?}"),
     }
@@ -69,7 +70,7 @@ fn running_entry(
     chunk: Option<&ChunkPlan>,
     block_table: &[u32],
 ) -> proto::RunningRequest {
-    match sequence.step_entry(chunk, block_table, Instant::now()) {
+    match sequence.step_entry(chunk, block_table, 0, Instant::now()) {
         StepEntry::Running(running) => running,
         other => panic!("expected a running request, got {other:?}"),
     }
@@ -116,6 +117,7 @@ fn chunks_concatenate_prompt_logprobs_and_prefill_done_comes_once() {
             new_token_ids: vec![],
             new_block_ids: vec![1],
             num_scheduled_tokens: 2,
+            num_lookahead_tokens: 0,
         },
         "later steps carry only what changed"
     );

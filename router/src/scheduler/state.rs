@@ -14,6 +14,7 @@ use super::kv_cache_manager::{KvCacheCounters, KvCacheManager};
 use super::plan_views::{prefix_hit, running_views, waiting_views};
 use super::queue::{WaitingGate, WaitingQueue};
 use super::sequence::{Sequence, SequenceOutcome, StepEntry};
+use super::stats::SpeculationTally;
 use crate::metrics::steps::StepMethod;
 use crate::proto;
 use crate::shard_client::ShardError;
@@ -185,7 +186,7 @@ impl SchedulerState {
             ..Default::default()
         };
         let (mut num_tokens, mut num_prompt_tokens) = (0, 0);
-        let planned = plan
+        let planned: Vec<(u64, Option<ChunkPlan>)> = plan
             .decodes
             .iter()
             .map(|decode| (decode.request_id, None))
@@ -193,11 +194,31 @@ impl SchedulerState {
                 plan.chunks
                     .iter()
                     .map(|chunk| (chunk.request_id, Some(*chunk))),
+            )
+            .collect();
+        // Blocks for everything the plan computes first; speculation gets what is left.
+        let granted: Vec<(u64, Option<ChunkPlan>, usize)> = planned
+            .into_iter()
+            .filter_map(|(request_id, chunk)| {
+                let position = self.grant(&positions, request_id, chunk.as_ref())?;
+                Some((request_id, chunk, position))
+            })
+            .collect();
+        let mut num_resident_tokens_left = plan.num_resident_tokens_left;
+        let lookaheads: Vec<usize> = granted
+            .iter()
+            .map(|(_, chunk, position)| match chunk {
+                None => self.reserve_lookahead(*position, &mut num_resident_tokens_left),
+                Some(_) => 0,
+            })
+            .collect();
+        for ((request_id, chunk, position), num_lookahead) in granted.into_iter().zip(lookaheads) {
+            let entry = self.running[position].step_entry(
+                chunk.as_ref(),
+                self.kv.block_table(request_id),
+                num_lookahead,
+                now,
             );
-        for (request_id, chunk) in planned {
-            let Some(entry) = self.grant(&positions, request_id, chunk.as_ref(), now) else {
-                continue;
-            };
             let num_entry_tokens = match &entry {
                 StepEntry::New(new) => new.num_scheduled_tokens,
                 StepEntry::Running(running) => running.num_scheduled_tokens,
@@ -268,18 +289,51 @@ impl SchedulerState {
         self.waiting.push_front_preempted(sequence);
     }
 
-    /// Grows a planned request's block table and returns its step entry; None (request
-    /// skipped) if the plan was wrong.
+    /// Lookahead slots for the decode of the running request at `position`: up to
+    /// `--speculate`, never past its max_new_tokens nor past `num_resident_tokens_left`
+    /// (accepted proposals become resident tokens; taken from it), and only from blocks
+    /// nobody planned for (when short, what its last block still holds). Returns how many.
+    fn reserve_lookahead(
+        &mut self,
+        position: usize,
+        num_resident_tokens_left: &mut usize,
+    ) -> usize {
+        let sequence = &self.running[position];
+        let num_tokens = sequence.num_tokens();
+        // A step ends with at most 1 + lookahead new tokens: stay within max_new_tokens.
+        let wanted = self
+            .limits
+            .num_speculative_tokens
+            .min(sequence.max_num_tokens().saturating_sub(num_tokens + 1))
+            .min(*num_resident_tokens_left);
+        if wanted == 0 {
+            return 0;
+        }
+        let request_id = sequence.request_id;
+        let granted = if self
+            .kv
+            .allocate_slots(request_id, num_tokens, wanted)
+            .is_ok()
+        {
+            wanted
+        } else {
+            let held_slots = self.kv.block_table(request_id).len() * self.kv.block_size();
+            held_slots.saturating_sub(num_tokens).min(wanted)
+        };
+        *num_resident_tokens_left -= granted;
+        granted
+    }
+
+    /// Grows a planned request's block table for what the step computes; returns its
+    /// position in `running`, or None (request skipped) if the plan was wrong.
     fn grant(
         &mut self,
         positions: &HashMap<u64, usize>,
         request_id: u64,
         chunk: Option<&ChunkPlan>,
-        now: Instant,
-    ) -> Option<StepEntry> {
-        let sequence = positions
-            .get(&request_id)
-            .and_then(|&p| self.running.get_mut(p));
+    ) -> Option<usize> {
+        let position = positions.get(&request_id).copied();
+        let sequence = position.and_then(|p| self.running.get(p));
         let Some(sequence) = sequence else {
             tracing::error!(request_id, "planned request is not running");
             return None;
@@ -299,11 +353,17 @@ impl SchedulerState {
             tracing::error!(request_id, %error, "planned KV blocks are not free");
             return None;
         }
-        Some(sequence.step_entry(chunk, self.kv.block_table(request_id), now))
+        position
     }
 
     /// Applies the shard's answer: events out, finished / failed / cancelled requests leave.
-    pub fn complete(&mut self, members: &StepMembers, response: proto::StepResponse) {
+    /// Returns what speculative decodes of the step proposed and accepted.
+    pub fn complete(
+        &mut self,
+        members: &StepMembers,
+        response: proto::StepResponse,
+    ) -> SpeculationTally {
+        let mut tally = SpeculationTally::default();
         let mut generations: HashMap<u64, proto::Generation> = response
             .generations
             .into_iter()
@@ -317,6 +377,17 @@ impl SchedulerState {
                 continue;
             };
             let generation = generations.remove(&request_id);
+            if let Some(generation) = &generation {
+                if generation.num_proposed_tokens > 0 {
+                    // Each token past the first was a proposal the shard accepted.
+                    let num_accepted = (generation.tokens.len() as u32)
+                        .saturating_sub(1)
+                        .min(generation.num_proposed_tokens);
+                    tally
+                        .decodes
+                        .push((generation.num_proposed_tokens, num_accepted));
+                }
+            }
             let outcome = self.running[index].apply_generation(chunk.as_ref(), generation);
             self.commit_computed(index);
             match outcome {
@@ -337,6 +408,7 @@ impl SchedulerState {
                 "the shard answered for a request not in the step"
             );
         }
+        tally
     }
 
     /// Indexes the blocks the running request at `index` has now computed.

@@ -6,6 +6,7 @@ use std::sync::{Mutex, MutexGuard};
 use super::interface::SchedulerStats;
 use super::kv_cache_manager::KvCacheCounters;
 use super::queue::WaitingGate;
+use crate::metrics::histogram::{Histogram, COUNT_BOUNDS};
 use crate::metrics::steps::{StepMethod, StepMetrics, StepObservation};
 
 /// What one step adds to the running totals.
@@ -23,6 +24,13 @@ pub struct StepRecord {
     pub step_wall_ns: u64,
 }
 
+/// What the decodes of one step that verified speculative proposals did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpeculationTally {
+    /// Per decode with proposals: (proposed, accepted) tokens.
+    pub decodes: Vec<(u32, u32)>,
+}
+
 /// Gauges read from the scheduler state after a step (or after an idle turn).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StateGauges {
@@ -33,11 +41,22 @@ pub struct StateGauges {
     pub kv_counters: KvCacheCounters,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct StatsCell {
     stats: Mutex<SchedulerStats>,
     /// Histograms lock on their own: observing one never waits on a snapshot of the rest.
     steps: StepMetrics,
+    accepted_per_decode: Histogram,
+}
+
+impl Default for StatsCell {
+    fn default() -> Self {
+        Self {
+            stats: Mutex::default(),
+            steps: StepMetrics::default(),
+            accepted_per_decode: Histogram::new(COUNT_BOUNDS),
+        }
+    }
 }
 
 impl StatsCell {
@@ -68,6 +87,20 @@ impl StatsCell {
         stats.step_wall_ns_total += record.step_wall_ns;
     }
 
+    pub fn record_speculation(&self, tally: &SpeculationTally) {
+        if tally.decodes.is_empty() {
+            return;
+        }
+        for &(_, num_accepted) in &tally.decodes {
+            self.accepted_per_decode.observe(f64::from(num_accepted));
+        }
+        let mut stats = self.lock();
+        for &(num_proposed, num_accepted) in &tally.decodes {
+            stats.speculative_proposed_tokens_total += u64::from(num_proposed);
+            stats.speculative_accepted_tokens_total += u64::from(num_accepted);
+        }
+    }
+
     pub fn set_gauges(&self, gauges: &StateGauges) {
         let mut stats = self.lock();
         stats.running_requests = gauges.running_requests;
@@ -96,6 +129,7 @@ impl StatsCell {
         let mut stats = self.lock().clone();
         stats.waiting_requests = gate.num_waiting();
         stats.steps = self.steps.snapshot();
+        stats.speculative_accepted_per_decode = self.accepted_per_decode.snapshot();
         stats
     }
 }
@@ -170,5 +204,26 @@ mod tests {
             assert_eq!(stats.steps.method(method).num_steps, 1);
         }
         assert_eq!(stats.steps.method(StepMethod::Prefill).tokens.sum, 9.0);
+    }
+
+    #[test]
+    fn speculation_counts_proposed_and_accepted_tokens() {
+        let cell = StatsCell::default();
+        cell.record_speculation(&SpeculationTally {
+            decodes: vec![(3, 0), (3, 3), (2, 1)],
+        });
+        cell.record_speculation(&SpeculationTally::default());
+        let stats = cell.snapshot(&WaitingGate::new(1));
+        assert_eq!(
+            (
+                stats.speculative_proposed_tokens_total,
+                stats.speculative_accepted_tokens_total
+            ),
+            (8, 4)
+        );
+        let histogram = &stats.speculative_accepted_per_decode;
+        assert_eq!((histogram.count, histogram.sum), (3, 4.0));
+        // Cumulative: one decode accepted 0, two accepted at most 1.
+        assert_eq!(&histogram.buckets[..2], &[(0.0, 1), (1.0, 2)]);
     }
 }

@@ -120,7 +120,10 @@ impl<C: ShardClient> StepLoop<C> {
         }
         let succeeded = result.is_ok();
         match result {
-            Ok(response) => self.state.complete(&members, response),
+            Ok(response) => {
+                let tally = self.state.complete(&members, response);
+                self.stats.record_speculation(&tally);
+            }
             Err(error) if self.client.health().await.is_err() => {
                 self.recover_shards(&error).await;
             }

@@ -50,6 +50,7 @@ pub fn test_config() -> RouterConfig {
             max_concurrent_requests: 2,
             num_blocks: 64,
             prefix_caching: true,
+            num_speculative_tokens: 0,
         },
     }
 }

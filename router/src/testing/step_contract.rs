@@ -173,6 +173,7 @@ fn build_step(spec: &ScenarioStep, generated: &HashMap<u64, Vec<u32>>) -> proto:
             },
             new_block_ids: running.new_blocks.clone(),
             num_scheduled_tokens: running.scheduled,
+            num_lookahead_tokens: 0,
         })
         .collect();
     proto::Step {

@@ -54,6 +54,7 @@ fn stack(step_delay: Duration) -> Stack {
             max_total_tokens: 64,
             max_waiting_requests: 8,
             prefix_caching: true,
+            num_speculative_tokens: 0,
         },
     );
     let state = test_state(&test_config(), Arc::clone(&tokenizer), Arc::new(scheduler));

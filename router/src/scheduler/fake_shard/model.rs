@@ -58,7 +58,13 @@ pub(super) fn run_new(
         return reject(state, request_id, problem);
     }
     state.requests.insert(request_id, request);
-    compute(state, config, request_id, new.num_scheduled_tokens as usize)
+    compute(
+        state,
+        config,
+        request_id,
+        new.num_scheduled_tokens as usize,
+        0,
+    )
 }
 
 fn start_request(config: &FakeShardConfig, new: &proto::NewRequest) -> Result<FakeRequest, String> {
@@ -142,16 +148,19 @@ pub(super) fn run_running(
         config,
         request_id,
         running.num_scheduled_tokens as usize,
+        running.num_lookahead_tokens as usize,
     )
 }
 
 /// Computes the next `num_scheduled_tokens` of a live request (writing their KV slots) and
-/// samples when it reaches the end of its tokens.
+/// samples when it reaches the end of its tokens; with `num_lookahead` slots it also
+/// "verifies proposals" (see `speculate`).
 fn compute(
     state: &mut FakeState,
     config: &FakeShardConfig,
     request_id: u64,
     num_scheduled_tokens: usize,
+    num_lookahead: usize,
 ) -> proto::Generation {
     let Some(request) = state.requests.get(&request_id) else {
         return reject(state, request_id, "request vanished".to_string());
@@ -165,11 +174,13 @@ fn compute(
             "{end} tokens scheduled but only {} known",
             request.token_ids.len()
         ))
-    } else if request.block_table.len() * config.block_size < end {
+    } else if request.block_table.len() * config.block_size < end + num_lookahead {
         Some(format!(
-            "{} blocks cannot hold {end} tokens",
+            "{} blocks cannot hold {end} tokens and {num_lookahead} lookahead slots",
             request.block_table.len()
         ))
+    } else if num_lookahead > 0 && end != request.token_ids.len() {
+        Some("lookahead slots for a step that does not reach the end".to_string())
     } else {
         None
     };
@@ -204,10 +215,49 @@ fn compute(
     let request = state.requests.get_mut(&request_id).expect("checked above");
     request.num_computed_tokens = end;
     if end == request.token_ids.len() {
-        sample(state, config, request_id, &mut generation);
+        let num_accepted = speculate(state, config, request_id, num_lookahead);
+        sample(state, config, request_id, num_accepted, &mut generation);
+        generation.num_proposed_tokens = num_lookahead as u32;
     }
     generation
 }
+
+/// Speculation as the fake does it: of `num_lookahead` proposals (the fake model's own next
+/// tokens), a pseudo-random number is "accepted" and their K/V written after the known
+/// tokens; the rejected slots get garbage, which the router must never treat as computed.
+fn speculate(
+    state: &mut FakeState,
+    config: &FakeShardConfig,
+    request_id: u64,
+    num_lookahead: usize,
+) -> usize {
+    if num_lookahead == 0 {
+        return 0;
+    }
+    let request = &state.requests[&request_id];
+    let end = request.token_ids.len();
+    let num_accepted = (request_id as usize * 7 + end * 13) % (num_lookahead + 1);
+    let last = request.token_ids.last().copied().unwrap_or(0);
+    let writes: Vec<(u32, usize, u32)> = (0..num_lookahead)
+        .map(|offset| {
+            let position = end + offset;
+            let block_id = request.block_table[position / config.block_size];
+            let token_id = if offset < num_accepted {
+                (last + 1 + offset as u32) % config.vocab_size
+            } else {
+                GARBAGE_TOKEN_ID
+            };
+            (block_id, position % config.block_size, token_id)
+        })
+        .collect();
+    for (block_id, slot, token_id) in writes {
+        write_slot(state, config, request_id, block_id, slot, token_id);
+    }
+    num_accepted
+}
+
+/// What a rejected proposal's KV slot holds: no real token.
+const GARBAGE_TOKEN_ID: u32 = u32::MAX;
 
 fn write_slot(
     state: &mut FakeState,
@@ -233,38 +283,48 @@ fn write_slot(
     slots[slot] = Some(token_id);
 }
 
-/// Answers the next token (the router appends it) and finishes the request when it stops.
+/// Answers the next tokens (the router appends them): the `num_accepted` proposals, then one
+/// more, each `last + 1`; finishes the request when one of them stops it.
 fn sample(
     state: &mut FakeState,
     config: &FakeShardConfig,
     request_id: u64,
+    num_accepted: usize,
     generation: &mut proto::Generation,
 ) {
-    let Some(request) = state.requests.get(&request_id) else {
+    let Some(request) = state.requests.get_mut(&request_id) else {
         return;
     };
+    request.num_computed_tokens += num_accepted;
     let vocab_size = config.vocab_size;
-    let last = request.token_ids.last().copied().unwrap_or(0);
-    let token_id = (last + 1) % vocab_size;
-    let num_generated_tokens = request.token_ids.len() - request.num_prompt_tokens + 1;
-    let top_tokens = (0..request.top_n_tokens as u32)
-        .map(|rank| proto::TopToken {
-            token_id: (token_id + rank) % vocab_size,
-            logprob: -0.1 - rank as f32,
-        })
-        .collect();
-    generation.tokens.push(proto::GeneratedToken {
-        token_id,
-        logprob: -0.1,
-        top_tokens,
-    });
-    let finish = if !request.ignore_eos && config.eos_token_ids.contains(&token_id) {
-        proto::FinishReason::Eos
-    } else if num_generated_tokens >= request.max_new_tokens {
-        proto::FinishReason::Length
-    } else {
-        proto::FinishReason::Unspecified
-    };
+    let mut last = request.token_ids.last().copied().unwrap_or(0);
+    let mut finish = proto::FinishReason::Unspecified;
+    for index in 0..=num_accepted {
+        let token_id = (last + 1) % vocab_size;
+        last = token_id;
+        let num_generated_tokens = request.token_ids.len() - request.num_prompt_tokens + 1 + index;
+        let top_tokens = (0..request.top_n_tokens as u32)
+            .map(|rank| proto::TopToken {
+                token_id: (token_id + rank) % vocab_size,
+                logprob: -0.1 - rank as f32,
+            })
+            .collect();
+        generation.tokens.push(proto::GeneratedToken {
+            token_id,
+            logprob: -0.1,
+            top_tokens,
+        });
+        finish = if !request.ignore_eos && config.eos_token_ids.contains(&token_id) {
+            proto::FinishReason::Eos
+        } else if num_generated_tokens >= request.max_new_tokens {
+            proto::FinishReason::Length
+        } else {
+            proto::FinishReason::Unspecified
+        };
+        if finish != proto::FinishReason::Unspecified {
+            break;
+        }
+    }
     generation.finish_reason = finish as i32;
     if finish != proto::FinishReason::Unspecified {
         state.requests.remove(&request_id);

@@ -30,8 +30,9 @@ async fn run_case(receiver: EventReceiver, cancel_after_tokens: Option<usize>) -
     None // dropped here: cancelled (or already finished)
 }
 
-/// Runs one configuration; returns (preemptions, releases of cancelled requests).
-async fn run_configuration(seed: u64) -> (u64, usize) {
+/// Runs one configuration, with `num_speculative_tokens` lookahead slots per decode; returns
+/// (preemptions, releases of cancelled requests).
+pub(super) async fn run_configuration(seed: u64, num_speculative_tokens: usize) -> (u64, usize) {
     let mut rng = Lcg(seed);
     let block_size = 1 + rng.below(4) as usize;
     let num_blocks = 6 + rng.below(10) as usize;
@@ -42,6 +43,7 @@ async fn run_configuration(seed: u64) -> (u64, usize) {
         // Sometimes the token cap binds before the blocks do.
         max_batch_total_tokens: capacity_tokens - rng.below(block_size as u64 + 1) as usize,
         max_batch_size: 1 + rng.below(8) as usize,
+        num_speculative_tokens,
         ..super::config(&fake, 1, 1)
     };
     let max_total_tokens = config.max_batch_total_tokens;
@@ -93,7 +95,7 @@ async fn run_configuration(seed: u64) -> (u64, usize) {
 async fn small_random_configurations_never_deadlock_or_leak() {
     let (mut num_preemptions, mut num_cancel_releases) = (0, 0);
     for seed in 1..=12 {
-        let (preemptions, cancel_releases) = run_configuration(seed).await;
+        let (preemptions, cancel_releases) = run_configuration(seed, 0).await;
         num_preemptions += preemptions;
         num_cancel_releases += cancel_releases;
     }
