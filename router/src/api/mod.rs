@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod generate;
+pub mod grammar;
 pub mod info;
 pub mod response;
 pub mod tokenize;

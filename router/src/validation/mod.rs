@@ -2,6 +2,7 @@
 //! tokenized once (off the async threads) and measured against the token limits.
 
 pub mod error;
+pub mod grammar;
 pub mod parameters;
 
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use crate::config::RequestLimits;
 use crate::proto;
 use crate::scheduler::interface::GenerationRequest;
 use crate::tokenizer::TextTokenizer;
+use grammar::GrammarCompiler;
 
 pub use error::ValidationError;
 pub use parameters::Delivery;
@@ -64,15 +66,55 @@ impl ValidRequest {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Validator {
     tokenizer: Arc<TextTokenizer>,
     limits: RequestLimits,
+    grammars: Arc<dyn GrammarCompiler>,
+}
+
+impl std::fmt::Debug for Validator {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Validator")
+            .field("limits", &self.limits)
+            .finish()
+    }
 }
 
 impl Validator {
+    /// Grammars are accepted unchecked (tests); `with_grammars` gives the shard's compiler.
     pub fn new(tokenizer: Arc<TextTokenizer>, limits: RequestLimits) -> Self {
-        Self { tokenizer, limits }
+        Self::with_grammars(tokenizer, limits, grammar::accept_all())
+    }
+
+    pub fn with_grammars(
+        tokenizer: Arc<TextTokenizer>,
+        limits: RequestLimits,
+        grammars: Arc<dyn GrammarCompiler>,
+    ) -> Self {
+        Self {
+            tokenizer,
+            limits,
+            grammars,
+        }
+    }
+
+    /// Compiles the request's grammar in the shards (cached there by grammar); the error
+    /// names why it cannot be used. The outcome is what metrics count.
+    pub async fn compile_grammar(
+        &self,
+        grammar: &proto::Grammar,
+    ) -> Result<proto::CompileGrammarResponse, ValidationError> {
+        let answer = self
+            .grammars
+            .compile(grammar.clone())
+            .await
+            .map_err(ValidationError::Grammar)?;
+        if !answer.error.is_empty() {
+            return Err(ValidationError::Grammar(answer.error));
+        }
+        Ok(answer)
     }
 
     pub fn limits(&self) -> &RequestLimits {
@@ -87,6 +129,9 @@ impl Validator {
         received_at: Instant,
     ) -> Result<ValidRequest, ValidationError> {
         let checked = parameters::check_parameters(&request.parameters, &self.limits, delivery)?;
+        if let Some(grammar) = &checked.sampling.grammar {
+            self.compile_grammar(grammar).await?;
+        }
         let encoding = self
             .tokenize(request.inputs.clone(), checked.truncate)
             .await?;

@@ -82,13 +82,6 @@ pub fn implies_sampling(parameters: &GenerateParameters) -> bool {
 }
 
 fn check_unsupported(parameters: &GenerateParameters) -> Result<(), ValidationError> {
-    if parameters
-        .grammar
-        .as_ref()
-        .is_some_and(|grammar| !grammar.is_null())
-    {
-        return Err(ValidationError::NotSupported("grammar"));
-    }
     if parameters.watermark {
         return Err(ValidationError::NotSupported("watermark"));
     }
@@ -179,6 +172,10 @@ fn check_sampling(
         frequency_penalty,
         seed,
         has_seed: do_sample || parameters.seed.is_some(),
+        grammar: parameters
+            .grammar
+            .as_ref()
+            .map(|grammar| grammar.to_proto()),
         ..Default::default()
     })
 }

@@ -220,13 +220,6 @@ async fn parameter_ranges_are_checked_with_tgi_messages() {
             },
             "`watermark` is not supported yet",
         ),
-        (
-            GenerateParameters {
-                grammar: Some(serde_json::json!({"type": "json", "value": {}})),
-                ..Default::default()
-            },
-            "`grammar` is not supported yet",
-        ),
     ];
     for (parameters, expected) in cases {
         let got = message("hi", parameters, Delivery::Complete).await;
@@ -318,4 +311,66 @@ async fn prompt_details_need_a_complete_answer() {
         .await
         .expect("valid");
     assert!(valid.parameters.prompt_logprobs);
+}
+
+struct RefuseRegex;
+
+impl crate::validation::grammar::GrammarCompiler for RefuseRegex {
+    fn compile(&self, grammar: proto::Grammar) -> crate::validation::grammar::CompileFuture<'_> {
+        Box::pin(async move {
+            let regex = grammar.kind == proto::GrammarKind::Regex as i32;
+            let error = if regex {
+                "invalid regex: unclosed group".into()
+            } else {
+                String::new()
+            };
+            Ok(proto::CompileGrammarResponse {
+                error,
+                ..Default::default()
+            })
+        })
+    }
+}
+
+#[tokio::test]
+async fn grammars_reach_the_shard_and_refusals_are_422_messages() {
+    let validator = Validator::with_grammars(
+        Arc::new(byte_level_tokenizer()),
+        test_config().limits,
+        Arc::new(RefuseRegex),
+    );
+    let request = |grammar: serde_json::Value| GenerateRequest {
+        inputs: "hi".into(),
+        parameters: GenerateParameters {
+            grammar: Some(serde_json::from_value(grammar).unwrap()),
+            ..Default::default()
+        },
+    };
+    let schema = serde_json::json!({"type": "object"});
+    let valid = validator
+        .validate(
+            request(serde_json::json!({"type": "json", "value": schema})),
+            Delivery::Complete,
+            Instant::now(),
+        )
+        .await
+        .unwrap();
+    let grammar = valid.parameters.sampling.unwrap().grammar.unwrap();
+    assert_eq!(grammar.kind, proto::GrammarKind::JsonSchema as i32);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&grammar.value).unwrap(),
+        schema
+    );
+    let refused = validator
+        .validate(
+            request(serde_json::json!({"type": "regex", "value": "(("})),
+            Delivery::Complete,
+            Instant::now(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.to_string(),
+        "grammar: invalid regex: unclosed group"
+    );
 }
