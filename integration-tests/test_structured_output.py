@@ -10,12 +10,35 @@ import json
 import re
 from concurrent.futures import ThreadPoolExecutor
 
+import openai
 import pytest
 import requests
+from pydantic import BaseModel, Field
 from text_generation import Client
 from text_generation.types import Grammar, GrammarType
 
 from support.launcher import running_ferrite
+
+
+class City(BaseModel):
+    name: str = Field(max_length=20)
+    country: str = Field(max_length=20)
+    population_millions: int = Field(ge=0, le=100)
+    is_capital: bool
+
+
+CITY_PROMPTS = [
+    "Tell me about Paris.",
+    "Describe Tokyo.",
+    "What do you know about Lagos?",
+    "Give me facts on Lima.",
+    "Rome, Italy.",
+    "A small town in Norway.",
+    "The largest city in Canada.",
+    "Where is Nairobi?",
+    "Write a haiku about Berlin.",
+    "1 + 1 =",
+]
 
 PERSON_SCHEMA = {
     "type": "object",
@@ -35,6 +58,11 @@ PROMPTS = ["Describe a person:", "The weather today", "Write a poem about the se
 def server():
     with running_ferrite(["--dtype", "float32"]) as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def openai_client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", timeout=300, max_retries=0)
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +142,43 @@ def test_pathological_schemas_are_refused_beside_plain_requests(server, client):
     assert [response.status_code for response in refused] == [422, 400]
     assert "--max-grammar-bytes" in refused[0].json()["error"]
     assert "recursion limit" in refused[1].text
+
+
+def test_openai_parse_returns_pydantic_objects_for_10_prompts(openai_client):
+    for prompt in CITY_PROMPTS:
+        completion = openai_client.beta.chat.completions.parse(
+            model="ferrite",
+            messages=[{"role": "user", "content": prompt}],
+            response_format=City,
+            max_tokens=100,
+            seed=3,
+        )
+        city = completion.choices[0].message.parsed
+        assert isinstance(city, City), completion.choices[0].message.content
+        assert completion.choices[0].finish_reason == "stop"
+
+
+def test_openai_json_object_always_parses(openai_client):
+    for prompt in CITY_PROMPTS[:4]:
+        completion = openai_client.chat.completions.create(
+            model="ferrite",
+            messages=[{"role": "user", "content": prompt}],
+            response_format={"type": "json_object"},
+            max_tokens=200,
+            temperature=0,
+        )
+        assert isinstance(json.loads(completion.choices[0].message.content), dict)
+    text = openai_client.chat.completions.create(
+        model="ferrite", messages=[{"role": "user", "content": "Hi"}],
+        response_format={"type": "text"}, max_tokens=5, tools=[], tool_choice="none",
+    )
+    assert text.choices[0].message.content
+
+
+def test_openai_refused_schema_is_422(openai_client):
+    with pytest.raises(openai.UnprocessableEntityError, match="strin"):
+        openai_client.chat.completions.create(
+            model="ferrite", messages=[{"role": "user", "content": "Hi"}],
+            response_format={"type": "json_schema",
+                             "json_schema": {"name": "x", "schema": {"type": "strin"}}},
+        )
