@@ -111,6 +111,8 @@ def _post_grammar(base_url: str, grammar: object) -> requests.Response:
 
 
 def test_refused_grammars_name_the_problem(server):
+    info = requests.get(f"{server.base_url}/info", timeout=10).json()
+    assert info["structured_output"] == ["json", "regex"]
     cases = [
         ({"type": "regex", "value": "(("}, "unclosed group"),
         ({"type": "json", "value": {"type": "strin"}}, "strin"),

@@ -131,6 +131,7 @@ fn info(config: &RouterConfig) -> Info {
         kv_num_blocks: config.batching.num_blocks,
         attention_backend: config.model.attention_backend.clone(),
         speculate: config.batching.num_speculative_tokens,
+        structured_output: vec!["json".into(), "regex".into()],
         prefix_caching: config.batching.prefix_caching,
         quantize: config.model.quantization.clone(),
         kv_cache_dtype: config.model.kv_cache_dtype.clone(),
