@@ -63,7 +63,12 @@ impl AppState {
         let limits = config.limits.clone();
         let inner = AppInner {
             submitter,
-            validator: Validator::with_grammars(Arc::clone(&tokenizer), limits, grammars),
+            validator: Validator::with_grammars(
+                Arc::clone(&tokenizer),
+                limits,
+                grammars,
+                Arc::clone(&metrics),
+            ),
             health: HealthState::new(&tokenizer),
             generation: GenerationContext { tokenizer, metrics },
             info: info(config),

@@ -12,6 +12,7 @@ use tokenizers::Encoding;
 
 use crate::api::generate::GenerateRequest;
 use crate::config::RequestLimits;
+use crate::metrics::Metrics;
 use crate::proto;
 use crate::scheduler::interface::GenerationRequest;
 use crate::tokenizer::TextTokenizer;
@@ -71,6 +72,7 @@ pub struct Validator {
     tokenizer: Arc<TextTokenizer>,
     limits: RequestLimits,
     grammars: Arc<dyn GrammarCompiler>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Validator {
@@ -85,18 +87,22 @@ impl std::fmt::Debug for Validator {
 impl Validator {
     /// Grammars are accepted unchecked (tests); `with_grammars` gives the shard's compiler.
     pub fn new(tokenizer: Arc<TextTokenizer>, limits: RequestLimits) -> Self {
-        Self::with_grammars(tokenizer, limits, grammar::accept_all())
+        let metrics = Arc::new(Metrics::default());
+        Self::with_grammars(tokenizer, limits, grammar::accept_all(), metrics)
     }
 
+    /// `metrics`: where grammar compilations are counted.
     pub fn with_grammars(
         tokenizer: Arc<TextTokenizer>,
         limits: RequestLimits,
         grammars: Arc<dyn GrammarCompiler>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             tokenizer,
             limits,
             grammars,
+            metrics,
         }
     }
 
@@ -111,6 +117,7 @@ impl Validator {
             .compile(grammar.clone())
             .await
             .map_err(ValidationError::Grammar)?;
+        self.metrics.grammar.observe(&answer);
         if !answer.error.is_empty() {
             return Err(ValidationError::Grammar(answer.error));
         }

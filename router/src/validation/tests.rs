@@ -334,10 +334,12 @@ impl crate::validation::grammar::GrammarCompiler for RefuseRegex {
 
 #[tokio::test]
 async fn grammars_reach_the_shard_and_refusals_are_422_messages() {
+    let metrics = Arc::new(crate::metrics::Metrics::default());
     let validator = Validator::with_grammars(
         Arc::new(byte_level_tokenizer()),
         test_config().limits,
         Arc::new(RefuseRegex),
+        Arc::clone(&metrics),
     );
     let request = |grammar: serde_json::Value| GenerateRequest {
         inputs: "hi".into(),
@@ -373,4 +375,7 @@ async fn grammars_reach_the_shard_and_refusals_are_422_messages() {
         refused.to_string(),
         "grammar: invalid regex: unclosed group"
     );
+    let text = metrics.render(&Default::default());
+    assert!(text.contains("ferrite_grammar_compiled_total 1"), "{text}");
+    assert!(text.contains("ferrite_grammar_refused_total 1"), "{text}");
 }
