@@ -53,19 +53,23 @@ mod tests {
 
     #[test]
     fn formats_become_grammars() {
-        assert_eq!(response_grammar(None).unwrap(), None);
+        assert_eq!(response_grammar(None).expect("valid"), None);
         let text = serde_json::json!({"type": "text"});
-        assert_eq!(response_grammar(Some(&text)).unwrap(), None);
+        assert_eq!(response_grammar(Some(&text)).expect("valid"), None);
         let object = serde_json::json!({"type": "json_object"});
-        let grammar = response_grammar(Some(&object)).unwrap().unwrap();
+        let grammar = response_grammar(Some(&object))
+            .expect("valid")
+            .expect("valid");
         assert_eq!(grammar.value, r#"{"type":"object"}"#);
         let schema =
             serde_json::json!({"type": "object", "properties": {"a": {"type": "integer"}}});
         let format = serde_json::json!({"type": "json_schema",
             "json_schema": {"name": "A", "schema": schema, "strict": true}});
-        let grammar = response_grammar(Some(&format)).unwrap().unwrap();
+        let grammar = response_grammar(Some(&format))
+            .expect("valid")
+            .expect("valid");
         assert_eq!(
-            serde_json::from_str::<Value>(&grammar.value).unwrap(),
+            serde_json::from_str::<Value>(&grammar.value).expect("valid"),
             schema
         );
     }
@@ -78,7 +82,7 @@ mod tests {
             serde_json::json!({"type": "json_schema"}),
             serde_json::json!({"type": "json_schema", "json_schema": {"schema": 3}}),
         ] {
-            let error = response_grammar(Some(&format)).unwrap_err();
+            let error = response_grammar(Some(&format)).expect_err("refused");
             assert!(
                 format!("{error:?}").contains("response_format"),
                 "{error:?}"

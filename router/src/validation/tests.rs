@@ -344,7 +344,7 @@ async fn grammars_reach_the_shard_and_refusals_are_422_messages() {
     let request = |grammar: serde_json::Value| GenerateRequest {
         inputs: "hi".into(),
         parameters: GenerateParameters {
-            grammar: Some(serde_json::from_value(grammar).unwrap()),
+            grammar: Some(serde_json::from_value(grammar).expect("valid")),
             ..Default::default()
         },
     };
@@ -356,11 +356,16 @@ async fn grammars_reach_the_shard_and_refusals_are_422_messages() {
             Instant::now(),
         )
         .await
-        .unwrap();
-    let grammar = valid.parameters.sampling.unwrap().grammar.unwrap();
+        .expect("valid");
+    let grammar = valid
+        .parameters
+        .sampling
+        .expect("valid")
+        .grammar
+        .expect("valid");
     assert_eq!(grammar.kind, proto::GrammarKind::JsonSchema as i32);
     assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&grammar.value).unwrap(),
+        serde_json::from_str::<serde_json::Value>(&grammar.value).expect("valid"),
         schema
     );
     let refused = validator
@@ -370,7 +375,7 @@ async fn grammars_reach_the_shard_and_refusals_are_422_messages() {
             Instant::now(),
         )
         .await
-        .unwrap_err();
+        .expect_err("refused");
     assert_eq!(
         refused.to_string(),
         "grammar: invalid regex: unclosed group"
