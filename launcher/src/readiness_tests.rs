@@ -45,6 +45,12 @@ impl Shard for LoadingShard {
     async fn clear(&self, _: Request<proto::ClearRequest>) -> Answer<proto::ClearResponse> {
         Err(Status::unimplemented("not needed"))
     }
+    async fn compile_grammar(
+        &self,
+        _: Request<proto::CompileGrammarRequest>,
+    ) -> Answer<proto::CompileGrammarResponse> {
+        Err(Status::unimplemented("not needed"))
+    }
 }
 
 fn socket_path(name: &str) -> PathBuf {

@@ -26,8 +26,12 @@ where
     // Node 0's sockets; ranks on other nodes (multi-node) are found through rank 0's Info.
     let shard = GrpcShardClient::connect_group(&args.shard_uds_paths, connect_timeout).await?;
     let config = handshake(&args, &shard).await?;
-    let submitter = start_scheduler(Arc::new(shard), config.scheduler_config());
-    let state = AppState::new(&config, tokenizer, Arc::new(submitter));
+    let shard = Arc::new(shard);
+    // Grammars compile through their own calls beside the scheduler's steps (see
+    // validation/grammar.rs); the clone shares the channels.
+    let grammars = Arc::new(GrpcShardClient::clone(&shard));
+    let submitter = start_scheduler(shard, config.scheduler_config());
+    let state = AppState::with_grammars(&config, tokenizer, Arc::new(submitter), grammars);
     let metrics_listener = match config.server.prometheus_port {
         Some(port) => Some(
             crate::http::metrics_listener::spawn(&config.server.hostname, port, state.clone())

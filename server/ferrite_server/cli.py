@@ -25,10 +25,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, get_args
 
+from ferrite_server.grammar_service import GrammarService
 from ferrite_server.config import (
     DEFAULT_BLOCK_SIZE_TOKENS,
     DistributedConfig,
     DistributedTimeouts,
+    GrammarLimits,
     KVCacheDtypeName,
     QuantizeName,
     SpeculativeMethodName,
@@ -102,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--speculative-method", choices=list(get_args(SpeculativeMethodName)),
                        default=None, help="propose tokens for the slots the router reserves "
                        "(--speculate): ngram = prompt lookup; default: no speculation")
+    serve.add_argument("--max-grammar-bytes", type=int, default=GrammarLimits.max_grammar_bytes,
+                       help="largest structured-output grammar (JSON schema / regex) accepted")
+    serve.add_argument("--grammar-compile-timeout-s", type=float,
+                       default=GrammarLimits.compile_timeout_s,
+                       help="a grammar that does not compile within this is refused")
     _add_tensor_parallel_flags(serve)
     serve.add_argument("--watermark-gamma", type=float, default=WatermarkConfig.gamma,
                        help="share of the vocabulary in each watermark greenlist")
@@ -183,6 +190,10 @@ def shard_config_from_args(args: argparse.Namespace) -> ShardConfig:
         trust_remote_code=args.trust_remote_code,
         model_implementation=args.model_implementation,
         speculative_method=args.speculative_method,
+        grammar_limits=GrammarLimits(
+            max_grammar_bytes=args.max_grammar_bytes,
+            compile_timeout_s=args.grammar_compile_timeout_s,
+        ),
     )
 
 
@@ -299,7 +310,10 @@ async def _serve_loaded(
     if watchdog is not None:
         watchdog.start()
     tracer = build_tracer(config.tracing, config.distributed.rank)
-    service = ShardService(engine, info, worker, on_fatal_error, tracer=tracer)
+    service = ShardService(
+        engine, info, worker, on_fatal_error, tracer=tracer,
+        grammars=GrammarService(engine.grammars, config.grammar_limits.compile_timeout_s),
+    )
     try:
         await serve_bound_until_stopped(server, service, config.uds_path, stop)
     finally:

@@ -86,6 +86,18 @@ class WatermarkConfig:
 
 
 @dataclass(frozen=True)
+class GrammarLimits:
+    """Bounds of one structured-output grammar (engine/grammar/compiler.py); beyond them the
+    request gets a 422 naming the limit."""
+
+    max_grammar_bytes: int = 256 * 1024  # the schema / regex text
+    compile_timeout_s: float = 10.0  # CompileGrammar answers an error after this
+    max_cached_grammars: int = 512
+    max_lexer_states: int = 100_000  # llguidance's default is 250k (~1-2 kB each)
+    max_grammar_symbols: int = 200_000  # llguidance's default is 500k
+
+
+@dataclass(frozen=True)
 class ShardConfig:
     model_id: Path  # a local directory with config.json + safetensors
     uds_path: Path  # unix socket this shard serves gRPC on
@@ -115,3 +127,4 @@ class ShardConfig:
     model_implementation: ModelImplementationName = "auto"
     # How the shard proposes tokens where the router reserved lookahead slots; None: never.
     speculative_method: SpeculativeMethodName | None = None
+    grammar_limits: GrammarLimits = GrammarLimits()

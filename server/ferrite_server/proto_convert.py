@@ -29,7 +29,17 @@ def sampling_from_proto(message: pb.SamplingParameters) -> engine.SamplingParams
         seed=message.seed if message.has_seed else None,
         logit_bias=tuple(sorted((int(k), float(v)) for k, v in message.logit_bias.items())),
         watermark=message.watermark,
+        grammar=grammar_from_proto(message.grammar) if message.HasField("grammar") else None,
     )
+
+
+_GRAMMAR_KINDS = {pb.GRAMMAR_KIND_JSON_SCHEMA: "json", pb.GRAMMAR_KIND_REGEX: "regex"}
+
+
+def grammar_from_proto(message: pb.Grammar) -> engine.Grammar:
+    """An unknown kind keeps its number in the name, so compiling it fails with that name."""
+    kind = _GRAMMAR_KINDS.get(message.kind, f"kind {message.kind}")
+    return engine.Grammar(kind=kind, value=message.value)
 
 
 def request_params_from_proto(message: pb.RequestParameters) -> engine.RequestParams:

@@ -24,6 +24,7 @@ import grpc
 from ferrite_server import proto_convert as convert
 from ferrite_server.config import TcpListen
 from ferrite_server.endpoints import host_port
+from ferrite_server.grammar_service import GrammarService
 from ferrite_server.engine.errors import (
     CollectiveError,
     InsufficientMemoryError,
@@ -75,8 +76,10 @@ class ShardService(shard_pb2_grpc.ShardServicer):
         worker: ThreadPoolExecutor,
         on_fatal_error: Callable[[Exception], None] | None = None,
         tracer: StepTracer | None = None,
+        grammars: GrammarService | None = None,
     ) -> None:
         self._engine = engine
+        self._grammars = grammars if grammars is not None else GrammarService(None, 1.0)
         self._info = convert.info_to_proto(info)  # fixed once loaded; answered without the worker
         self._worker = worker
         self._on_fatal_error = on_fatal_error
@@ -122,6 +125,12 @@ class ShardService(shard_pb2_grpc.ShardServicer):
             return pb.ClearResponse()
 
         return await self._engine_call(context, work)
+
+    async def CompileGrammar(
+        self, request: pb.CompileGrammarRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CompileGrammarResponse:
+        # Not on the engine thread: steps go on while a grammar compiles.
+        return await self._grammars.compile(request)
 
     async def _step(
         self,

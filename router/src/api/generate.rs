@@ -75,9 +75,9 @@ pub struct GenerateParameters {
     /// Return this many most likely alternatives with each token.
     #[schema(nullable, example = 5, minimum = 0)]
     pub top_n_tokens: Option<u32>,
-    /// Constrained decoding. Not supported yet (refused unless null).
-    #[schema(nullable, value_type = Option<Object>)]
-    pub grammar: Option<serde_json::Value>,
+    /// Structured output: the generated text follows this JSON schema or regex.
+    #[schema(nullable)]
+    pub grammar: Option<crate::api::grammar::GrammarSpec>,
     /// LoRA adapter. Not supported yet (refused unless null).
     #[schema(nullable)]
     pub adapter_id: Option<String>,

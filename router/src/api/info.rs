@@ -73,4 +73,8 @@ pub struct Info {
     pub kv_cache_dtype: String,
     #[schema(example = 1)]
     pub num_shards: usize,
+    /// Output constrained to a grammar: TGI `parameters.grammar` (`json`, `regex`) and OpenAI
+    /// `response_format` (`json_object`, `json_schema`).
+    #[schema(example = json!(["json", "regex"]))]
+    pub structured_output: Vec<String>,
 }

@@ -5,6 +5,7 @@
 pub mod chat_tokenize;
 pub mod error;
 pub mod generate;
+pub mod grammar;
 pub mod info;
 pub mod response;
 pub mod tokenize;

@@ -12,6 +12,7 @@ use crate::metrics::{Metrics, RequestRecord};
 use crate::scheduler::interface::RequestSubmitter;
 use crate::telemetry::request_log;
 use crate::tokenizer::TextTokenizer;
+use crate::validation::grammar::{self, GrammarCompiler};
 use crate::validation::Validator;
 
 use super::health::HealthState;
@@ -43,15 +44,31 @@ impl Deref for AppState {
 }
 
 impl AppState {
+    /// Grammars are accepted unchecked (tests without a shard); see `with_grammars`.
     pub fn new(
         config: &RouterConfig,
         tokenizer: Arc<TextTokenizer>,
         submitter: Arc<dyn RequestSubmitter>,
     ) -> Self {
+        Self::with_grammars(config, tokenizer, submitter, grammar::accept_all())
+    }
+
+    pub fn with_grammars(
+        config: &RouterConfig,
+        tokenizer: Arc<TextTokenizer>,
+        submitter: Arc<dyn RequestSubmitter>,
+        grammars: Arc<dyn GrammarCompiler>,
+    ) -> Self {
         let metrics = Arc::new(Metrics::default());
+        let limits = config.limits.clone();
         let inner = AppInner {
             submitter,
-            validator: Validator::new(Arc::clone(&tokenizer), config.limits.clone()),
+            validator: Validator::with_grammars(
+                Arc::clone(&tokenizer),
+                limits,
+                grammars,
+                Arc::clone(&metrics),
+            ),
             health: HealthState::new(&tokenizer),
             generation: GenerationContext { tokenizer, metrics },
             info: info(config),
@@ -123,6 +140,7 @@ fn info(config: &RouterConfig) -> Info {
         attention_backend: config.model.attention_backend.clone(),
         model_implementation: config.model.model_implementation.clone(),
         speculate: config.batching.num_speculative_tokens,
+        structured_output: vec!["json".into(), "regex".into()],
         prefix_caching: config.batching.prefix_caching,
         quantize: config.model.quantization.clone(),
         kv_cache_dtype: config.model.kv_cache_dtype.clone(),

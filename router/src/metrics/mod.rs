@@ -6,6 +6,7 @@
 //! Prefix caching does not exist yet: its hit / miss counters belong in `render_scheduler`,
 //! read from `SchedulerStats` like the KV gauges, once the scheduler has a prefix cache.
 
+pub mod grammar;
 pub mod histogram;
 mod speculation;
 pub mod steps;
@@ -54,6 +55,7 @@ pub struct Metrics {
     time_to_first_token_s: Histogram,
     inter_token_latency_s: Histogram,
     queue_wait_s: Histogram,
+    pub grammar: grammar::GrammarMetrics,
 }
 
 impl Default for Metrics {
@@ -73,6 +75,7 @@ impl Default for Metrics {
             time_to_first_token_s: Histogram::new(SECONDS_BOUNDS),
             inter_token_latency_s: Histogram::new(SECONDS_BOUNDS),
             queue_wait_s: Histogram::new(SECONDS_BOUNDS),
+            grammar: grammar::GrammarMetrics::default(),
         }
     }
 }
@@ -129,6 +132,7 @@ impl Metrics {
         render_scheduler(&mut out, stats);
         steps::render_steps(&mut out, &stats.steps);
         speculation::render_speculation(&mut out, stats);
+        self.grammar.render(&mut out);
         out.finish()
     }
 

@@ -73,6 +73,10 @@ async fn chat(
     let (options, prompt) = async {
         let Json(request) = body.map_err(body_rejection)?;
         let options = check_chat(&request, limits, tokenizer.inner().get_vocab_size(true))?;
+        if let Some(grammar) = &options.sampling.grammar {
+            // A refused schema is a 422 naming the problem, as on the TGI routes.
+            state.validator.compile_grammar(grammar).await?;
+        }
         let template = state.openai.chat_template()?;
         let messages = template_messages(request.messages)?;
         let rendered = chat_prompt(Arc::clone(&tokenizer), template, messages).await?;

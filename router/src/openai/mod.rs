@@ -17,6 +17,7 @@ pub mod parameters;
 pub mod prompt;
 pub mod request;
 pub mod response;
+pub mod response_format;
 pub mod run;
 pub mod state;
 pub mod template;

@@ -10,6 +10,7 @@ use crate::proto;
 
 use super::error::OpenAiError;
 use super::request::{ChatCompletionRequest, CommonParameters, CompletionRequest, StringOrList};
+use super::response_format::response_grammar;
 
 /// Most choices one request may ask for (`n` × prompts); each is a scheduled sequence.
 pub const MAX_CHOICES: usize = 64;
@@ -61,18 +62,22 @@ pub fn check_chat(
     limits: &RequestLimits,
     vocab_size: usize,
 ) -> Result<GenerationOptions, OpenAiError> {
-    let unsupported = [
-        ("response_format", &request.response_format),
-        ("tools", &request.tools),
-        ("tool_choice", &request.tool_choice),
-    ];
-    for (param, value) in unsupported {
-        // `tool_choice: "none"` asks for what ferrite does anyway.
-        if value.as_ref().is_some_and(|value| *value != "none") {
-            return Err(OpenAiError::NotSupported { param });
-        }
+    // `tools: []` and `tool_choice: "none"` ask for what ferrite does anyway.
+    let no_tools = |tools: &serde_json::Value| tools.is_null() || *tools == serde_json::json!([]);
+    if request.tools.as_ref().is_some_and(|tools| !no_tools(tools)) {
+        return Err(OpenAiError::NotSupported { param: "tools" });
+    }
+    if request
+        .tool_choice
+        .as_ref()
+        .is_some_and(|choice| !choice.is_null() && *choice != "none")
+    {
+        return Err(OpenAiError::NotSupported {
+            param: "tool_choice",
+        });
     }
     let mut options = check_common(&request.common, limits, vocab_size)?;
+    options.sampling.grammar = response_grammar(request.response_format.as_ref())?;
     if request.max_completion_tokens.is_some() {
         options.max_tokens =
             check_max_tokens(request.max_completion_tokens, "max_completion_tokens")?;

@@ -75,7 +75,9 @@ pub struct ChatCompletionRequest {
     pub logprobs: Option<bool>,
     /// Alternatives per token (needs `logprobs: true`).
     pub top_logprobs: Option<u32>,
-    /// Not supported until grammars exist (422 when set).
+    /// `{"type": "text"}`, `{"type": "json_object"}` or `{"type": "json_schema",
+    /// "json_schema": {"name": ..., "schema": {...}, "strict": true}}`: the output is forced
+    /// to be valid (a grammar), whatever the model would have said.
     #[schema(value_type = Option<Object>)]
     pub response_format: Option<serde_json::Value>,
     #[schema(value_type = Option<Vec<Object>>)]

@@ -137,6 +137,18 @@ always_agree!(
     proto::ClearResponse
 );
 
+/// Ranks compile the same grammar for the same vocabulary; whether it compiled must agree.
+impl RankAgreement for proto::CompileGrammarResponse {
+    fn disagreement(&self, other: &Self) -> Option<String> {
+        (self.error != other.error).then(|| {
+            format!(
+                "grammar errors differ: {:?} vs {:?}",
+                self.error, other.error
+            )
+        })
+    }
+}
+
 #[cfg(test)]
 #[path = "agreement_tests.rs"]
 mod tests;

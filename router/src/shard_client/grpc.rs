@@ -185,5 +185,21 @@ impl ShardClient for GrpcShardClient {
     }
 }
 
+impl crate::validation::grammar::GrammarCompiler for GrpcShardClient {
+    /// Every rank compiles (each keeps its own cache, every rank masks its own sampling).
+    fn compile(&self, grammar: proto::Grammar) -> crate::validation::grammar::CompileFuture<'_> {
+        let request = proto::CompileGrammarRequest {
+            grammar: Some(grammar),
+        };
+        Box::pin(async move {
+            self.broadcast(request, |mut stub, request| async move {
+                stub.compile_grammar(request).await
+            })
+            .await
+            .map_err(|error| format!("the shards could not compile it: {error}"))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests;

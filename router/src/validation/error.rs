@@ -64,6 +64,8 @@ pub enum ValidationError {
     EmptyStopSequence,
     #[error("`{0}` is not supported yet")]
     NotSupported(&'static str),
+    #[error("grammar: {0}")]
+    Grammar(String),
     #[error("tokenizer error: {0}")]
     Tokenizer(String),
     #[error("the `x-request-timeout-s` header must be a positive number of seconds. Given: {0:?}")]

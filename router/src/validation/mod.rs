@@ -2,6 +2,7 @@
 //! tokenized once (off the async threads) and measured against the token limits.
 
 pub mod error;
+pub mod grammar;
 pub mod parameters;
 
 use std::sync::Arc;
@@ -11,9 +12,11 @@ use tokenizers::Encoding;
 
 use crate::api::generate::GenerateRequest;
 use crate::config::RequestLimits;
+use crate::metrics::Metrics;
 use crate::proto;
 use crate::scheduler::interface::GenerationRequest;
 use crate::tokenizer::TextTokenizer;
+use grammar::GrammarCompiler;
 
 pub use error::ValidationError;
 pub use parameters::Delivery;
@@ -64,15 +67,61 @@ impl ValidRequest {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Validator {
     tokenizer: Arc<TextTokenizer>,
     limits: RequestLimits,
+    grammars: Arc<dyn GrammarCompiler>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Validator {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Validator")
+            .field("limits", &self.limits)
+            .finish()
+    }
 }
 
 impl Validator {
+    /// Grammars are accepted unchecked (tests); `with_grammars` gives the shard's compiler.
     pub fn new(tokenizer: Arc<TextTokenizer>, limits: RequestLimits) -> Self {
-        Self { tokenizer, limits }
+        let metrics = Arc::new(Metrics::default());
+        Self::with_grammars(tokenizer, limits, grammar::accept_all(), metrics)
+    }
+
+    /// `metrics`: where grammar compilations are counted.
+    pub fn with_grammars(
+        tokenizer: Arc<TextTokenizer>,
+        limits: RequestLimits,
+        grammars: Arc<dyn GrammarCompiler>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            tokenizer,
+            limits,
+            grammars,
+            metrics,
+        }
+    }
+
+    /// Compiles the request's grammar in the shards (cached there by grammar); the error
+    /// names why it cannot be used. The outcome is what metrics count.
+    pub async fn compile_grammar(
+        &self,
+        grammar: &proto::Grammar,
+    ) -> Result<proto::CompileGrammarResponse, ValidationError> {
+        let answer = self
+            .grammars
+            .compile(grammar.clone())
+            .await
+            .map_err(ValidationError::Grammar)?;
+        self.metrics.grammar.observe(&answer);
+        if !answer.error.is_empty() {
+            return Err(ValidationError::Grammar(answer.error));
+        }
+        Ok(answer)
     }
 
     pub fn limits(&self) -> &RequestLimits {
@@ -87,6 +136,9 @@ impl Validator {
         received_at: Instant,
     ) -> Result<ValidRequest, ValidationError> {
         let checked = parameters::check_parameters(&request.parameters, &self.limits, delivery)?;
+        if let Some(grammar) = &checked.sampling.grammar {
+            self.compile_grammar(grammar).await?;
+        }
         let encoding = self
             .tokenize(request.inputs.clone(), checked.truncate)
             .await?;

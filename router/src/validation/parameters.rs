@@ -83,13 +83,6 @@ pub fn implies_sampling(parameters: &GenerateParameters) -> bool {
 
 fn check_unsupported(parameters: &GenerateParameters) -> Result<(), ValidationError> {
     if parameters
-        .grammar
-        .as_ref()
-        .is_some_and(|grammar| !grammar.is_null())
-    {
-        return Err(ValidationError::NotSupported("grammar"));
-    }
-    if parameters
         .adapter_id
         .as_ref()
         .is_some_and(|adapter| !adapter.is_empty())
@@ -177,6 +170,10 @@ fn check_sampling(
         seed,
         has_seed: do_sample || parameters.seed.is_some(),
         watermark: parameters.watermark,
+        grammar: parameters
+            .grammar
+            .as_ref()
+            .map(|grammar| grammar.to_proto()),
         ..Default::default()
     })
 }

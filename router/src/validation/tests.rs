@@ -230,10 +230,10 @@ async fn parameter_ranges_are_checked_with_tgi_messages() {
         ),
         (
             GenerateParameters {
-                grammar: Some(serde_json::json!({"type": "json", "value": {}})),
+                adapter_id: Some("my-adapter".into()),
                 ..Default::default()
             },
-            "`grammar` is not supported yet",
+            "`adapter_id` is not supported yet",
         ),
     ];
     for (parameters, expected) in cases {
@@ -326,4 +326,76 @@ async fn prompt_details_need_a_complete_answer() {
         .await
         .expect("valid");
     assert!(valid.parameters.prompt_logprobs);
+}
+
+struct RefuseRegex;
+
+impl crate::validation::grammar::GrammarCompiler for RefuseRegex {
+    fn compile(&self, grammar: proto::Grammar) -> crate::validation::grammar::CompileFuture<'_> {
+        Box::pin(async move {
+            let regex = grammar.kind == proto::GrammarKind::Regex as i32;
+            let error = if regex {
+                "invalid regex: unclosed group".into()
+            } else {
+                String::new()
+            };
+            Ok(proto::CompileGrammarResponse {
+                error,
+                ..Default::default()
+            })
+        })
+    }
+}
+
+#[tokio::test]
+async fn grammars_reach_the_shard_and_refusals_are_422_messages() {
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let validator = Validator::with_grammars(
+        Arc::new(byte_level_tokenizer()),
+        test_config().limits,
+        Arc::new(RefuseRegex),
+        Arc::clone(&metrics),
+    );
+    let request = |grammar: serde_json::Value| GenerateRequest {
+        inputs: "hi".into(),
+        parameters: GenerateParameters {
+            grammar: Some(serde_json::from_value(grammar).expect("valid")),
+            ..Default::default()
+        },
+    };
+    let schema = serde_json::json!({"type": "object"});
+    let valid = validator
+        .validate(
+            request(serde_json::json!({"type": "json", "value": schema})),
+            Delivery::Complete,
+            Instant::now(),
+        )
+        .await
+        .expect("valid");
+    let grammar = valid
+        .parameters
+        .sampling
+        .expect("valid")
+        .grammar
+        .expect("valid");
+    assert_eq!(grammar.kind, proto::GrammarKind::JsonSchema as i32);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&grammar.value).expect("valid"),
+        schema
+    );
+    let refused = validator
+        .validate(
+            request(serde_json::json!({"type": "regex", "value": "(("})),
+            Delivery::Complete,
+            Instant::now(),
+        )
+        .await
+        .expect_err("refused");
+    assert_eq!(
+        refused.to_string(),
+        "grammar: invalid regex: unclosed group"
+    );
+    let text = metrics.render(&Default::default());
+    assert!(text.contains("ferrite_grammar_compiled_total 1"), "{text}");
+    assert!(text.contains("ferrite_grammar_refused_total 1"), "{text}");
 }

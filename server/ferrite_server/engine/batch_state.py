@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ferrite_server.engine.grammar.matcher import RequestGrammar
 from ferrite_server.engine.types import RequestParams
 
 
@@ -31,6 +32,8 @@ class RequestState:
     # [hidden] float: the previous chunk's last hidden state, kept when prompt logprobs are
     # wanted, because it predicts the next chunk's first token.
     pending_hidden: torch.Tensor | None = None
+    # Structured output: the matcher that masks this request's next token; None: unconstrained.
+    grammar: RequestGrammar | None = None
 
     @property
     def prompt_ids(self) -> list[int]:

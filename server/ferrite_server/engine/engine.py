@@ -27,6 +27,8 @@ from ferrite_server.engine.errors import (
     InvalidStepError,
     NotWarmedUpError,
 )
+from ferrite_server.engine.grammar import GrammarCompiler, GrammarError, allowed_tokens
+from ferrite_server.engine.grammar.matcher import RequestGrammar
 from ferrite_server.engine.forward_inputs import ForwardInputs, build_forward_inputs
 from ferrite_server.engine.kv_cache import allocate_kv_cache, kv_cache_bytes
 from ferrite_server.engine.memory import cpu_kv_cache_bytes, cuda_kv_cache_bytes
@@ -63,9 +65,12 @@ class Engine:
         runner: ModelRunner,
         config: ShardConfig,
         graph_capture: GraphCapture | None = None,
+        grammars: GrammarCompiler | None = None,
     ) -> None:
         """`graph_capture`: how decode graphs are captured; None: CUDA graphs on a CUDA device
-        (tests on a CPU pass cuda_graphs.EagerReplay to run the same padded-bucket path)."""
+        (tests on a CPU pass cuda_graphs.EagerReplay to run the same padded-bucket path).
+        `grammars`: compiled grammars for structured output; None: constrained requests are
+        rejected."""
         self._runner = runner
         self._graph_setup = DecodeGraphSetup(runner, config, graph_capture)
         self._config = config
@@ -80,6 +85,7 @@ class Engine:
         # same tokens.
         self._seed_source = random.Random(runner.group.rank0_value(random.getrandbits(63)))
         self._propose = proposer_for(config.speculative_method)
+        self._grammars = grammars
         facts = runner.facts
         self._stop = StopCriteria(
             eos_token_ids=frozenset(facts.eos_token_ids),
@@ -88,7 +94,21 @@ class Engine:
 
     @classmethod
     def load(cls, config: ShardConfig) -> Engine:
-        return cls(ModelRunner.load(config), config)
+        runner = ModelRunner.load(config)
+        tokenizer_json = config.model_id / "tokenizer.json"
+        grammars = None
+        if tokenizer_json.is_file():  # test checkpoints without a tokenizer serve no grammars
+            grammars = GrammarCompiler(
+                tokenizer_json,
+                vocab_size=runner.facts.config.vocab_size,
+                eos_token_ids=runner.facts.eos_token_ids,
+                limits=config.grammar_limits,
+            )
+        return cls(runner, config, grammars=grammars)
+
+    @property
+    def grammars(self) -> GrammarCompiler | None:
+        return self._grammars
 
     @property
     def tensor_parallel_group(self) -> TensorParallelGroup:
@@ -184,6 +204,7 @@ class Engine:
             self._batch.forget(request_id)
         plan = plan_step(step, self._batch, self._limits, self._draw_seed, self._propose)
         generations = list(plan.rejected)
+        generations.extend(self._attach_grammars(plan.sequences))
         forward_start_ns = forward_ns = sampling_ns = 0
         if plan.sequences:
             try:
@@ -210,6 +231,26 @@ class Engine:
 
     def clear(self) -> None:
         self._batch.clear()
+
+    def _attach_grammars(self, sequences: list[ScheduledSequence]) -> list[Generation]:
+        """Give each new constrained request its matcher; reject (alone) one that cannot have
+        it. Removes the rejected ones from `sequences`."""
+        rejected: list[Generation] = []
+        for sequence in list(sequences):
+            state = sequence.state
+            grammar = state.params.sampling.grammar
+            if not sequence.is_new or grammar is None:
+                continue
+            try:
+                if self._grammars is None:
+                    raise GrammarError("this shard has no grammar engine")
+                matcher = self._grammars.matcher_for(grammar)
+            except GrammarError as error:
+                sequences.remove(sequence)
+                rejected.append(Generation(request_id=state.request_id, error=str(error)))
+                continue
+            state.grammar = RequestGrammar(matcher, self._runner.facts.eos_token_ids)
+        return rejected
 
     def _draw_seed(self) -> int:
         return self._seed_source.getrandbits(_SEED_BITS)
@@ -260,12 +301,16 @@ class Engine:
         row_ids: list[int] = []
         states: list[SequenceSamplingState] = []
         top_ns: list[int] = []
+        grammars: list[RequestGrammar | None] = []
         for index in indices:
             sequence = sequences[index]
             state = sequence.state
             num_rows = sequence.num_sampled_rows
             first_row = inputs.last_row(index) - num_rows + 1
+            if state.grammar is not None:  # one row: constrained requests get no proposals
+                state.grammar.follow(state.generated_ids)
             for offset in range(num_rows):
+                grammars.append(state.grammar)
                 row_ids.append(first_row + offset)
                 states.append(
                     SequenceSamplingState(
@@ -281,7 +326,8 @@ class Engine:
                 top_ns.append(self._top_n(sequence))
         rows = torch.tensor(row_ids, device=hidden.device)
         logits = self._runner.compute_logits(hidden.index_select(0, rows))  # [N, V] float32
-        result: SampleResult = sample(logits, states, max(top_ns), self._watermark)
+        allowed = allowed_tokens(grammars, logits.shape[1], logits.device)  # [N, V] or None
+        result: SampleResult = sample(logits, states, max(top_ns), self._watermark, allowed)
         choices = [
             GeneratedToken(
                 token_id=result.token_ids[i],

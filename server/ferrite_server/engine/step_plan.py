@@ -146,7 +146,9 @@ def _plan_running(
     state.block_table.extend(running.new_block_ids)
     proposed: tuple[int, ...] = ()
     reaches_end = state.num_computed_tokens + running.num_scheduled_tokens == len(state.token_ids)
-    if propose is not None and running.num_lookahead_tokens > 0 and reaches_end:
+    # A constrained request gets no proposals: verifying them would need a mask per row.
+    unconstrained = state.params.sampling.grammar is None
+    if propose is not None and unconstrained and running.num_lookahead_tokens > 0 and reaches_end:
         # Never past the model's positions, whatever the router reserved.
         room = limits.max_position_embeddings - len(state.token_ids)
         proposed = propose(state, min(running.num_lookahead_tokens, room))

@@ -12,6 +12,15 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
+class Grammar:
+    """Structured output: every generated token keeps the output a prefix of the grammar's
+    language. Hashable: the shard's compiled-grammar cache is keyed by it."""
+
+    kind: str  # "json" (value: a JSON schema) or "regex"
+    value: str
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     """Hugging Face / TGI sampling semantics; neutral values mean "off"."""
 
@@ -27,6 +36,7 @@ class SamplingParams:
     seed: int | None = None  # None: the shard draws one
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token_id, additive bias)
     watermark: bool = False  # greenlist bias keyed on the previous token (sampling/watermark.py)
+    grammar: Grammar | None = None  # None: unconstrained
 
 
 @dataclass(frozen=True)

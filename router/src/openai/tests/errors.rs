@@ -28,8 +28,8 @@ async fn bad_parameters_are_openai_errors_before_any_byte_of_a_stream() {
                 Some("tools"),
             ),
             (
-                json!({"messages": hi(), "response_format": {"type": "json_object"}}),
-                422,
+                json!({"messages": hi(), "response_format": {"type": "xml"}}),
+                400,
                 Some("response_format"),
             ),
             (json!({"messages": []}), 400, Some("messages")),

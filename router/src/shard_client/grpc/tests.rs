@@ -39,6 +39,21 @@ impl Shard for FakeRank {
             ..Default::default()
         }))
     }
+    async fn compile_grammar(
+        &self,
+        request: Request<proto::CompileGrammarRequest>,
+    ) -> Result<Response<proto::CompileGrammarResponse>, Status> {
+        let grammar = request.into_inner().grammar.unwrap_or_default();
+        let error = if grammar.value.is_empty() {
+            "empty grammar".into()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(proto::CompileGrammarResponse {
+            error,
+            ..Default::default()
+        }))
+    }
     async fn health(
         &self,
         _: Request<proto::HealthRequest>,

@@ -39,17 +39,21 @@ def sample(
     seqs: Sequence[SequenceSamplingState],
     num_top_tokens: int,
     watermark: Watermark | None = None,
+    allowed: torch.Tensor | None = None,
 ) -> SampleResult:
     """logits [N, V] float32, one row per entry of seqs -> chosen tokens, their logprobs and
     the num_top_tokens most likely alternatives of every row. `watermark` biases the rows
-    whose params ask for it (None: TGI's default gamma and delta)."""
+    whose params ask for it (None: TGI's default gamma and delta). `allowed` [N, V] bool
+    (structured output; None: every token) removes tokens before anything else, for greedy and
+    sampling rows alike; logprobs still come from the raw logits."""
     if logits.dim() != 2 or logits.shape[0] != len(seqs):
         raise ValueError(f"logits {tuple(logits.shape)} do not match {len(seqs)} sequences")
     logits = logits.float()
+    scores = logits if allowed is None else logits.masked_fill(~allowed, NEG_INF)
     if all(_is_plain_greedy(seq) for seq in seqs):
-        token_ids = logits.argmax(dim=-1)  # [N]
+        token_ids = scores.argmax(dim=-1)  # [N]
     else:
-        token_ids = _choose_tokens(logits, seqs, watermark)
+        token_ids = _choose_tokens(scores, seqs, watermark)
     return _gather_results(logits, token_ids, num_top_tokens)
 
 

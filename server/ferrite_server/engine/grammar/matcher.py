@@ -1,0 +1,41 @@
+"""One constrained request's grammar state. It follows the tokens the router appends (the
+router owns the sequence, see batch_state.py), so a recomputed request after a preemption or a
+shard restart replays its generated tokens into a fresh matcher and lands where it was."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import llguidance
+import llguidance.torch
+import torch
+
+
+class RequestGrammar:
+    def __init__(self, matcher: llguidance.LLMatcher, eos_token_ids: Sequence[int]) -> None:
+        self._matcher = matcher
+        self._num_consumed_tokens = 0
+        self._eos_token_ids = tuple(eos_token_ids)
+
+    def follow(self, generated_ids: Sequence[int]) -> None:
+        """Consume the generated tokens the matcher has not seen yet."""
+        new_ids = list(generated_ids[self._num_consumed_tokens :])
+        self._num_consumed_tokens = len(generated_ids)
+        if new_ids and not self._matcher.is_error():
+            # A refused token (only a router that appended its own tokens could send one)
+            # leaves the matcher in error: fill_mask then allows EOS only.
+            self._matcher.consume_tokens(new_ids)
+
+    def fill_mask(self, bitmask: torch.Tensor, row: int) -> None:
+        """Write the allowed-token bits of the next token into bitmask[row] (CPU int32)."""
+        if self._matcher.is_error():
+            bitmask[row].zero_()
+            for token_id in self._eos_token_ids:
+                bitmask[row, token_id // 32] |= _bit(token_id % 32)
+            return
+        llguidance.torch.fill_next_token_bitmask(self._matcher, bitmask, row)
+
+
+def _bit(index: int) -> int:
+    """Bit `index` of an int32 word, as the signed value torch stores."""
+    return -(1 << 31) if index == 31 else 1 << index
