@@ -74,7 +74,7 @@ def test_the_limits_take_tgi_flags_and_environment_variables(server):
 
 def test_flags_that_cannot_apply_are_each_named_once_in_the_log(server):
     log = server.log()
-    for flag in ["--max-waiting-tokens", "--waiting-served-ratio", "--rope-scaling", "--usage-stats"]:
+    for flag in ["--max-waiting-tokens", "--waiting-served-ratio", "--usage-stats"]:
         lines = [line for line in log.splitlines() if line.startswith(f"[launcher] {flag} ")]
         assert len(lines) == 1, (flag, lines)
 

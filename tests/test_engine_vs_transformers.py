@@ -8,6 +8,7 @@ prompt logprobs across chunk boundaries) must be within 1e-4 of transformers' lo
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 from transformers import AutoTokenizer
 
+from ferrite_server.config import RopeOverride
 from ferrite_server.engine.types import FinishReason, RequestParams, StoppingParams
 from tests.support.engine_driver import BlockAllocator, EngineDriver, ScriptedRequest
 from tests.support.engines import warmed_up_engine
@@ -106,15 +108,17 @@ def _run_and_compare(
     prompts: list[list[int]],
     max_new_tokens: int,
     block_size_tokens: int,
+    reference_dir: Path | None = None,
     **config_overrides: Any,
 ) -> None:
+    """`reference_dir`: the checkpoint transformers runs (default: `model_dir`)."""
     engine, num_blocks = warmed_up_engine(model_dir, block_size_tokens, **config_overrides)
     requests = _scripted_requests(prompts, max_new_tokens)
     driver = EngineDriver(engine, BlockAllocator(num_blocks, seed=7))
     driver.run(requests)
     _assert_batch_was_mixed(driver, requests)
     trust_remote_code = bool(config_overrides.get("trust_remote_code", False))
-    reference_model = load_reference_model(model_dir, trust_remote_code)
+    reference_model = load_reference_model(reference_dir or model_dir, trust_remote_code)
     for request in requests:
         reference = greedy_reference(reference_model, request.prompt_ids, max_new_tokens, TOP_N)
         _assert_matches(request, reference)
@@ -150,6 +154,26 @@ def test_tiny_models_match_transformers(spec: TinyModelSpec, tmp_path: Path) -> 
     model_dir = write_tiny_model(tmp_path / "model", spec)
     # 4-token blocks: every sequence spans several non-contiguous blocks.
     _run_and_compare(model_dir, _tiny_prompts(spec.seed), max_new_tokens=12, block_size_tokens=4)
+
+
+def test_tgi_rope_flags_match_transformers_with_that_scaling(tmp_path: Path) -> None:
+    # --rope-scaling linear --rope-factor 4 on a checkpoint without scaling serves what
+    # transformers computes for the same checkpoint with that scaling in its config.json.
+    spec = TinyModelSpec(family="llama", seed=12)
+    model_dir = write_tiny_model(tmp_path / "plain", spec)
+    scaled_dir = write_tiny_model(tmp_path / "scaled", spec)
+    config_path = scaled_dir / "config.json"
+    config = json.loads(config_path.read_text())
+    config["rope_scaling"] = {"rope_type": "linear", "factor": 4.0}
+    config_path.write_text(json.dumps(config))
+    prompts = _tiny_prompts(spec.seed)
+    plain = greedy_reference(load_reference_model(model_dir), prompts[0], 6, TOP_N)
+    scaled = greedy_reference(load_reference_model(scaled_dir), prompts[0], 6, TOP_N)
+    assert plain.logprobs != pytest.approx(scaled.logprobs, abs=1e-4), "the scaling matters"
+    _run_and_compare(
+        model_dir, prompts, max_new_tokens=8, block_size_tokens=4, reference_dir=scaled_dir,
+        rope_override=RopeOverride(scaling="linear", factor=4.0),
+    )
 
 
 SMOLLM_PROMPTS = [

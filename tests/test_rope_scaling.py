@@ -100,3 +100,28 @@ def test_cos_sin_per_token_follow_each_sequence_length() -> None:
         angles = torch.cat((position * inv_freq, position * inv_freq))
         torch.testing.assert_close(cos[row], angles.cos() * factor, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(sin[row], angles.sin() * factor, rtol=1e-5, atol=1e-6)
+
+
+def test_tgi_rope_flags_replace_the_scaling_and_keep_each_base() -> None:
+    from ferrite_server.cli import build_parser, rope_override_from_args
+    from ferrite_server.config import RopeOverride
+    from ferrite_server.models.rope_config import with_rope_override
+
+    v4 = {**BASE, "rope_theta": 5e5, "rope_scaling": {"type": "llama3", "factor": 8.0}}
+    rope = rope_config_from_hf(with_rope_override(v4, "dynamic", 2.0))
+    assert (rope.rope_type, rope.factor, rope.theta) == ("dynamic", 2.0, 5e5)
+    per_kind = {**BASE, "rope_parameters": {
+        "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+    }}
+    overridden = with_rope_override(per_kind, "linear", 2.0)
+    for kind, theta in (("full_attention", 1e6), ("sliding_attention", 1e4)):
+        rope = rope_config_from_hf(overridden, kind)
+        assert (rope.rope_type, rope.factor, rope.theta) == ("linear", 2.0, theta)
+    parser = build_parser()
+    common = ["serve", "--model-id", "m", "--uds-path", "s"]
+    assert rope_override_from_args(parser.parse_args(common)) is None
+    only_factor = parser.parse_args([*common, "--rope-factor", "2"])
+    assert rope_override_from_args(only_factor) == RopeOverride("linear", 2.0)  # TGI's default
+    only_kind = parser.parse_args([*common, "--rope-scaling", "dynamic"])
+    assert rope_override_from_args(only_kind) == RopeOverride("dynamic", 1.0)

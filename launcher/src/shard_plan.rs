@@ -62,6 +62,8 @@ impl ShardPlanner<'_> {
         let speculative_method =
             (args.speculate.unwrap_or(0) > 0).then_some(&args.speculative_method);
         push_opt(&mut argv, "--speculative-method", speculative_method);
+        push_opt(&mut argv, "--rope-scaling", args.tgi.rope_scaling.as_ref());
+        push_opt(&mut argv, "--rope-factor", args.tgi.rope_factor.as_ref());
         push_opt(
             &mut argv,
             "--watermark-gamma",

@@ -54,11 +54,11 @@ pub struct TgiFlags {
     #[arg(long, env)]
     pub sharded: Option<bool>,
 
-    /// Accepted, not applied: ferrite takes RoPE scaling from the checkpoint's config.json
+    /// Replace the checkpoint's RoPE scaling: linear or dynamic, with --rope-factor (alone: linear; default factor 1.0, as in TGI)
     #[arg(long, env, value_parser = ["linear", "dynamic"])]
     pub rope_scaling: Option<String>,
 
-    /// Accepted, not applied: ferrite takes RoPE scaling from the checkpoint's config.json
+    /// RoPE scaling factor (see --rope-scaling); alone it means linear scaling
     #[arg(long, env)]
     pub rope_factor: Option<f32>,
 
@@ -185,10 +185,6 @@ pub fn notices(args: &Args) -> Vec<String> {
     note(
         tgi.sharded == Some(true) && args.num_shard == 1,
         "--sharded true: ferrite does not count the GPUs; pass --num-shard N to shard (running 1 shard)".into(),
-    );
-    note(
-        tgi.rope_scaling.is_some() || tgi.rope_factor.is_some(),
-        "--rope-scaling / --rope-factor are not applied: ferrite takes RoPE scaling (linear, llama3) from the checkpoint's config.json `rope_scaling`".into(),
     );
     note(
         tgi.disable_custom_kernels && args.attention_backend == AttentionBackend::Triton,

@@ -112,6 +112,8 @@ fn a_tgi_command_line_parses_and_plans() {
         ("--watermark-delta", "3"),
         ("--cuda-memory-fraction", "0.8"),
         ("--attention-backend", "torch"),
+        ("--rope-scaling", "dynamic"),
+        ("--rope-factor", "2"),
     ] {
         assert_eq!(flag_value(shard, flag), Some(value), "shard {flag}");
     }
@@ -176,7 +178,6 @@ fn flags_that_cannot_apply_each_get_one_warning_line() {
     for flag in [
         "--max-waiting-tokens",
         "--waiting-served-ratio",
-        "--rope-scaling",
         "--usage-stats",
     ] {
         assert_eq!(

@@ -33,6 +33,7 @@ from ferrite_server.config import (
     GrammarLimits,
     KVCacheDtypeName,
     QuantizeName,
+    RopeOverride,
     SpeculativeMethodName,
     ShardConfig,
     TcpListen,
@@ -98,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--trust-remote-code", action="store_true",
                        help="run a checkpoint's own Python code (auto_map) on the transformers "
                        "fallback")
+    serve.add_argument("--rope-scaling", choices=["linear", "dynamic"], default=None,
+                       help="replace the checkpoint's RoPE scaling (TGI's flag; with "
+                       "--rope-factor, default 1.0)")
+    serve.add_argument("--rope-factor", type=float, default=None,
+                       help="RoPE scaling factor (TGI's flag; alone: linear scaling)")
     serve.add_argument("--cuda-graphs", type=parse_cuda_graph_sizes, default=None,
                        help="decode batch sizes to capture as CUDA graphs (CUDA, triton attention), "
                        "e.g. 1,2,4,8; 0 turns graphs off; default: buckets up to the max batch size")
@@ -161,6 +167,16 @@ def configure_logging(level: str, json_output: bool = False) -> None:
     logging.captureWarnings(True)
 
 
+def rope_override_from_args(args: argparse.Namespace) -> RopeOverride | None:
+    """TGI's pair: either flag alone means linear scaling, factor 1.0."""
+    if args.rope_scaling is None and args.rope_factor is None:
+        return None
+    return RopeOverride(
+        scaling=args.rope_scaling or "linear",
+        factor=args.rope_factor if args.rope_factor is not None else 1.0,
+    )
+
+
 def shard_config_from_args(args: argparse.Namespace) -> ShardConfig:
     distributed = DistributedConfig.from_environ()
     tcp_listen = None
@@ -189,6 +205,7 @@ def shard_config_from_args(args: argparse.Namespace) -> ShardConfig:
         cuda_memory_fraction=args.cuda_memory_fraction,
         trust_remote_code=args.trust_remote_code,
         model_implementation=args.model_implementation,
+        rope_override=rope_override_from_args(args),
         speculative_method=args.speculative_method,
         grammar_limits=GrammarLimits(
             max_grammar_bytes=args.max_grammar_bytes,

@@ -98,6 +98,19 @@ class GrammarLimits:
 
 
 @dataclass(frozen=True)
+class RopeOverride:
+    """TGI's --rope-scaling / --rope-factor: replaces the checkpoint's RoPE scaling (its
+    base frequency stays). Either flag alone: linear, factor 1.0 as TGI defaults them."""
+
+    scaling: Literal["linear", "dynamic"] = "linear"
+    factor: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.factor <= 0.0:
+            raise ValueError(f"rope factor must be > 0, got {self.factor}")
+
+
+@dataclass(frozen=True)
 class ShardConfig:
     model_id: Path  # a local directory with config.json + safetensors
     uds_path: Path  # unix socket this shard serves gRPC on
@@ -122,6 +135,8 @@ class ShardConfig:
     cuda_memory_fraction: float = 0.9
     # Run a checkpoint's own Python code (`auto_map`) on the transformers fallback.
     trust_remote_code: bool = False
+    # None: the RoPE scaling in the checkpoint's config.json.
+    rope_override: RopeOverride | None = None
     # auto: a ferrite model file when there is one, else the transformers fallback;
     # transformers: the fallback even for native families (to compare, or to work around one).
     model_implementation: ModelImplementationName = "auto"

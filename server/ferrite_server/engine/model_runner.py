@@ -45,6 +45,7 @@ from ferrite_server.models.config import (
     read_hf_config,
 )
 from ferrite_server.models.interface import CausalLM, KVCache
+from ferrite_server.models.rope_config import with_rope_override
 from ferrite_server.models.transformers_fallback import (
     TransformersCausalLM,
     is_causal_lm,
@@ -117,6 +118,8 @@ class ModelRunner:
         for benchmarks of large shapes whose speed does not depend on the values)."""
         model_dir = Path(config.model_id)
         hf = read_hf_config(model_dir)
+        if config.rope_override is not None:
+            hf = with_rope_override(hf, config.rope_override.scaling, config.rope_override.factor)
         architecture = architecture_of(hf)
         family = MODEL_REGISTRY.get(architecture)
         if family is None and config.model_implementation == "native":
@@ -188,6 +191,11 @@ class ModelRunner:
             raise UnsupportedModelError(
                 f"{architecture} needs the checkpoint's own Python code (auto_map); start with "
                 "--trust-remote-code to run it"
+            )
+        if config.rope_override is not None:
+            raise UnsupportedModelError(
+                f"{architecture} runs on the transformers fallback, which takes RoPE scaling "
+                "from config.json only: --rope-scaling / --rope-factor apply to native families"
             )
         if config.distributed.world_size != 1 or resolve_quantization(config.quantize, hf):
             raise UnsupportedModelError(

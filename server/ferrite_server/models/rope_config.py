@@ -74,3 +74,24 @@ def rope_config_from_hf(hf: HfConfig, layer_kind: str | None = None) -> RopeConf
         short_factor=tuple(float(f) for f in params.get("short_factor") or ()),
         long_factor=tuple(float(f) for f in params.get("long_factor") or ()),
     )
+
+
+def with_rope_override(hf: HfConfig, scaling: str, factor: float) -> HfConfig:
+    """`hf` with its RoPE scaling replaced by `scaling` x `factor` (TGI's --rope-scaling /
+    --rope-factor), each layer kind keeping its own base frequency."""
+    overridden = {key: value for key, value in hf.items() if key != "rope_scaling"}
+    all_params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+
+    def replaced(params: dict[str, Any]) -> dict[str, Any]:
+        theta = params.get("rope_theta") or hf.get("rope_theta") or 10000.0
+        return {"rope_type": scaling, "factor": float(factor), "rope_theta": float(theta)}
+
+    if any(isinstance(value, dict) for value in all_params.values()):
+        overridden["rope_parameters"] = {
+            kind: replaced(params) for kind, params in all_params.items() if isinstance(params, dict)
+        }
+        # Per-kind parameters now carry every base, v4's local one included.
+        overridden.pop("rope_local_base_freq", None)
+    else:
+        overridden["rope_parameters"] = replaced(dict(all_params))
+    return overridden
