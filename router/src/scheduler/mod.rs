@@ -10,6 +10,7 @@ mod handle;
 pub mod interface;
 mod kv_cache_manager;
 mod plan_views;
+mod prepare;
 mod queue;
 mod sequence;
 mod state;

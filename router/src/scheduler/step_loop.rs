@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+use super::prepare::{PreparedStep, StepRequest};
 use super::sequence::Sequence;
-use super::state::{PreparedStep, SchedulerState, StepRequest};
+use super::state::SchedulerState;
 use super::stats::{StateGauges, StatsCell, StepRecord};
 use crate::proto;
 use crate::shard_client::{ShardClient, ShardError, ShardResult};
