@@ -19,7 +19,6 @@ import json
 import platform
 import random
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,17 +30,14 @@ from text_generation import AsyncClient
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration-tests"))
 from support.launcher import running_ferrite  # noqa: E402
 
+from machine import cpu_model  # noqa: E402
+
 from ferrite_benchmark.sharegpt import bundled_dataset_path, parse_entries  # noqa: E402
 
 LIMITS = ["--dtype", "float32", "--max-input-tokens", "2400", "--max-total-tokens", "2500",
           "--max-batch-prefill-tokens", "2500"]
 WORDS = ("river stone lantern orchard copper meadow harbor violet thunder pepper glacier "
          "saddle marble cedar falcon ember quilt walnut canyon").split()
-
-
-def cpu_model() -> str:
-    lines = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-    return "; ".join(line.split(":", 1)[1].strip() for line in lines if line.startswith(("Model name", "Flags")))
 
 
 def random_text(num_words: int, seed: int) -> str:

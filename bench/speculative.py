@@ -19,7 +19,6 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,8 @@ from transformers import AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration-tests"))
 from support.launcher import running_ferrite  # noqa: E402
+
+from machine import cpu_model  # noqa: E402
 
 from ferrite_benchmark.sharegpt import bundled_dataset_path, parse_entries  # noqa: E402
 from ferrite_server.cli import DEFAULT_MODEL_CACHE_DIR  # noqa: E402
@@ -56,11 +57,6 @@ LOOKUP_TASKS = [
     f"Return this code unchanged:\n\n{CODE}",
     f"Repeat the following paragraph twice:\n\n{PARAGRAPH}",
 ]
-
-
-def cpu_model() -> str:
-    lines = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-    return "; ".join(line.split(":", 1)[1].strip() for line in lines if line.startswith(("Model name", "Flags")))
 
 
 def chat_prompts(tasks: list[str]) -> list[str]:
