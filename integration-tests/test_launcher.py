@@ -122,8 +122,11 @@ def test_sigterm_stops_everything_and_exits_0(tiny_model_dir: Path) -> None:
         assert {"launcher", "shard-0", "router"} <= origins, origins
 
 
-def test_a_killed_shard_takes_the_launcher_down_with_a_report(tiny_model_dir: Path) -> None:
-    with running_ferrite(["--model-id", str(tiny_model_dir)]) as server:
+def test_without_a_restart_budget_a_killed_shard_takes_the_launcher_down(tiny_model_dir: Path) -> None:
+    # With restarts allowed (the default) the shard group is restarted instead:
+    # test_shard_restart.py covers that.
+    flags = ["--model-id", str(tiny_model_dir), "--max-shard-restarts", "0"]
+    with running_ferrite(flags) as server:
         children = children_of(server.process)
         shard = next(child for child in children if "serve" in child.cmdline())
         shard.send_signal(signal.SIGKILL)

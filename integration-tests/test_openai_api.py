@@ -220,7 +220,6 @@ def test_stop_and_max_tokens_give_the_right_finish_reasons(client, model_name):
         ({"max_tokens": 1_000_000}, 400),
         ({"top_logprobs": 2}, 400),
         ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, 422),
-        ({"response_format": {"type": "json_object"}}, 422),
     ],
 )
 def test_bad_parameters_are_api_errors(client, model_name, arguments, status):

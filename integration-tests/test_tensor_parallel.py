@@ -1,7 +1,8 @@
 """Tensor parallelism through the real launcher (issue 10, "Must show", CPU / gloo): greedy
 float32 tokens with N shards equal those of one shard, each rank holds ~1/N of the weights,
-a head count N does not divide is refused at start, killing a rank mid-generation takes
-everything down within the collective timeout, and two "nodes" (two launchers on loopback)
+a head count N does not divide is refused at start, killing a rank mid-generation restarts the
+whole group and the stream continues (or, with no restart budget, takes everything down within
+the collective timeout), and two "nodes" (two launchers on loopback)
 serve one model together."""
 
 from __future__ import annotations
@@ -125,8 +126,59 @@ def test_a_head_count_the_shards_do_not_divide_is_refused(tiny_model_dir: Path) 
     assert "--num-shard (3) must divide the model's attention heads (4)" in output, output
 
 
-def test_killing_a_rank_mid_generation_stops_everything(tiny_model_dir: Path) -> None:
-    flags = ["--model-id", str(tiny_model_dir), *tp_flags(2), "--graceful-shutdown-timeout-s", "5"]
+def test_killing_a_rank_restarts_the_group_and_the_stream_continues(tiny_model_dir: Path) -> None:
+    flags = ["--model-id", str(tiny_model_dir), *tp_flags(2)]
+    with running_ferrite(flags) as server:
+        client = Client(server.base_url, timeout=EXIT_TIMEOUT_S)
+        expected = client.generate("Count on", max_new_tokens=100).generated_text
+        old_ranks = rank_processes(server)
+        started = threading.Event()
+        pieces: list[str] = []
+
+        def stream() -> None:
+            for response in client.generate_stream("Count on", max_new_tokens=100):
+                started.set()
+                if not response.token.special:
+                    pieces.append(response.token.text)
+
+        streamer = threading.Thread(target=stream)
+        streamer.start()
+        assert started.wait(EXIT_TIMEOUT_S), "no token arrived"
+        old_ranks[1].send_signal(signal.SIGKILL)
+        streamer.join(EXIT_TIMEOUT_S * 2)
+
+        assert not streamer.is_alive(), "the stream did not finish after the restart"
+        assert "".join(pieces) == expected, "the replayed stream continues where it stopped"
+        assert server.process.poll() is None, "the launcher is still up"
+        # Every rank of the group was restarted, not only the one that died.
+        new_ranks = rank_processes(server)
+        assert len(new_ranks) == 2
+        assert not {p.pid for p in new_ranks} & {p.pid for p in old_ranks}
+        assert all(is_gone(process) for process in old_ranks)
+
+
+def rank_processes(server: RunningFerrite) -> list[psutil.Process]:
+    """The live shard processes, by rank (the router's command line names the sockets too)."""
+    ranks = []
+    for rank in range(2):
+        ranks.append(next(
+            child for child in psutil.Process(server.process.pid).children(recursive=True)
+            if _is_live_shard(child, rank)
+        ))
+    return ranks
+
+
+def _is_live_shard(process: psutil.Process, rank: int) -> bool:
+    try:
+        command = process.cmdline()
+    except psutil.Error:  # gone, or a zombie not reaped yet
+        return False
+    return "serve" in command and any(arg.endswith(f"/shard-{rank}") for arg in command)
+
+
+def test_without_a_restart_budget_killing_a_rank_stops_everything(tiny_model_dir: Path) -> None:
+    flags = ["--model-id", str(tiny_model_dir), *tp_flags(2), "--graceful-shutdown-timeout-s", "5",
+             "--max-shard-restarts", "0"]
     with running_ferrite(flags) as server:
         children = psutil.Process(server.process.pid).children(recursive=True)
         # The shard of rank 1 (the router's command line names its socket too).

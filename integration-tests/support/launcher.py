@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from typing import Iterator, Sequence
 import requests
 
 READY_TIMEOUT_S = 600.0
+# How much of the launcher log a failing test shows.
+LOG_TAIL_CHARS = 8000
 
 
 def free_port() -> int:
@@ -89,5 +92,11 @@ def running_ferrite(
                 if wait:
                     wait_until_ready(server)
                 yield server
+            except BaseException:
+                # The launcher's log is the only record of what the server did: show it with
+                # the failure (pytest prints a failing test's captured stderr).
+                sys.stderr.write(f"--- launcher log, last {LOG_TAIL_CHARS} characters ---\n")
+                sys.stderr.write(server.log()[-LOG_TAIL_CHARS:] + "\n")
+                raise
             finally:
                 stop(server)
