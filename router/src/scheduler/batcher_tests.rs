@@ -393,7 +393,11 @@ fn a_step_holds_at_most_max_loras_per_batch_adapters_and_the_rest_wait() {
     assert_eq!(plan.num_admitted, 2);
     let admitted: Vec<u64> = plan.chunks.iter().map(|chunk| chunk.request_id).collect();
     assert_eq!(admitted, vec![3, 4]);
-    assert_eq!(plan.decodes.len(), 2, "running requests are never held back");
+    assert_eq!(
+        plan.decodes.len(),
+        2,
+        "running requests are never held back"
+    );
     // Once adapter 10's request left, the third adapter gets in.
     let plan = plan_step(&limits, &running[1..], &queue[2..], 100);
     assert_eq!(plan.num_admitted, 2);

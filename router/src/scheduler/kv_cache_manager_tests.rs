@@ -242,10 +242,16 @@ fn adapters_never_share_blocks_of_the_same_tokens() {
     assert_eq!(table(5), table(1));
     for (one, other) in [(1, 2), (1, 3), (2, 3)] {
         let (one, other) = (table(one), table(other));
-        assert!(one.iter().all(|block| !other.contains(block)), "{one:?} vs {other:?}");
+        assert!(
+            one.iter().all(|block| !other.contains(block)),
+            "{one:?} vs {other:?}"
+        );
     }
     // The base model's chain is the one it always was; adapters' chains all differ from it.
     assert_eq!(hashes_under(&prompt, ""), hashes_of(&prompt));
-    assert_ne!(hashes_under(&prompt, "math")[0], hashes_under(&prompt, "code")[0]);
+    assert_ne!(
+        hashes_under(&prompt, "math")[0],
+        hashes_under(&prompt, "code")[0]
+    );
     kv.check_consistency().expect("consistent");
 }

@@ -87,7 +87,10 @@ mod tests {
             assert!(message.contains(part), "{message}");
         }
         let none = Adapters::new("base", &[]).resolve(Some("math"));
-        assert!(none.expect_err("no adapters").to_string().contains("--lora-adapters"));
+        assert!(none
+            .expect_err("no adapters")
+            .to_string()
+            .contains("--lora-adapters"));
     }
 
     #[test]
