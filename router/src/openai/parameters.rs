@@ -39,6 +39,15 @@ pub struct GenerationOptions {
 }
 
 impl GenerationOptions {
+    /// The response's `model`: the adapter the request ran with, else the base model's id.
+    pub fn served_model(&self, base_model_id: &str) -> String {
+        if self.adapter_id.is_empty() {
+            base_model_id.to_string()
+        } else {
+            self.adapter_id.clone()
+        }
+    }
+
     /// The shard's parameters for choice `choice_index` (its own seed) of a prompt.
     pub fn request_parameters(
         &self,
