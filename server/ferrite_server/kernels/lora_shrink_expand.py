@@ -76,7 +76,8 @@ def _lora_expand_kernel(
     ranks = tl.arange(0, BLOCK_RANK)
     mask = out_mask[:, None] & (ranks[None, :] < rank)
     columns = tl.load(row_offsets_ptr + outs, mask=out_mask, other=0)
-    s = tl.load(s_ptr + token * stride_s_token + columns[:, None] + ranks[None, :], mask=mask, other=0.0)
+    s_offsets = token * stride_s_token + columns[:, None] + ranks[None, :]
+    s = tl.load(s_ptr + s_offsets, mask=mask, other=0.0)
     b_offsets = adapter * stride_b_adapter + outs[:, None] * stride_b_row + ranks[None, :]
     b = tl.load(b_ptr + b_offsets, mask=mask, other=0.0)
     delta = tl.sum(b.to(tl.float32) * s, axis=1)

@@ -61,7 +61,9 @@ class LoraBatch:
             else:
                 runs.append([adapter, start, end])
         host = torch.tensor(token_adapters, dtype=torch.int32)
-        on_device = host if device.type == "cpu" else host.pin_memory().to(device, non_blocking=True)
+        on_device = host
+        if device.type != "cpu":
+            on_device = host.pin_memory().to(device, non_blocking=True)
         return cls(on_device, tuple((a, s, e) for a, s, e in runs))
 
 
@@ -98,7 +100,9 @@ class LoraLinearWeights(nn.Module):
             "lora_b", torch.zeros((num_adapters, output_size, max_rank), dtype=dtype, device=device)
         )
         # [output_size] int32: the shrink column where each output row's part starts.
-        part_columns = [index * max_rank for index, part in enumerate(parts) for _ in range(part.output_size)]
+        part_columns = [
+            index * max_rank for index, part in enumerate(parts) for _ in range(part.output_size)
+        ]
         self.register_buffer(
             "row_shrink_offsets", torch.tensor(part_columns, dtype=torch.int32, device=device)
         )
@@ -110,7 +114,8 @@ class LoraLinearWeights(nn.Module):
         rank = lora_a.shape[0]
         first_row = part * self.rank
         self.lora_a[adapter, first_row : first_row + rank].copy_(lora_a)
-        rows = slice(self.parts[part].output_start, self.parts[part].output_start + self.parts[part].output_size)
+        start = self.parts[part].output_start
+        rows = slice(start, start + self.parts[part].output_size)
         self.lora_b[adapter, rows, :rank].copy_((lora_b.float() * scale).to(self.lora_b.dtype))
 
     def add_to(self, y: torch.Tensor, x: torch.Tensor, batch: LoraBatch) -> torch.Tensor:
@@ -118,7 +123,9 @@ class LoraLinearWeights(nn.Module):
         if x.is_cuda:
             from ferrite_server.kernels.lora_shrink_expand import lora_shrink_expand
 
-            lora_shrink_expand(y, x, self.lora_a, self.lora_b, self.row_shrink_offsets, batch.token_adapters)
+            lora_shrink_expand(
+                y, x, self.lora_a, self.lora_b, self.row_shrink_offsets, batch.token_adapters
+            )
             return y
         if batch.runs is not None:
             return self._add_by_runs(y, x, batch.runs)

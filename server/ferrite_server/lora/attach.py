@@ -18,7 +18,12 @@ from torch import nn
 from ferrite_server.config import LoraConfig
 from ferrite_server.layers.linear import _Linear
 from ferrite_server.layers.lora import LoraLinearWeights, LoraPart
-from ferrite_server.lora.peft_adapter import LoraAdapterError, LoraModule, PeftAdapter, load_peft_adapter
+from ferrite_server.lora.peft_adapter import (
+    LoraAdapterError,
+    LoraModule,
+    PeftAdapter,
+    load_peft_adapter,
+)
 from ferrite_server.lora.resolve import adapter_directory
 
 logger = logging.getLogger(__name__)

@@ -112,7 +112,8 @@ def _read_config(name: str, directory: Path) -> dict[str, Any]:
     try:
         config = json.loads(path.read_text())
     except FileNotFoundError:
-        raise LoraAdapterError(name, f"{directory} has no {CONFIG_NAME} (not a PEFT adapter)") from None
+        reason = f"{directory} has no {CONFIG_NAME} (not a PEFT adapter)"
+        raise LoraAdapterError(name, reason) from None
     except (OSError, ValueError) as error:
         raise LoraAdapterError(name, f"cannot read {path}: {error}") from error
     peft_type = str(config.get("peft_type", "")).upper()
@@ -182,7 +183,8 @@ def _module(
         )
     if rank > max_rank:
         raise LoraAdapterError(name, f"rank {rank} ({path}) is above --max-lora-rank {max_rank}")
-    alpha = float(_pattern_value(config.get("alpha_pattern") or {}, path, config.get("lora_alpha", 8)))
+    alpha_pattern = config.get("alpha_pattern") or {}
+    alpha = float(_pattern_value(alpha_pattern, path, config.get("lora_alpha", 8)))
     scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
     return LoraModule(layer=layer, module=match[2], lora_a=lora_a, lora_b=lora_b, scale=scale)
 
