@@ -89,3 +89,21 @@ def test_an_unknown_adapter_rejects_only_its_request(tiny_with_adapters) -> None
     by_id = {generation.request_id: generation for generation in output.generations}
     assert by_id[1].error == "" and len(by_id[1].tokens) == 1
     assert "unknown LoRA adapter 'code'" in by_id[2].error and "'math'" in by_id[2].error
+
+
+def test_adapter_memory_is_counted_with_the_weights(tiny_with_adapters) -> None:
+    """Warmup reports the adapters' stacked matrices in the model's memory, which the KV cache
+    is sized after (on a GPU: measured free memory, which they no longer are)."""
+    model_dir, adapter_dirs = tiny_with_adapters
+    plain, _ = warmed_up_engine(model_dir)
+    lora = LoraConfig(adapters=tuple((name, str(path)) for name, path in adapter_dirs.items()))
+    with_adapters, _ = warmed_up_engine(model_dir, lora=lora)
+    warmup = {"plain": plain, "lora": with_adapters}
+    memory = {name: engine.warmup(64, 8, 128).model_memory_bytes for name, engine in warmup.items()}
+    layers = with_adapters._runner.model.model.layers  # type: ignore[attr-defined]
+    lora_bytes = sum(
+        buffer.numel() * buffer.element_size()
+        for layer in layers for module in layer.modules()
+        if getattr(module, "lora", None) is not None for buffer in module.lora.buffers()
+    )
+    assert lora_bytes > 0 and memory["lora"] - memory["plain"] == lora_bytes
