@@ -10,6 +10,10 @@ batch, the adapter batch with the CPU path that applies each adapter to its rows
 default), and the adapter batch with the gather path (each token gathers its adapter's
 matrices, then bmm: what a CUDA-graph stand-in does on CPU). Reports the median decode step
 of the best round of each, and one layer's LoRA delta alone for both paths.
+
+On a CUDA device the same command measures the Triton kernels (both "paths" then run them:
+the layers take the kernels whatever the host knows) with decode CUDA graphs on, e.g.
+`--dtype bfloat16 --requests 16 --adapters 4`.
 """
 
 from __future__ import annotations
@@ -107,16 +111,21 @@ def layer_delta_ms(engine: Engine, num_requests: int, num_adapters: int) -> dict
     layer = engine._runner.model.model.layers[0].mlp.gate_up_proj.lora  # type: ignore[union-attr]
     per_adapter = num_requests // num_adapters
     adapters = [index // per_adapter for index in range(num_requests)]
-    batch = LoraBatch.from_sequences(adapters, list(range(num_requests + 1)), torch.device("cpu"))
-    assert batch is not None and layer is not None
-    x = torch.randn(num_requests, layer.lora_a.shape[2], dtype=layer.lora_a.dtype)
-    y = torch.zeros(num_requests, layer.lora_b.shape[1], dtype=layer.lora_a.dtype)
+    assert layer is not None
+    device, dtype = layer.lora_a.device, layer.lora_a.dtype
+    batch = LoraBatch.from_sequences(adapters, list(range(num_requests + 1)), device)
+    assert batch is not None
+    x = torch.randn(num_requests, layer.lora_a.shape[2], dtype=dtype, device=device)
+    y = torch.zeros(num_requests, layer.lora_b.shape[1], dtype=dtype, device=device)
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     timings = {}
     for name, lora in (("runs", batch), ("gather", LoraBatch(batch.token_adapters))):
         samples = []
         for _ in range(200):
+            synchronize()
             start = time.perf_counter()
             layer.add_to(y, x, lora)
+            synchronize()
             samples.append(time.perf_counter() - start)
         timings[name] = statistics.median(samples) * 1e3
     return timings
