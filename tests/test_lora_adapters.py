@@ -112,3 +112,16 @@ def test_the_flag_spelling() -> None:
     assert parse_lora_adapters("a=/x, org/b") == (("a", "/x"), ("org/b", "org/b"))
     with pytest.raises(ValueError, match="twice"):
         parse_lora_adapters("a=/x,a=/y")
+
+
+def test_the_contract_carries_adapters_both_ways() -> None:
+    from ferrite_server.engine.types import EngineInfo
+    from ferrite_server.proto import shard_pb2 as pb
+    from ferrite_server.proto_convert import info_to_proto, request_params_from_proto
+
+    params = request_params_from_proto(pb.RequestParameters(adapter_id="math"))
+    assert params.adapter_id == "math"
+    assert request_params_from_proto(pb.RequestParameters()).adapter_id == ""
+    info = EngineInfo("m", "LlamaForCausalLM", "float32", "cpu", 16, 320, (2,), 128, 1, "torch",
+                      lora_adapters=("math", "code"))
+    assert list(info_to_proto(info).lora_adapters) == ["math", "code"]
