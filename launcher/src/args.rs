@@ -139,6 +139,18 @@ pub struct Args {
     #[arg(long, env)]
     pub model_cache_dir: Option<PathBuf>,
 
+    /// LoRA adapters served beside the model, comma-separated: name=DIR, name=HUB_ID, or a hub id alone (named after itself); a request picks one with adapter_id (OpenAI: model)
+    #[arg(long, env, value_delimiter = ',')]
+    pub lora_adapters: Vec<String>,
+
+    /// Largest rank a LoRA adapter may have; a higher one stops start-up naming it
+    #[arg(long, env, default_value_t = 64)]
+    pub max_lora_rank: u32,
+
+    /// Most distinct LoRA adapters among the requests of one step; requests of another adapter wait (the base model does not count)
+    #[arg(long, env, default_value_t = 8)]
+    pub max_loras_per_batch: u32,
+
     /// Number of tensor-parallel shards (processes) to run the model on
     #[arg(long, env, default_value_t = 1)]
     pub num_shard: u32,

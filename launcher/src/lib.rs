@@ -4,6 +4,7 @@
 pub mod args;
 pub mod child;
 pub mod logs;
+pub mod lora;
 pub mod model;
 pub mod observability;
 pub mod plan;

@@ -63,6 +63,8 @@ pub enum PlanError {
     EmptyApiKey,
     #[error(transparent)]
     TgiFlag(#[from] crate::tgi_flags::TgiFlagError),
+    #[error(transparent)]
+    Lora(#[from] crate::lora::LoraFlagError),
 }
 
 /// One child process: what to run and under which name its log lines appear.
@@ -136,6 +138,15 @@ pub fn check_args(args: &Args, launcher_pid: u32) -> Result<(), PlanError> {
         }
     }
     check_token_limits(args)?;
+    crate::lora::parse_adapters(&args.lora_adapters)?;
+    if args.max_lora_rank == 0 {
+        return Err(crate::lora::LoraFlagError::ZeroRank.into());
+    }
+    if args.max_loras_per_batch == 0 {
+        return Err(PlanError::ZeroLimit {
+            flag: "--max-loras-per-batch",
+        });
+    }
     let last_rank = topology.ranks().end - 1;
     let last_socket = shard_uds_path(&uds_prefix(args, launcher_pid), last_rank);
     let length_bytes = last_socket.as_os_str().len();
@@ -321,6 +332,13 @@ fn router_spec(
         );
     }
     push_opt(&mut argv, "--speculate", args.speculate.as_ref());
+    if !args.lora_adapters.is_empty() {
+        push_opt(
+            &mut argv,
+            "--max-loras-per-batch",
+            Some(&args.max_loras_per_batch),
+        );
+    }
     push_opt(
         &mut argv,
         "--max-input-tokens",

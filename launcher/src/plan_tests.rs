@@ -542,3 +542,34 @@ fn speculate_reserves_slots_in_the_router_and_proposes_in_the_shards() {
         "only ngram is built"
     );
 }
+
+#[test]
+fn lora_adapters_reach_the_shards_and_their_batch_cap_the_router() {
+    let plan = self::plan(&[
+        "--lora-adapters",
+        "org/support,math=org/math-lora",
+        "--max-lora-rank",
+        "16",
+        "--max-loras-per-batch",
+        "2",
+        "--huggingface-hub-cache",
+        "/hub",
+    ])
+    .expect("valid");
+    let shard = &plan.shards[0].process;
+    assert_eq!(
+        flag_value(shard, "--lora-adapters"),
+        Some("org/support=org/support,math=org/math-lora")
+    );
+    assert_eq!(flag_value(shard, "--max-lora-rank"), Some("16"));
+    assert_eq!(flag_value(shard, "--hub-cache-dir"), Some("/hub"));
+    let router = plan.router.as_ref().expect("router");
+    assert_eq!(flag_value(router, "--max-loras-per-batch"), Some("2"));
+    let none = self::plan(&[]).expect("valid");
+    assert_eq!(flag_value(&none.shards[0].process, "--lora-adapters"), None);
+    assert_eq!(flag_value(&none.shards[0].process, "--max-lora-rank"), None);
+    let missing = check_args(&args(&["--lora-adapters", "a=/nonexistent/lora"]), 42);
+    assert!(matches!(missing, Err(PlanError::Lora(_))));
+    let zero = check_args(&args(&["--max-lora-rank", "0"]), 42);
+    assert!(matches!(zero, Err(PlanError::Lora(_))));
+}

@@ -79,6 +79,7 @@ impl ShardPlanner<'_> {
             "--cuda-memory-fraction",
             args.tgi.cuda_memory_fraction.as_ref(),
         );
+        argv.extend(lora_flags(args));
         argv.extend(crate::observability::shard_flags(args));
         if !self.topology.runs_router() {
             // The router on node 0 reaches this node's shards over TCP.
@@ -114,4 +115,19 @@ impl ShardPlanner<'_> {
             uds_path,
         }
     }
+}
+
+/// The adapters the shard loads (checked by `plan::check_args` already), their rank bound and
+/// where hub downloads go; nothing without adapters.
+fn lora_flags(args: &Args) -> Vec<String> {
+    let adapters = crate::lora::parse_adapters(&args.lora_adapters).unwrap_or_default();
+    let Some(value) = crate::lora::shard_flag_value(&adapters) else {
+        return Vec::new();
+    };
+    let mut argv = vec!["--lora-adapters".to_string(), value];
+    push_opt(&mut argv, "--max-lora-rank", Some(&args.max_lora_rank));
+    let hub_cache = args.tgi.huggingface_hub_cache.as_ref();
+    let hub_cache = hub_cache.map(|dir| dir.display().to_string());
+    push_opt(&mut argv, "--hub-cache-dir", hub_cache.as_ref());
+    argv
 }

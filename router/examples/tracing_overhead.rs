@@ -81,6 +81,7 @@ async fn round() -> (Duration, usize) {
         max_waiting_requests: NUM_REQUESTS,
         prefix_caching: true,
         num_speculative_tokens: 0,
+        max_loras_per_batch: 8,
     };
     let handle = spawn_scheduler(shard.clone(), config);
     let started = Instant::now();

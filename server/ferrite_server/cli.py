@@ -32,6 +32,7 @@ from ferrite_server.config import (
     DistributedTimeouts,
     GrammarLimits,
     KVCacheDtypeName,
+    LoraConfig,
     QuantizeName,
     RopeOverride,
     SpeculativeMethodName,
@@ -41,6 +42,7 @@ from ferrite_server.config import (
     WatermarkConfig,
 )
 from ferrite_server.log_format import JsonLineFormatter, OneLineFormatter
+from ferrite_server.lora.flags import add_lora_flags
 
 if TYPE_CHECKING:
     from ferrite_server.engine.engine import Engine
@@ -116,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                        default=GrammarLimits.compile_timeout_s,
                        help="a grammar that does not compile within this is refused")
     _add_tensor_parallel_flags(serve)
+    add_lora_flags(serve)
     serve.add_argument("--watermark-gamma", type=float, default=WatermarkConfig.gamma,
                        help="share of the vocabulary in each watermark greenlist")
     serve.add_argument("--watermark-delta", type=float, default=WatermarkConfig.delta,
@@ -210,6 +213,11 @@ def shard_config_from_args(args: argparse.Namespace) -> ShardConfig:
         grammar_limits=GrammarLimits(
             max_grammar_bytes=args.max_grammar_bytes,
             compile_timeout_s=args.grammar_compile_timeout_s,
+        ),
+        lora=LoraConfig(
+            adapters=args.lora_adapters,
+            max_rank=args.max_lora_rank,
+            hub_cache_dir=args.hub_cache_dir,
         ),
     )
 

@@ -111,6 +111,17 @@ class RopeOverride:
 
 
 @dataclass(frozen=True)
+class LoraConfig:
+    """LoRA adapters served beside the base model (`--lora-adapters`, lora/)."""
+
+    # (name, source): source is a PEFT adapter directory or a hub id, in the order the shard
+    # holds them (a request's adapter index is its position here).
+    adapters: tuple[tuple[str, str], ...] = ()
+    max_rank: int = 64  # an adapter of a higher rank stops start-up, naming it
+    hub_cache_dir: Path | None = None  # hub downloads of adapters; None: huggingface_hub's
+
+
+@dataclass(frozen=True)
 class ShardConfig:
     model_id: Path  # a local directory with config.json + safetensors
     uds_path: Path  # unix socket this shard serves gRPC on
@@ -143,3 +154,4 @@ class ShardConfig:
     # How the shard proposes tokens where the router reserved lookahead slots; None: never.
     speculative_method: SpeculativeMethodName | None = None
     grammar_limits: GrammarLimits = GrammarLimits()
+    lora: LoraConfig = LoraConfig()

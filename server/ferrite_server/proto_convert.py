@@ -51,6 +51,7 @@ def request_params_from_proto(message: pb.RequestParameters) -> engine.RequestPa
         ),
         top_n_tokens=message.top_n_tokens,
         prompt_logprobs=message.prompt_logprobs,
+        adapter_id=message.adapter_id,
     )
 
 
@@ -143,6 +144,7 @@ def info_to_proto(info: engine.EngineInfo) -> pb.InfoResponse:
         max_top_n_tokens=info.max_top_n_tokens,
         rank_endpoints=info.rank_endpoints,
         model_implementation=info.model_implementation,
+        lora_adapters=info.lora_adapters,
     )
 
 

@@ -119,3 +119,35 @@ def test_engine_replaying_padded_buckets_matches_eager_decode(tiny_model_dir: Pa
     for got, want in zip(graphed["requests"][:3], eager["requests"][:3], strict=True):
         assert got["token_ids"] == want["token_ids"] and got["finish_reason"] == want["finish_reason"]
         torch.testing.assert_close(got["logprobs"], want["logprobs"], atol=1e-4, rtol=1e-4)
+
+
+def test_replayed_buckets_apply_each_rows_lora_adapter(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """With adapters loaded, the graphs read each row's adapter from a static buffer (padding
+    and base rows -1) and equal eager decode, which applies adapters by row runs."""
+    from ferrite_server.config import LoraConfig
+    from ferrite_server.engine.types import RequestParams, StoppingParams
+    from tests.support.engine_driver import BlockAllocator, EngineDriver, ScriptedRequest
+    from tests.support.lora_adapters import AdapterSpec, write_peft_adapter
+
+    adapters = tuple(
+        (name, str(write_peft_adapter(tiny_model_dir, tmp_path / name, AdapterSpec(seed, weight_std=0.2))))
+        for name, seed in (("a", 51), ("b", 52))
+    )
+
+    def run(capture: CountingCapture | None) -> list[list[int]]:
+        config = replace(shard_config(tiny_model_dir), attention_backend="triton", device="cpu",
+                         lora=LoraConfig(adapters=adapters))
+        engine = Engine(ModelRunner.load(config), config, graph_capture=capture)
+        warmup = engine.warmup(max_batch_prefill_tokens=64, max_batch_size=8, max_total_tokens=128)
+        stopping = StoppingParams(max_new_tokens=5)
+        requests = [ScriptedRequest(index, [5, 9, 13, 2], RequestParams(stopping=stopping, adapter_id=adapter))
+                    for index, adapter in enumerate(["b", "", "a", "b", ""])]
+        EngineDriver(engine, BlockAllocator(warmup.num_blocks, seed=1)).run(requests)
+        return [request.generated_ids for request in requests]
+
+    capture = CountingCapture()
+    graphed = run(capture)
+    assert capture.replays[8] >= 3  # five rows padded to the bucket of 8
+    assert graphed == run(None)
+    # One prompt: equal under one adapter, different between adapter "b" and the base model.
+    assert graphed[0] == graphed[3] and graphed[1] == graphed[4] and graphed[0] != graphed[1]

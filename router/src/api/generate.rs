@@ -78,7 +78,8 @@ pub struct GenerateParameters {
     /// Structured output: the generated text follows this JSON schema or regex.
     #[schema(nullable)]
     pub grammar: Option<crate::api::grammar::GrammarSpec>,
-    /// LoRA adapter. Not supported yet (refused unless null).
+    /// LoRA adapter to generate with: one of the names `--lora-adapters` loaded (`/info`'s
+    /// `lora_adapters`). Null, empty or the base model's id: the base model.
     #[schema(nullable)]
     pub adapter_id: Option<String>,
 }

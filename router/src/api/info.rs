@@ -77,4 +77,8 @@ pub struct Info {
     /// `response_format` (`json_object`, `json_schema`).
     #[schema(example = json!(["json", "regex"]))]
     pub structured_output: Vec<String>,
+    /// LoRA adapters served beside the base model (`--lora-adapters`): a request names one in
+    /// `parameters.adapter_id` (OpenAI: `model`).
+    #[schema(example = json!(["customer-support"]))]
+    pub lora_adapters: Vec<String>,
 }

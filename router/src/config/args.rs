@@ -85,6 +85,11 @@ pub struct RouterArgs {
     #[arg(long, default_value_t = 0)]
     pub speculate: usize,
 
+    /// Most distinct LoRA adapters among the requests of one step; a request of another
+    /// adapter waits until one of them has no request left (the base model does not count).
+    #[arg(long, default_value_t = 8)]
+    pub max_loras_per_batch: usize,
+
     #[arg(long, default_value_t = 2)]
     pub max_best_of: usize,
 

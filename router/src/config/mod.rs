@@ -58,6 +58,8 @@ pub struct ModelFacts {
     /// A tokenizer_config.json that replaces the model directory's (chat template, special
     /// tokens).
     pub tokenizer_config_path: Option<std::path::PathBuf>,
+    /// LoRA adapters the shard loaded (Info), by name.
+    pub lora_adapters: Vec<String>,
 }
 
 /// What a single request may ask for (validation's limits).
@@ -72,6 +74,8 @@ pub struct RequestLimits {
     pub max_client_batch_size: usize,
     /// Whether the shard can return prompt logprobs (`decoder_input_details`).
     pub supports_prompt_logprobs: bool,
+    /// Which LoRA adapter names a request may ask for.
+    pub adapters: crate::validation::adapter::Adapters,
 }
 
 /// What the scheduler works within.
@@ -88,6 +92,8 @@ pub struct BatchLimits {
     pub prefix_caching: bool,
     /// `--speculate`: tokens proposed and verified per decode step (0: off).
     pub num_speculative_tokens: usize,
+    /// Most distinct LoRA adapters among one step's requests (`--max-loras-per-batch`).
+    pub max_loras_per_batch: usize,
 }
 
 impl RouterConfig {
@@ -102,6 +108,7 @@ impl RouterConfig {
             max_waiting_requests: self.batching.max_concurrent_requests,
             prefix_caching: self.batching.prefix_caching,
             num_speculative_tokens: self.batching.num_speculative_tokens,
+            max_loras_per_batch: self.batching.max_loras_per_batch,
         }
     }
 }

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use crate::proto;
+use crate::validation::adapter::Adapters;
 
 use super::{BatchLimits, ModelFacts, RequestLimits, RouterArgs, RouterConfig, ServerConfig};
 
@@ -100,6 +101,7 @@ pub fn plan_warmup(
         ("max_concurrent_requests", args.max_concurrent_requests),
         ("max_best_of", args.max_best_of),
         ("max_client_batch_size", args.max_client_batch_size),
+        ("max_loras_per_batch", args.max_loras_per_batch),
         ("max_input_tokens", args.max_input_tokens.unwrap_or(1)),
         (
             "max_batch_prefill_tokens",
@@ -208,9 +210,11 @@ pub fn resolve(
         None => prefill_tokens(None, max_input_tokens, info)?.min(plan.max_batch_prefill_tokens),
     };
     let max_top_n_tokens = top_n_tokens(args.max_top_n_tokens, info.max_top_n_tokens)?;
+    let model = model_facts(args, info);
+    let adapters = Adapters::new(&model.model_id, &model.lora_adapters);
     Ok(RouterConfig {
         server: server_config(args)?,
-        model: model_facts(args, info),
+        model,
         limits: RequestLimits {
             max_input_tokens,
             max_total_tokens,
@@ -219,6 +223,7 @@ pub fn resolve(
             max_top_n_tokens,
             max_client_batch_size: args.max_client_batch_size,
             supports_prompt_logprobs: info.supports_prompt_logprobs,
+            adapters,
         },
         batching: BatchLimits {
             max_batch_prefill_tokens,
@@ -228,6 +233,7 @@ pub fn resolve(
             num_blocks,
             prefix_caching: args.prefix_caching.is_on(),
             num_speculative_tokens: args.speculate,
+            max_loras_per_batch: args.max_loras_per_batch,
         },
     })
 }
@@ -305,6 +311,7 @@ fn model_facts(args: &RouterArgs, info: &proto::InfoResponse) -> ModelFacts {
         max_position_embeddings: info.max_position_embeddings as usize,
         tokenizer_dir: args.tokenizer_dir.clone(),
         tokenizer_config_path: args.tokenizer_config_path.clone(),
+        lora_adapters: info.lora_adapters.clone(),
     }
 }
 

@@ -145,5 +145,6 @@ fn info(config: &RouterConfig) -> Info {
         quantize: config.model.quantization.clone(),
         kv_cache_dtype: config.model.kv_cache_dtype.clone(),
         num_shards: config.model.num_shards,
+        lora_adapters: config.model.lora_adapters.clone(),
     }
 }

@@ -104,7 +104,7 @@ async fn chat(
         id: response_id("chatcmpl"),
         object,
         created: unix_now_s(),
-        model: state.info.model_id.clone(),
+        model: options.served_model(&state.info.model_id),
         system_fingerprint: state.openai.system_fingerprint.clone(),
     };
     let with_logprobs = options.logprobs.is_some();

@@ -117,7 +117,7 @@ async fn complete(
         id: response_id("cmpl"),
         object: "text_completion",
         created: unix_now_s(),
-        model: state.info.model_id.clone(),
+        model: options.served_model(&state.info.model_id),
         system_fingerprint: state.openai.system_fingerprint.clone(),
     };
     let mut shaper = CompletionShaper::new(header, tokenizer, &prompts, &options, echo);

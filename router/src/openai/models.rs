@@ -1,4 +1,5 @@
-//! `GET /v1/models` and `GET /v1/models/{id}`: the one model this server serves.
+//! `GET /v1/models` and `GET /v1/models/{id}`: the base model this server serves, then each
+//! LoRA adapter it serves beside it (a `model` a request may name).
 
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
@@ -9,26 +10,27 @@ use crate::http::AppState;
 use super::error::{ErrorBody, OpenAiError};
 use super::response::{ModelCard, ModelList};
 
-/// The served model, as OpenAI lists models.
+/// The served model and its LoRA adapters, as OpenAI lists models.
 #[utoipa::path(get, path = "/v1/models", tag = "OpenAI",
-    responses((status = 200, description = "The served model", body = ModelList)))]
+    responses((status = 200, description = "The served model and adapters", body = ModelList)))]
 pub async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
+    let names = std::iter::once(&state.info.model_id).chain(&state.info.lora_adapters);
     Json(ModelList {
         object: "list",
-        data: vec![model_card(&state)],
+        data: names.map(|name| model_card(&state, name)).collect(),
     })
 }
 
-/// The served model by name; 404 for any other name.
+/// The served model or one of its adapters by name; 404 for any other name.
 #[utoipa::path(get, path = "/v1/models/{model_id}", tag = "OpenAI",
-    params(("model_id" = String, Path, description = "The model's name")),
+    params(("model_id" = String, Path, description = "The model's or an adapter's name")),
     responses(
-        (status = 200, description = "The served model", body = ModelCard),
-        (status = 404, description = "Not the served model", body = ErrorBody),
+        (status = 200, description = "The served model or adapter", body = ModelCard),
+        (status = 404, description = "Neither the served model nor an adapter", body = ErrorBody),
     ))]
 pub async fn get_model(State(state): State<AppState>, Path(model_id): Path<String>) -> Response {
-    if model_id == state.info.model_id {
-        return Json(model_card(&state)).into_response();
+    if model_id == state.info.model_id || state.info.lora_adapters.contains(&model_id) {
+        return Json(model_card(&state, &model_id)).into_response();
     }
     let message = format!(
         "The model `{model_id}` does not exist; this server serves `{}`",
@@ -39,9 +41,9 @@ pub async fn get_model(State(state): State<AppState>, Path(model_id): Path<Strin
     response
 }
 
-fn model_card(state: &AppState) -> ModelCard {
+fn model_card(state: &AppState, name: &str) -> ModelCard {
     ModelCard {
-        id: state.info.model_id.clone(),
+        id: name.to_string(),
         object: "model",
         created: state.openai.served_since_s,
         owned_by: "ferrite",

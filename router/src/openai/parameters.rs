@@ -34,9 +34,20 @@ pub struct GenerationOptions {
     pub prompt_logprobs: bool,
     pub stream: bool,
     pub include_usage: bool,
+    /// The LoRA adapter `model` names ("" for the base model).
+    pub adapter_id: String,
 }
 
 impl GenerationOptions {
+    /// The response's `model`: the adapter the request ran with, else the base model's id.
+    pub fn served_model(&self, base_model_id: &str) -> String {
+        if self.adapter_id.is_empty() {
+            base_model_id.to_string()
+        } else {
+            self.adapter_id.clone()
+        }
+    }
+
     /// The shard's parameters for choice `choice_index` (its own seed) of a prompt.
     pub fn request_parameters(
         &self,
@@ -53,6 +64,7 @@ impl GenerationOptions {
             }),
             top_n_tokens: self.logprobs.unwrap_or(0),
             prompt_logprobs: self.prompt_logprobs,
+            adapter_id: self.adapter_id.clone(),
         }
     }
 }
@@ -152,7 +164,9 @@ fn check_common(
             format!("`n` must be between 1 and {MAX_CHOICES}. Given: {n}"),
         ));
     }
+    let adapter_id = limits.adapters.resolve_model(common.model.as_deref())?;
     Ok(GenerationOptions {
+        adapter_id,
         sampling: check_sampling(common, vocab_size)?,
         n,
         max_tokens: check_max_tokens(common.max_tokens, "max_tokens")?,

@@ -44,7 +44,8 @@ pub struct StreamOptions {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, ToSchema)]
 #[serde(default)]
 pub struct CommonParameters {
-    /// Echoed back; ferrite serves one model whatever the name.
+    /// Echoed back. A LoRA adapter's name (`--lora-adapters`) generates with that adapter;
+    /// the base model's id, or any name when no adapter is loaded, with the base model.
     pub model: Option<String>,
     pub max_tokens: Option<u32>,
     /// 0 means greedy.

@@ -18,8 +18,18 @@
 //!   is being computed right now by another request (the same prompt sent `n` times, or a
 //!   shared system prompt arriving together) waits for it instead of computing it again;
 //!   FIFO holds, so the queue behind it waits too, for at most that prefill.
+//! - A step holds requests of at most `max_loras_per_batch` distinct LoRA adapters (the base
+//!   model does not count). Every running request is in every step, so admission enforces it:
+//!   a front request whose adapter would be one too many waits (FIFO again: the queue behind
+//!   it too) until a running adapter's last request leaves; nothing fails for it.
+
+use std::collections::HashSet;
 
 use super::budget::{BatchLimits, StepBudget};
+use super::kv_cache_manager::BlockHash;
+
+/// Tells LoRA adapters apart (their block-hash root); None is the base model.
+pub type AdapterKey = Option<BlockHash>;
 
 /// A running request as the batcher sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +45,7 @@ pub struct RunningView {
     pub num_blocks_released: usize,
     /// The prompt (input) is fully computed; the request decodes one token per step.
     pub is_decoding: bool,
+    pub adapter: AdapterKey,
 }
 
 /// A waiting request as the batcher sees it.
@@ -49,6 +60,7 @@ pub struct WaitingView {
     pub num_free_cached_blocks: usize,
     /// Its next block is being computed by another request this step or a running one.
     pub is_waiting_for_prefix: bool,
+    pub adapter: AdapterKey,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,7 +134,12 @@ pub fn plan_step(
         index += 1;
     }
     if plan.preempted_ids.is_empty() {
-        plan_admissions(limits, num_alive, waiting, &mut budget, &mut plan);
+        let adapters = running[..num_alive].iter().filter_map(|view| view.adapter);
+        let mut batch = AdmissionBatch {
+            num_alive,
+            adapters: adapters.collect(),
+        };
+        plan_admissions(limits, &mut batch, waiting, &mut budget, &mut plan);
     }
     plan.num_resident_tokens_left = budget
         .max_resident_tokens
@@ -214,20 +231,39 @@ fn plan_running_chunk(
     });
 }
 
+/// Who is in the step so far, as admission counts it.
+struct AdmissionBatch {
+    /// Running requests not preempted.
+    num_alive: usize,
+    /// Distinct LoRA adapters among them and the admitted ones.
+    adapters: HashSet<BlockHash>,
+}
+
+impl AdmissionBatch {
+    /// Whether a request of `adapter` fits beside the adapters already in the step.
+    fn has_room_for(&self, adapter: AdapterKey, limits: &BatchLimits) -> bool {
+        adapter.is_none_or(|adapter| {
+            self.adapters.contains(&adapter) || self.adapters.len() < limits.max_loras_per_batch
+        })
+    }
+}
+
 fn plan_admissions(
     limits: &BatchLimits,
-    num_alive: usize,
+    batch: &mut AdmissionBatch,
     waiting: &[WaitingView],
     budget: &mut StepBudget,
     plan: &mut StepPlan,
 ) {
     for view in waiting {
-        if num_alive + plan.num_admitted >= limits.max_batch_size || view.is_waiting_for_prefix {
+        let is_full = batch.num_alive + plan.num_admitted >= limits.max_batch_size;
+        if is_full || view.is_waiting_for_prefix || !batch.has_room_for(view.adapter, limits) {
             return; // FIFO: nobody overtakes the front request
         }
         let Some(chunk) = budget.admit(view) else {
             return;
         };
+        batch.adapters.extend(view.adapter);
         plan.chunks.push(ChunkPlan {
             request_id: view.request_id,
             num_cached_tokens: view.num_cached_tokens,

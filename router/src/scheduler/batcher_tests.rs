@@ -9,6 +9,7 @@ fn limits(max_batch_prefill_tokens: usize) -> BatchLimits {
         max_batch_total_tokens: 10_000,
         max_batch_size: 8,
         num_speculative_tokens: 0,
+        max_loras_per_batch: 8,
     }
 }
 
@@ -23,6 +24,7 @@ fn decoding(request_id: u64, num_tokens: usize) -> RunningView {
         num_blocks_held: num_computed_tokens.div_ceil(4),
         num_blocks_released: num_computed_tokens.div_ceil(4),
         is_decoding: true,
+        adapter: None,
     }
 }
 
@@ -34,6 +36,7 @@ fn prefilling(request_id: u64, num_tokens: usize, num_computed_tokens: usize) ->
         num_blocks_held: num_computed_tokens.div_ceil(4),
         num_blocks_released: num_computed_tokens.div_ceil(4),
         is_decoding: false,
+        adapter: None,
     }
 }
 
@@ -44,6 +47,7 @@ fn waiting(request_id: u64, num_input_tokens: usize) -> WaitingView {
         num_cached_tokens: 0,
         num_free_cached_blocks: 0,
         is_waiting_for_prefix: false,
+        adapter: None,
     }
 }
 
@@ -358,4 +362,46 @@ fn the_plan_says_how_many_resident_tokens_are_left_for_lookahead() {
     let plan = plan_step(&limits(16), &running, &[waiting(3, 4)], 100);
     // The decodes leave 3 + 5 tokens computed, then the 4-token prompt: 12 resident.
     assert_eq!(plan.num_resident_tokens_left, 10_000 - 12);
+}
+
+#[test]
+fn a_step_holds_at_most_max_loras_per_batch_adapters_and_the_rest_wait() {
+    let limits = BatchLimits {
+        max_loras_per_batch: 2,
+        ..limits(100)
+    };
+    let under = |adapter: u128, view: WaitingView| WaitingView {
+        adapter: Some(adapter),
+        ..view
+    };
+    let running = [
+        RunningView {
+            adapter: Some(10),
+            ..decoding(1, 3)
+        },
+        decoding(2, 3), // the base model does not count
+    ];
+    // Adapter 10 is running; 20 makes two; 30 would be a third: it waits, and FIFO holds
+    // the base-model request behind it too.
+    let queue = [
+        under(20, waiting(3, 4)),
+        under(10, waiting(4, 4)),
+        under(30, waiting(5, 4)),
+        waiting(6, 4),
+    ];
+    let plan = plan_step(&limits, &running, &queue, 100);
+    assert_eq!(plan.num_admitted, 2);
+    let admitted: Vec<u64> = plan.chunks.iter().map(|chunk| chunk.request_id).collect();
+    assert_eq!(admitted, vec![3, 4]);
+    assert_eq!(
+        plan.decodes.len(),
+        2,
+        "running requests are never held back"
+    );
+    // Once adapter 10's request left, the third adapter gets in.
+    let plan = plan_step(&limits, &running[1..], &queue[2..], 100);
+    assert_eq!(plan.num_admitted, 2);
+    // With no request of another adapter running, any adapter gets in.
+    let base_only = plan_step(&limits, &[], &[under(30, waiting(5, 4))], 100);
+    assert_eq!(base_only.num_admitted, 1);
 }

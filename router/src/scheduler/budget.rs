@@ -22,6 +22,8 @@ pub struct BatchLimits {
     pub max_batch_size: usize,
     /// Most lookahead slots reserved per decode (speculative decoding).
     pub num_speculative_tokens: usize,
+    /// Most distinct LoRA adapters in one step (the base model does not count).
+    pub max_loras_per_batch: usize,
 }
 
 impl BatchLimits {
@@ -32,6 +34,7 @@ impl BatchLimits {
             max_batch_total_tokens: config.max_batch_total_tokens,
             max_batch_size: config.max_batch_size,
             num_speculative_tokens: config.num_speculative_tokens,
+            max_loras_per_batch: config.max_loras_per_batch,
         }
     }
 }
@@ -175,6 +178,7 @@ mod tests {
             max_waiting_requests: 8,
             prefix_caching: true,
             num_speculative_tokens: 0,
+            max_loras_per_batch: 8,
         }
     }
 

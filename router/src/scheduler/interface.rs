@@ -172,6 +172,8 @@ pub struct SchedulerConfig {
     /// Speculative decoding: KV slots reserved after each decode for tokens the shard
     /// proposes and verifies in the same step (0: off).
     pub num_speculative_tokens: usize,
+    /// Most distinct LoRA adapters among a step's requests; requests of another adapter wait.
+    pub max_loras_per_batch: usize,
 }
 
 impl SchedulerConfig {

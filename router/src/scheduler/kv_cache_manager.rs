@@ -10,6 +10,10 @@
 //! needs it; then the least recently freed is evicted first (LRU). Partial blocks are never
 //! indexed, so a shared block is never written again.
 //!
+//! Blocks are keyed by LoRA adapter too: the chain of a request that runs with an adapter
+//! starts from that adapter's root hash (`adapter_root_hash`), so the same tokens under two
+//! adapters (or an adapter and the base model) never share a block: their K/V differ.
+//!
 //! Preemption and cancellation `free` a request: that drops its references and never touches
 //! a block another request still holds. Hash collisions cannot mix up contents: the hash is
 //! 128 bits wide and a lookup compares the block's own tokens as well.
@@ -36,13 +40,33 @@ pub fn chain_hash(parent: Option<BlockHash>, token_ids: &[u32]) -> BlockHash {
     (half(1) << 64) | half(2)
 }
 
+/// Where the chain of a request running with LoRA adapter `adapter_id` starts: None for the
+/// base model (empty id), else a hash of the name, which no token block hashes to.
+pub fn adapter_root_hash(adapter_id: &str) -> Option<BlockHash> {
+    if adapter_id.is_empty() {
+        return None;
+    }
+    let half = |salt: u8| {
+        let mut hasher = DefaultHasher::new();
+        (salt, "lora-adapter", adapter_id).hash(&mut hasher);
+        hasher.finish() as u128
+    };
+    Some((half(1) << 64) | half(2))
+}
+
 /// Extends `hashes` (the chain hashes of the first blocks of `token_ids`) to every full block.
-pub fn extend_block_hashes(hashes: &mut Vec<BlockHash>, token_ids: &[u32], block_size: usize) {
+/// `root`: the chain's start (`adapter_root_hash`).
+pub fn extend_block_hashes(
+    hashes: &mut Vec<BlockHash>,
+    token_ids: &[u32],
+    block_size: usize,
+    root: Option<BlockHash>,
+) {
     let num_full_blocks = token_ids.len() / block_size;
     while hashes.len() < num_full_blocks {
         let index = hashes.len();
         let tokens = &token_ids[index * block_size..(index + 1) * block_size];
-        let hash = chain_hash(hashes.last().copied(), tokens);
+        let hash = chain_hash(hashes.last().copied().or(root), tokens);
         hashes.push(hash);
     }
 }

@@ -4,15 +4,30 @@ use crate::testing::lcg::Lcg;
 const BLOCK_SIZE: usize = 4;
 
 fn hashes_of(token_ids: &[u32]) -> Vec<BlockHash> {
+    hashes_under(token_ids, "")
+}
+
+/// The chain hashes of a request running with LoRA adapter `adapter_id` ("": the base model).
+fn hashes_under(token_ids: &[u32], adapter_id: &str) -> Vec<BlockHash> {
     let mut hashes = Vec::new();
-    extend_block_hashes(&mut hashes, token_ids, BLOCK_SIZE);
+    let root = adapter_root_hash(adapter_id);
+    extend_block_hashes(&mut hashes, token_ids, BLOCK_SIZE, root);
     hashes
 }
 
 /// Runs a request through the manager as the scheduler does: prefix, slots for all of
 /// `token_ids`, computed; returns its cached token count.
 fn compute(kv: &mut KvCacheManager, request_id: u64, token_ids: &[u32]) -> usize {
-    let hashes = hashes_of(token_ids);
+    compute_under(kv, request_id, token_ids, "")
+}
+
+fn compute_under(
+    kv: &mut KvCacheManager,
+    request_id: u64,
+    token_ids: &[u32],
+    adapter_id: &str,
+) -> usize {
+    let hashes = hashes_under(token_ids, adapter_id);
     let hit = kv.cached_prefix(token_ids, &hashes);
     let num_cached = kv
         .acquire_prefix(request_id, hit, token_ids.len())
@@ -210,4 +225,33 @@ fn a_thousand_random_operations_leak_nothing() {
         kv.counters().prefix_hit_tokens > 0,
         "the workload repeats prefixes"
     );
+}
+
+#[test]
+fn adapters_never_share_blocks_of_the_same_tokens() {
+    let mut kv = KvCacheManager::new(32, BLOCK_SIZE, true);
+    let prompt = tokens(0..13); // three full blocks and a partial one
+    assert_eq!(compute_under(&mut kv, 1, &prompt, ""), 0);
+    assert_eq!(compute_under(&mut kv, 2, &prompt, "math"), 0);
+    assert_eq!(compute_under(&mut kv, 3, &prompt, "code"), 0);
+    // Each adapter reuses its own blocks, and only its own.
+    assert_eq!(compute_under(&mut kv, 4, &prompt, "math"), 12);
+    assert_eq!(compute_under(&mut kv, 5, &prompt, ""), 12);
+    let table = |request_id: u64| kv.block_table(request_id)[..3].to_vec();
+    assert_eq!(table(4), table(2));
+    assert_eq!(table(5), table(1));
+    for (one, other) in [(1, 2), (1, 3), (2, 3)] {
+        let (one, other) = (table(one), table(other));
+        assert!(
+            one.iter().all(|block| !other.contains(block)),
+            "{one:?} vs {other:?}"
+        );
+    }
+    // The base model's chain is the one it always was; adapters' chains all differ from it.
+    assert_eq!(hashes_under(&prompt, ""), hashes_of(&prompt));
+    assert_ne!(
+        hashes_under(&prompt, "math")[0],
+        hashes_under(&prompt, "code")[0]
+    );
+    kv.check_consistency().expect("consistent");
 }

@@ -22,6 +22,7 @@ pub fn running_views(running: &[Sequence], kv: &KvCacheManager) -> Vec<RunningVi
             num_blocks_held: kv.num_blocks_held(sequence.request_id),
             num_blocks_released,
             is_decoding: sequence.is_decoding(),
+            adapter: sequence.adapter_key(),
         })
         .collect()
 }
@@ -75,6 +76,7 @@ pub fn waiting_views<'a>(
                 num_cached_tokens: hit.num_tokens,
                 num_free_cached_blocks,
                 is_waiting_for_prefix,
+                adapter: sequence.adapter_key(),
             }
         })
         .collect()

@@ -50,6 +50,7 @@ fn config(
         max_waiting_requests: 64,
         prefix_caching: true,
         num_speculative_tokens: 0,
+        max_loras_per_batch: 8,
     }
 }
 

@@ -15,7 +15,7 @@ use super::batcher::ChunkPlan;
 use super::interface::{
     GenerationError, GenerationEvent, GenerationRequest, ShardFinish, TimeoutPhase, Token,
 };
-use super::kv_cache_manager::{extend_block_hashes, BlockHash};
+use super::kv_cache_manager::{adapter_root_hash, extend_block_hashes, BlockHash};
 use crate::proto;
 use crate::telemetry::sequence_trace::SequenceTrace;
 
@@ -67,6 +67,9 @@ pub struct Sequence {
     is_decoding: bool,
     /// Chain hashes of token_ids' full blocks (prefix-cache keys), extended as tokens arrive.
     block_hashes: Vec<BlockHash>,
+    /// Its LoRA adapter's root hash (None: the base model): starts the block hash chain, and
+    /// tells adapters apart when the batcher counts them.
+    adapter_key: Option<BlockHash>,
     /// None while the shard does not hold the request (new, or preempted / released).
     shard_copy: Option<ShardCopy>,
     parameters: proto::RequestParameters,
@@ -84,6 +87,7 @@ pub struct Sequence {
 impl Sequence {
     pub fn new(request_id: u64, request: GenerationRequest, events: EventSender) -> Self {
         let num_prompt_tokens = request.input_ids.len();
+        let adapter_key = adapter_root_hash(&request.parameters.adapter_id);
         Self {
             request_id,
             token_ids: request.input_ids,
@@ -92,6 +96,7 @@ impl Sequence {
             num_computed_tokens: 0,
             is_decoding: false,
             block_hashes: Vec::new(),
+            adapter_key,
             shard_copy: None,
             parameters: request.parameters,
             events,
@@ -150,7 +155,13 @@ impl Sequence {
     }
 
     pub fn refresh_block_hashes(&mut self, block_size: usize) {
-        extend_block_hashes(&mut self.block_hashes, &self.token_ids, block_size);
+        let root = self.adapter_key;
+        extend_block_hashes(&mut self.block_hashes, &self.token_ids, block_size, root);
+    }
+
+    /// Which LoRA adapter it runs with (None: the base model), as a comparable key.
+    pub fn adapter_key(&self) -> Option<BlockHash> {
+        self.adapter_key
     }
 
     /// Tokens of the sequence the step after next must have in the cache: the input while

@@ -44,6 +44,7 @@ pub fn test_config() -> RouterConfig {
             max_top_n_tokens: 3,
             max_client_batch_size: 4,
             supports_prompt_logprobs: true,
+            adapters: crate::validation::adapter::Adapters::new("tiny", &[]),
         },
         batching: BatchLimits {
             max_batch_prefill_tokens: 64,
@@ -53,6 +54,7 @@ pub fn test_config() -> RouterConfig {
             num_blocks: 64,
             prefix_caching: true,
             num_speculative_tokens: 0,
+            max_loras_per_batch: 8,
         },
     }
 }

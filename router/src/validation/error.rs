@@ -62,8 +62,15 @@ pub enum ValidationError {
     },
     #[error("`stop` sequences must not be empty strings")]
     EmptyStopSequence,
-    #[error("`{0}` is not supported yet")]
-    NotSupported(&'static str),
+    #[error(
+        "adapter `{given}` is not loaded; loaded adapters: {known}; the base model is \
+         `{base_model_id}`"
+    )]
+    UnknownAdapter {
+        given: String,
+        known: String,
+        base_model_id: String,
+    },
     #[error("grammar: {0}")]
     Grammar(String),
     #[error("tokenizer error: {0}")]

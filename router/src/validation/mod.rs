@@ -1,6 +1,7 @@
 //! Turns an API request into a `ValidRequest`: parameters checked with TGI's rules, the prompt
 //! tokenized once (off the async threads) and measured against the token limits.
 
+pub mod adapter;
 pub mod error;
 pub mod grammar;
 pub mod parameters;
@@ -152,6 +153,7 @@ impl Validator {
             }),
             top_n_tokens: checked.top_n_tokens,
             prompt_logprobs: checked.decoder_input_details,
+            adapter_id: checked.adapter_id,
         };
         Ok(ValidRequest {
             inputs: request.inputs,

@@ -27,6 +27,8 @@ pub struct CheckedParameters {
     pub top_n_tokens: u32,
     pub decoder_input_details: bool,
     pub stop_sequences: Vec<String>,
+    /// The LoRA adapter to run with ("" for the base model).
+    pub adapter_id: String,
 }
 
 pub fn check_parameters(
@@ -34,7 +36,7 @@ pub fn check_parameters(
     limits: &RequestLimits,
     delivery: Delivery,
 ) -> Result<CheckedParameters, ValidationError> {
-    check_unsupported(parameters)?;
+    let adapter_id = limits.adapters.resolve(parameters.adapter_id.as_deref())?;
     let best_of = check_best_of(parameters, limits, delivery)?;
     let sampling = check_sampling(parameters)?;
     if parameters.max_new_tokens == Some(0) {
@@ -69,6 +71,7 @@ pub fn check_parameters(
         top_n_tokens,
         decoder_input_details: parameters.decoder_input_details,
         stop_sequences: parameters.stop.clone(),
+        adapter_id,
     })
 }
 
@@ -79,17 +82,6 @@ pub fn implies_sampling(parameters: &GenerateParameters) -> bool {
         || parameters.top_k.is_some()
         || parameters.top_p.is_some()
         || parameters.typical_p.is_some()
-}
-
-fn check_unsupported(parameters: &GenerateParameters) -> Result<(), ValidationError> {
-    if parameters
-        .adapter_id
-        .as_ref()
-        .is_some_and(|adapter| !adapter.is_empty())
-    {
-        return Err(ValidationError::NotSupported("adapter_id"));
-    }
-    Ok(())
 }
 
 fn check_best_of(

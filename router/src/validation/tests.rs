@@ -233,7 +233,8 @@ async fn parameter_ranges_are_checked_with_tgi_messages() {
                 adapter_id: Some("my-adapter".into()),
                 ..Default::default()
             },
-            "`adapter_id` is not supported yet",
+            "adapter `my-adapter` is not loaded; loaded adapters: none (start with \
+             --lora-adapters to serve some); the base model is `tiny`",
         ),
     ];
     for (parameters, expected) in cases {

@@ -34,6 +34,8 @@ class RequestState:
     pending_hidden: torch.Tensor | None = None
     # Structured output: the matcher that masks this request's next token; None: unconstrained.
     grammar: RequestGrammar | None = None
+    # Index of its LoRA adapter among the shard's (ModelFacts.lora_adapters); -1: none.
+    adapter_index: int = -1
 
     @property
     def prompt_ids(self) -> list[int]:

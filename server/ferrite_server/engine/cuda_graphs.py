@@ -34,6 +34,7 @@ import torch
 from ferrite_server.engine.forward_inputs import ForwardInputs
 from ferrite_server.engine.kv_cache import KVCacheSpec, allocate_kv_cache
 from ferrite_server.layers.attention.backend import AttentionMetadata
+from ferrite_server.layers.lora import NO_ADAPTER, LoraBatch
 from ferrite_server.models.interface import CausalLM, KVCache
 
 # Batch sizes with a graph (vLLM-like spacing: exact for tiny batches, then every 8 / 16 / 32).
@@ -64,6 +65,9 @@ class DecodeGraphShape:
     buckets: tuple[int, ...]  # ascending batch sizes
     max_seq_len: int  # longest context (prompt + generated) a request may reach
     block_size: int
+    # LoRA adapters are loaded: every graph runs the LoRA layers from a static buffer of
+    # token adapters (base-model rows and padding: -1, which the kernels skip).
+    has_lora: bool = False
 
     @property
     def max_blocks_per_seq(self) -> int:
@@ -87,6 +91,11 @@ class StaticDecodeInputs:
             rows, shape.max_blocks_per_seq, dtype=torch.int32, device=device
         )
         self.query_start_loc = torch.arange(rows + 1, dtype=torch.int32, device=device)
+        self.token_adapters = (
+            torch.full((rows,), NO_ADAPTER, dtype=torch.int32, device=device)
+            if shape.has_lora
+            else None
+        )
         self.shape = shape
 
     def metadata(self, batch: int) -> AttentionMetadata:
@@ -102,6 +111,7 @@ class StaticDecodeInputs:
             max_seq_len=max_seq_len,
             query_start_loc_cpu=tuple(range(batch + 1)),
             seq_lens_cpu=(max_seq_len,) * batch,
+            lora=None if self.token_adapters is None else LoraBatch(self.token_adapters[:batch]),
         )
 
     def stage(self, inputs: ForwardInputs, bucket: int) -> None:
@@ -117,6 +127,10 @@ class StaticDecodeInputs:
         if bucket > batch:
             self.seq_lens[batch:bucket].zero_()
             self.slot_mapping[batch:bucket].fill_(PADDING_SLOT)
+        if self.token_adapters is not None:
+            self.token_adapters.fill_(NO_ADAPTER)
+            if metadata.lora is not None:
+                self.token_adapters[:batch].copy_(metadata.lora.token_adapters)
 
     def fill_for_capture(self) -> None:
         """Inputs a capture (and its eager warm-up) may run on: 1-token contexts in block 0,

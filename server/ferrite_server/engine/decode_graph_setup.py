@@ -55,7 +55,10 @@ class DecodeGraphSetup:
         buckets = decode_buckets(max_batch_size, self._config.cuda_graph_batch_sizes)
         if not buckets:
             return None
-        return DecodeGraphShape(buckets, max_total_tokens, self._config.block_size_tokens)
+        return DecodeGraphShape(
+            buckets, max_total_tokens, self._config.block_size_tokens,
+            has_lora=bool(facts.lora_adapters),
+        )
 
     def measure(
         self, shape: DecodeGraphShape

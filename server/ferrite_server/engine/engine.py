@@ -131,6 +131,7 @@ class Engine:
             kv_cache_dtype=facts.kv_cache_dtype_name,
             max_top_n_tokens=MAX_TOP_N_TOKENS,
             model_implementation=facts.implementation,
+            lora_adapters=facts.lora_adapters,
         )
 
     def warmup(
@@ -187,6 +188,7 @@ class Engine:
             block_size=self._block_size,
             max_position_embeddings=max_positions,
             vocab_size=facts.config.vocab_size,
+            adapter_names=facts.lora_adapters,
         )
         return WarmupResult(
             num_blocks=num_blocks,
@@ -205,6 +207,9 @@ class Engine:
         plan = plan_step(step, self._batch, self._limits, self._draw_seed, self._propose)
         generations = list(plan.rejected)
         generations.extend(self._attach_grammars(plan.sequences))
+        # Rows of one LoRA adapter side by side: the CPU path applies each adapter once per
+        # layer (layers/lora.py). Stable, so every rank orders alike.
+        plan.sequences.sort(key=lambda sequence: sequence.state.adapter_index)
         forward_start_ns = forward_ns = sampling_ns = 0
         if plan.sequences:
             try:

@@ -16,6 +16,7 @@ from typing import Protocol
 import torch
 
 from ferrite_server.layers.attention.backend import AttentionMetadata
+from ferrite_server.layers.lora import NO_ADAPTER, LoraBatch
 
 
 class ForwardSequence(Protocol):
@@ -67,6 +68,8 @@ def build_forward_inputs(
     row_starts = [0]
     seq_lens: list[int] = []
     block_rows: list[list[int]] = []
+    # A sequence type without adapters (warmup, tests) runs the base model.
+    adapters = [getattr(sequence, "adapter_index", NO_ADAPTER) for sequence in sequences]
     for sequence in sequences:
         num_tokens = len(sequence.input_ids)
         seq_len = sequence.start_position + num_tokens
@@ -91,6 +94,7 @@ def build_forward_inputs(
         max_seq_len=max(seq_lens, default=0),
         query_start_loc_cpu=tuple(row_starts),
         seq_lens_cpu=tuple(seq_lens),
+        lora=LoraBatch.from_sequences(adapters, row_starts, device),
     )
     return ForwardInputs(
         input_ids=_to_device(input_ids, torch.int64, device),

@@ -75,6 +75,9 @@ class ModelFacts:
     kv_cache_dtype: torch.dtype | None = None  # None: the compute dtype
     # "native" (a ferrite model file) or "transformers" (the fallback for any other causal LM).
     implementation: str = "native"
+    # LoRA adapters loaded beside the weights (lora/), by name; a request's adapter index is
+    # its position here.
+    lora_adapters: tuple[str, ...] = ()
 
     @property
     def kv_cache_dtype_name(self) -> str:
@@ -149,6 +152,8 @@ class ModelRunner:
         else:
             _load_weights(model, model_dir, device, quantization)  # type: ignore[arg-type]
         process_weights_after_loading(model)  # type: ignore[arg-type]
+        lora_bytes = _attach_lora(model, config, model_config.num_layers)  # type: ignore[arg-type]
+        # Adapters included: weights the KV cache must leave room for.
         weight_bytes = model_memory_bytes(model)  # type: ignore[arg-type]
         # Read by the tests of tensor parallelism (each rank ~1/N of the weights); one line.
         logger.info(
@@ -170,11 +175,13 @@ class ModelRunner:
             num_local_kv_heads=heads.num_kv_heads,
             quantization=quantization.name if quantization is not None else "",
             kv_cache_dtype=kv_quant.cache_dtype(dtype),
+            lora_adapters=tuple(name for name, _ in config.lora.adapters),
         )
         logger.info(
-            "weights: %.1f MiB on %s (%s, quantization: %s); KV cache dtype: %s",
+            "weights: %.1f MiB on %s (%s, quantization: %s; LoRA adapters: %.1f MiB); KV cache "
+            "dtype: %s",
             weight_bytes / 2**20, device, facts.dtype_name, facts.quantization or "none",
-            str(facts.kv_cache_dtype).removeprefix("torch."),
+            lora_bytes / 2**20, str(facts.kv_cache_dtype).removeprefix("torch."),
         )
         return cls(model, facts, group)
 
@@ -196,6 +203,11 @@ class ModelRunner:
             raise UnsupportedModelError(
                 f"{architecture} runs on the transformers fallback, which takes RoPE scaling "
                 "from config.json only: --rope-scaling / --rope-factor apply to native families"
+            )
+        if config.lora.adapters:
+            raise UnsupportedModelError(
+                f"{architecture} runs on the transformers fallback, which serves no LoRA "
+                "adapters (--lora-adapters applies to native families)"
             )
         if config.distributed.world_size != 1 or resolve_quantization(config.quantize, hf):
             raise UnsupportedModelError(
@@ -250,6 +262,15 @@ class ModelRunner:
     @torch.inference_mode()
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:  # [N, H] -> [N, V] float32
         return self.model.compute_logits(hidden)
+
+
+def _attach_lora(model: torch.nn.Module, config: ShardConfig, num_layers: int) -> int:
+    """Loads --lora-adapters into the model's layers; their bytes (0 without adapters)."""
+    if not config.lora.adapters:
+        return 0
+    from ferrite_server.lora.attach import attach_adapters, load_adapters
+
+    return attach_adapters(model, load_adapters(config.lora, num_layers))
 
 
 def _load_weights(

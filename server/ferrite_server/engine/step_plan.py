@@ -29,6 +29,7 @@ class StepLimits:
     block_size: int
     max_position_embeddings: int
     vocab_size: int
+    adapter_names: tuple[str, ...] = ()  # LoRA adapters the shard holds, in index order
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,11 @@ class ScheduledSequence:
     block_table: tuple[int, ...]
     # Speculative decoding: guessed next tokens (the tail of input_ids), verified this step.
     proposed_ids: tuple[int, ...] = ()
+
+    @property
+    def adapter_index(self) -> int:
+        """Its request's LoRA adapter (-1: the base model)."""
+        return self.state.adapter_index
 
     @property
     def samples(self) -> bool:
@@ -131,6 +137,7 @@ def _plan_new(
         num_prompt_tokens=new.num_prompt_tokens,
         block_table=list(new.block_table),
         num_computed_tokens=new.num_cached_tokens,
+        adapter_index=_adapter_index(new.params.adapter_id, limits),
     )
     return _scheduled(state, new.num_scheduled_tokens, is_new=True, limits=limits)
 
@@ -181,6 +188,15 @@ def _scheduled(
     )
     _check_positions_and_blocks(sequence, limits)
     return sequence
+
+
+def _adapter_index(adapter_id: str, limits: StepLimits) -> int:
+    if not adapter_id:
+        return -1
+    if adapter_id not in limits.adapter_names:
+        loaded = ", ".join(repr(name) for name in limits.adapter_names) or "none"
+        raise _Rejected(f"unknown LoRA adapter {adapter_id!r} (loaded: {loaded})")
+    return limits.adapter_names.index(adapter_id)
 
 
 def _check_token_ids(input_ids: tuple[int, ...], limits: StepLimits) -> None:

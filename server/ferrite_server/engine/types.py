@@ -51,6 +51,7 @@ class RequestParams:
     stopping: StoppingParams = field(default_factory=StoppingParams)
     top_n_tokens: int = 0
     prompt_logprobs: bool = False
+    adapter_id: str = ""  # LoRA adapter name; "": the base model
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,7 @@ class EngineInfo:
     model_implementation: str = "native"
     # Every rank's gRPC endpoint (set by the shard's start-up, not the engine; see endpoints.py).
     rank_endpoints: tuple[str, ...] = ()
+    lora_adapters: tuple[str, ...] = ()  # LoRA adapter names, in index order
 
 
 @dataclass(frozen=True)

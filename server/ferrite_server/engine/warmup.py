@@ -38,10 +38,13 @@ class _WarmupSequence:
     input_ids: tuple[int, ...]
     start_position: int
     block_table: tuple[int, ...]
+    # With LoRA adapters loaded, the warmup runs adapter 0, so the LoRA activations are
+    # measured too; -1: the base model.
+    adapter_index: int = -1
 
 
 def warmup_sequences(
-    num_tokens: int, max_sequence_tokens: int, block_size: int
+    num_tokens: int, max_sequence_tokens: int, block_size: int, adapter_index: int = -1
 ) -> list[_WarmupSequence]:
     """num_tokens prompt tokens as sequences of at most max_sequence_tokens, on fresh blocks."""
     sequences: list[_WarmupSequence] = []
@@ -51,7 +54,7 @@ def warmup_sequences(
         length = min(remaining, max_sequence_tokens)
         num_blocks = -(-length // block_size)
         block_table = tuple(range(next_block, next_block + num_blocks))
-        sequences.append(_WarmupSequence((0,) * length, 0, block_table))
+        sequences.append(_WarmupSequence((0,) * length, 0, block_table, adapter_index))
         next_block += num_blocks
         remaining -= length
     return sequences
@@ -63,7 +66,10 @@ def run_warmup_step(runner: ModelRunner, shape: WarmupShape, block_size: int) ->
     num_tokens = shape.max_batch_prefill_tokens
     if device.type != "cuda":
         num_tokens = min(num_tokens, CPU_WARMUP_MAX_TOKENS)
-    sequences = warmup_sequences(max(num_tokens, 1), shape.max_total_tokens, block_size)
+    adapter_index = 0 if runner.facts.lora_adapters else -1
+    sequences = warmup_sequences(
+        max(num_tokens, 1), shape.max_total_tokens, block_size, adapter_index
+    )
     num_blocks = sum(len(sequence.block_table) for sequence in sequences)
     spec = runner.kv_cache_spec(block_size)
     # Allocated outside the measurement: it stands in for KV blocks, not activations.

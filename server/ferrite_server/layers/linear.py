@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ferrite_server.layers.head_partition import HeadPartition
+from ferrite_server.layers.lora import LoraBatch, LoraLinearWeights
 from ferrite_server.layers.placement import LayerPlacement
 from ferrite_server.layers.quantization.config import linear_method_for
 from ferrite_server.layers.quantization.method import (
@@ -76,9 +77,20 @@ class _Linear(nn.Module):
             if bias
             else None
         )
+        # LoRA adapters targeting this layer (lora/attach.py); None: none do.
+        self.lora: LoraLinearWeights | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, in] -> [T, out]
-        return self.quant_method.apply(self, x, self.bias)
+    def forward(
+        self, x: torch.Tensor, lora: LoraBatch | None = None
+    ) -> torch.Tensor:  # [T, in] -> [T, out]
+        y = self.quant_method.apply(self, x, self.bias)
+        return self._add_lora(y, x, lora)
+
+    def _add_lora(self, y: torch.Tensor, x: torch.Tensor, lora: LoraBatch | None) -> torch.Tensor:
+        """y plus each token's adapter delta (`lora`: the step's adapter per token)."""
+        if lora is None or self.lora is None:
+            return y
+        return self.lora.add_to(y, x, lora)
 
 
 class ColumnParallelLinear(_Linear):
@@ -98,10 +110,14 @@ class RowParallelLinear(_Linear):
     ) -> None:
         super().__init__(in_features, _LinearParts((out_features,)), "row", bias, placement)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, in / N] -> [T, out]
+    def forward(
+        self, x: torch.Tensor, lora: LoraBatch | None = None
+    ) -> torch.Tensor:  # [T, in / N] -> [T, out]
         if not self.placement.group.is_parallel:
-            return super().forward(x)
+            return super().forward(x, lora)
         partial = self.quant_method.apply(self, x, None)  # this rank's share of the sum
+        # The LoRA delta of this rank's input slice is a share of the sum too.
+        partial = self._add_lora(partial, x, lora)
         summed = self.placement.group.all_reduce(partial)
         # The bias is whole on every rank: added once, after the sum.
         return summed if self.bias is None else summed + self.bias

@@ -46,7 +46,7 @@ class GemmaDecoderLayer(LlamaDecoderLayer):
     ) -> torch.Tensor:  # [T, H]
         attended = self.self_attn(self.input_layernorm(hidden), cos_sin, kv_cache, attn_metadata)
         hidden = hidden + self.post_attention_layernorm(attended)
-        transformed = self.mlp(self.pre_feedforward_layernorm(hidden))
+        transformed = self.mlp(self.pre_feedforward_layernorm(hidden), attn_metadata.lora)
         return hidden + self.post_feedforward_layernorm(transformed)
 
 

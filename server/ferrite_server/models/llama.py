@@ -23,6 +23,7 @@ from ferrite_server.layers.attention.backend import (
     AttentionVariant,
 )
 from ferrite_server.layers.embedding import LMHead, VocabEmbedding
+from ferrite_server.layers.lora import LoraBatch
 from ferrite_server.layers.linear import (
     AttentionHeads,
     MergedColumnParallelLinear,
@@ -86,7 +87,8 @@ class LlamaAttention(nn.Module):
     ) -> torch.Tensor:  # [T, H]
         q_size = self.num_heads * self.head_dim
         kv_size = self.num_kv_heads * self.head_dim
-        query, key, value = self.qkv_proj(hidden).split([q_size, kv_size, kv_size], dim=-1)
+        qkv = self.qkv_proj(hidden, attn_metadata.lora)
+        query, key, value = qkv.split([q_size, kv_size, kv_size], dim=-1)
         query = query.view(-1, self.num_heads, self.head_dim)  # [T, heads, head_dim]
         key = key.view(-1, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None and self.k_norm is not None:
@@ -99,7 +101,8 @@ class LlamaAttention(nn.Module):
         attended = self.backend.forward(
             query, key_cache, value_cache, attn_metadata, self.scale, self.variant
         )
-        return self.o_proj(attended.flatten(1))  # [T, heads * head_dim] -> [T, H]
+        # [T, heads * head_dim] -> [T, H]
+        return self.o_proj(attended.flatten(1), attn_metadata.lora)
 
 
 class LlamaMLP(nn.Module):
@@ -116,8 +119,11 @@ class LlamaMLP(nn.Module):
             config.intermediate_size, config.hidden_size, config.mlp_bias, placement
         )
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # [T, H] -> [T, H]
-        return self.down_proj(self.act(self.gate_up_proj(hidden)))  # via [T, 2I] -> [T, I]
+    def forward(
+        self, hidden: torch.Tensor, lora: LoraBatch | None = None
+    ) -> torch.Tensor:  # [T, H] -> [T, H]
+        gated = self.act(self.gate_up_proj(hidden, lora))  # via [T, 2I] -> [T, I]
+        return self.down_proj(gated, lora)
 
 
 def hidden_norm(config: DecoderConfig, placement: LayerPlacement) -> RMSNorm:
@@ -143,8 +149,10 @@ class LlamaDecoderLayer(nn.Module):
         this and `feed_forward`, e.g. Mixtral's experts)."""
         self.mlp = LlamaMLP(config, placement)
 
-    def feed_forward(self, normed: torch.Tensor) -> torch.Tensor:  # [T, H] -> [T, H]
-        return self.mlp(normed)
+    def feed_forward(
+        self, normed: torch.Tensor, lora: LoraBatch | None = None
+    ) -> torch.Tensor:  # [T, H] -> [T, H]
+        return self.mlp(normed, lora)
 
     def forward(
         self,
@@ -155,7 +163,7 @@ class LlamaDecoderLayer(nn.Module):
     ) -> torch.Tensor:  # [T, H]
         attended = self.self_attn(self.input_layernorm(hidden), cos_sin, kv_cache, attn_metadata)
         normed, hidden = self.post_attention_layernorm.add_and_norm(attended, hidden)
-        return hidden + self.feed_forward(normed)
+        return hidden + self.feed_forward(normed, attn_metadata.lora)
 
 
 class LlamaModel(nn.Module):

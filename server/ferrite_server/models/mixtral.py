@@ -14,6 +14,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
+from ferrite_server.layers.lora import LoraBatch
 from ferrite_server.layers.moe import MoEConfig, SparseMoE, moe_checkpoint_weights
 from ferrite_server.layers.placement import LayerPlacement
 from ferrite_server.models.config import DecoderConfig, HfConfig, decoder_config_from_hf
@@ -36,7 +37,9 @@ class MixtralDecoderLayer(LlamaDecoderLayer):
             config.hidden_size, config.moe, config.activation, placement
         )
 
-    def feed_forward(self, normed: torch.Tensor) -> torch.Tensor:  # [T, H] -> [T, H]
+    def feed_forward(
+        self, normed: torch.Tensor, lora: LoraBatch | None = None
+    ) -> torch.Tensor:  # [T, H] -> [T, H]; no LoRA on experts (lora/attach.py refuses it)
         return self.block_sparse_moe(normed)
 
 

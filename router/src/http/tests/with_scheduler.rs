@@ -55,6 +55,7 @@ fn stack(step_delay: Duration) -> Stack {
             max_waiting_requests: 8,
             prefix_caching: true,
             num_speculative_tokens: 0,
+            max_loras_per_batch: 8,
         },
     );
     let state = test_state(&test_config(), Arc::clone(&tokenizer), Arc::new(scheduler));

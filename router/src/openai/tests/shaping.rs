@@ -152,6 +152,7 @@ fn completion_chunks_echo_the_prompt_once_per_choice() {
         prompt_logprobs: false,
         stream: true,
         include_usage: false,
+        adapter_id: String::new(),
     };
     let mut shaper = CompletionShaper::new(
         header("text_completion"),

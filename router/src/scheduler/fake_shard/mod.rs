@@ -254,6 +254,7 @@ impl ShardClient for FakeShard {
             supports_prompt_logprobs: true,
             max_top_n_tokens: 10,
             rank_endpoints: Vec::new(),
+            lora_adapters: Vec::new(),
         })
     }
 

@@ -24,6 +24,8 @@ from typing import Protocol
 
 import torch
 
+from ferrite_server.layers.lora import LoraBatch
+
 
 @dataclass(frozen=True)
 class AttentionVariant:
@@ -55,6 +57,9 @@ class AttentionMetadata:
     # Host copies for backends that loop over sequences (the torch reference).
     query_start_loc_cpu: tuple[int, ...]
     seq_lens_cpu: tuple[int, ...]
+    # Each token's LoRA adapter, read by the linear layers (layers/lora.py); None: no token of
+    # the step has one. Not attention's, but it rides along to every layer the same way.
+    lora: LoraBatch | None = None
 
     @property
     def num_seqs(self) -> int:
