@@ -22,6 +22,10 @@ pub mod run;
 pub mod state;
 pub mod template;
 pub mod text;
+pub mod tool_parse;
+pub mod tool_prompt;
+pub mod tool_stream;
+pub mod tools;
 
 use axum::routing::{get, post};
 use axum::Router;
