@@ -77,13 +77,21 @@ async fn chat(
     let deadline = budget?.deadline(received_at);
     let tokenizer = Arc::clone(&state.generation.tokenizer);
     let limits = state.validator.limits();
-    let (ChatOptions { generation: options, tools }, prompt) = async {
+    let (
+        ChatOptions {
+            generation: options,
+            tools,
+        },
+        prompt,
+    ) = async {
         let Json(request) = body.map_err(body_rejection)?;
         let checked = check_chat(&request, limits, tokenizer.inner().get_vocab_size(true))?;
         if let Some(grammar) = &checked.generation.sampling.grammar {
             // A refused schema is a 422 naming the problem, as on the TGI routes.
             let compiled = state.validator.compile_grammar(grammar).await;
-            if let (Err(ValidationError::Grammar(reason)), Some(tools)) = (&compiled, &checked.tools) {
+            if let (Err(ValidationError::Grammar(reason)), Some(tools)) =
+                (&compiled, &checked.tools)
+            {
                 return Err(tools.refused(reason));
             }
             compiled?;

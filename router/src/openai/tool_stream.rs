@@ -250,7 +250,10 @@ fn match_header(text: &str, callable: &[String]) -> HeaderMatch {
                     name = Some(callable[found].clone());
                 }
             }
-            None if candidates.iter().any(|candidate| candidate.starts_with(rest)) => {
+            None if candidates
+                .iter()
+                .any(|candidate| candidate.starts_with(rest)) =>
+            {
                 return HeaderMatch::NeedMore
             }
             None => return HeaderMatch::Mismatch,

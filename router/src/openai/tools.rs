@@ -139,7 +139,11 @@ impl ToolUse {
 
     /// A refused forced-call grammar as a 422 naming the tools whose schemas it holds.
     pub fn refused(&self, reason: impl std::fmt::Display) -> OpenAiError {
-        let names: Vec<String> = self.callable.iter().map(|name| format!("`{name}`")).collect();
+        let names: Vec<String> = self
+            .callable
+            .iter()
+            .map(|name| format!("`{name}`"))
+            .collect();
         OpenAiError::Unprocessable {
             param: "tools",
             message: format!(
@@ -155,7 +159,10 @@ fn function_tool(index: usize, entry: &Value) -> Result<FunctionTool, OpenAiErro
     if entry.get("type").and_then(Value::as_str) != Some("function") {
         return Err(malformed("must have `\"type\": \"function\"`"));
     }
-    let Some(function) = entry.get("function").filter(|function| function.is_object()) else {
+    let Some(function) = entry
+        .get("function")
+        .filter(|function| function.is_object())
+    else {
         return Err(malformed("must have a `function` object"));
     };
     let name = match function.get("name").and_then(Value::as_str) {
@@ -165,7 +172,11 @@ fn function_tool(index: usize, entry: &Value) -> Result<FunctionTool, OpenAiErro
     let parameters = match function.get("parameters") {
         None | Some(Value::Null) => json!({"type": "object", "properties": {}}),
         Some(schema @ (Value::Object(_) | Value::Bool(_))) => schema.clone(),
-        Some(_) => return Err(malformed("`function.parameters` must be a JSON schema object")),
+        Some(_) => {
+            return Err(malformed(
+                "`function.parameters` must be a JSON schema object",
+            ))
+        }
     };
     Ok(FunctionTool {
         name,

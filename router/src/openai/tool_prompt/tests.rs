@@ -58,8 +58,8 @@ fn a_template_without_tools_gets_them_in_the_last_user_message() {
         TemplateMessage::new("user", "Weather in Paris?"),
     ];
     for choice in [json!("auto"), json!("required")] {
-        let input = template_input(&template, messages.clone(), Some(&tools(choice)), None)
-            .expect("valid");
+        let input =
+            template_input(&template, messages.clone(), Some(&tools(choice)), None).expect("valid");
         assert_eq!(input.tools, None);
         assert_eq!(input.messages[0], messages[0]);
         assert_eq!(
@@ -71,10 +71,18 @@ fn a_template_without_tools_gets_them_in_the_last_user_message() {
             )
         );
     }
-    let custom = template_input(&template, messages.clone(), Some(&tools(json!("auto"))), Some("Use a tool."))
-        .expect("valid");
-    assert!(custom.messages[2].content.starts_with("Weather in Paris?\n\n---\nUse a tool.\n{"));
-    let plain = template_input(&template, messages.clone(), None, Some("Use a tool.")).expect("valid");
+    let custom = template_input(
+        &template,
+        messages.clone(),
+        Some(&tools(json!("auto"))),
+        Some("Use a tool."),
+    )
+    .expect("valid");
+    assert!(custom.messages[2]
+        .content
+        .starts_with("Weather in Paris?\n\n---\nUse a tool.\n{"));
+    let plain =
+        template_input(&template, messages.clone(), None, Some("Use a tool.")).expect("valid");
     assert_eq!(plain.messages, messages, "no tools: nothing added");
 }
 
@@ -92,7 +100,10 @@ fn earlier_calls_and_results_reach_a_template_without_tool_support_as_text() {
         "{prompt}"
     );
     // The tools went to the last user message, before the call and its result.
-    assert!(prompt.find(DEFAULT_TOOL_PROMPT) < prompt.find("22 C"), "{prompt}");
+    assert!(
+        prompt.find(DEFAULT_TOOL_PROMPT) < prompt.find("22 C"),
+        "{prompt}"
+    );
 }
 
 #[test]
@@ -101,7 +112,10 @@ fn a_template_with_tool_support_gets_tools_and_argument_objects() {
     assert!(template.reads_tools() && template.reads_tool_calls());
     let input = template_input(&template, conversation(), Some(&tools(json!("auto"))), None)
         .expect("valid");
-    assert_eq!(input.messages[0].content, "Weather in Paris?", "the template shows the tools");
+    assert_eq!(
+        input.messages[0].content, "Weather in Paris?",
+        "the template shows the tools"
+    );
     let prompt = render(&template, input);
     assert_eq!(
         prompt,
@@ -114,7 +128,11 @@ fn a_template_with_tool_support_gets_tools_and_argument_objects() {
 #[test]
 fn malformed_tool_calls_in_messages_are_400() {
     let template = template(SMOLLM2);
-    for calls in [json!("get_weather"), json!([{"id": "1"}]), json!([{"function": {"arguments": "{}"}}])] {
+    for calls in [
+        json!("get_weather"),
+        json!([{"id": "1"}]),
+        json!([{"function": {"arguments": "{}"}}]),
+    ] {
         let mut message = TemplateMessage::new("assistant", "");
         message.tool_calls = Some(calls.clone());
         let error = template_input(&template, vec![message], None, None).expect_err("refused");
@@ -128,5 +146,8 @@ fn malformed_tool_calls_in_messages_are_400() {
     let mut message = TemplateMessage::new("assistant", "Sure.");
     message.tool_calls = Some(json!([{"function": {"name": "f", "arguments": "not json"}}]));
     let input = template_input(&template, vec![message], None, None).expect("valid");
-    assert_eq!(input.messages[0].content, "Sure.\n{\"name\":\"f\",\"arguments\":\"not json\"}");
+    assert_eq!(
+        input.messages[0].content,
+        "Sure.\n{\"name\":\"f\",\"arguments\":\"not json\"}"
+    );
 }

@@ -32,8 +32,14 @@ fn streamed(tools: &ToolUse, parts: &[&str], finish: FinishReason) -> (String, V
         match piece {
             ToolPiece::Content(text) => content.push_str(&text),
             ToolPiece::Call(delta) if delta.index as usize == calls.len() => {
-                assert!(delta.id.is_some() && delta.kind == Some("function"), "{delta:?}");
-                assert_eq!(delta.function.arguments, "", "the first piece only names the call");
+                assert!(
+                    delta.id.is_some() && delta.kind == Some("function"),
+                    "{delta:?}"
+                );
+                assert_eq!(
+                    delta.function.arguments, "",
+                    "the first piece only names the call"
+                );
                 calls.push(ToolCall {
                     id: delta.id.expect("id"),
                     kind: "function",
@@ -44,7 +50,10 @@ fn streamed(tools: &ToolUse, parts: &[&str], finish: FinishReason) -> (String, V
                 });
             }
             ToolPiece::Call(delta) => {
-                assert_eq!((&delta.id, delta.kind, &delta.function.name), (&None, None, &None));
+                assert_eq!(
+                    (&delta.id, delta.kind, &delta.function.name),
+                    (&None, None, &None)
+                );
                 let call = &mut calls[delta.index as usize];
                 call.function.arguments.push_str(&delta.function.arguments);
             }
@@ -57,7 +66,12 @@ fn streamed(tools: &ToolUse, parts: &[&str], finish: FinishReason) -> (String, V
 fn names_and_arguments(calls: &[ToolCall]) -> Vec<(&str, &str)> {
     calls
         .iter()
-        .map(|call| (call.function.name.as_str(), call.function.arguments.as_str()))
+        .map(|call| {
+            (
+                call.function.name.as_str(),
+                call.function.arguments.as_str(),
+            )
+        })
         .collect()
 }
 
@@ -74,11 +88,23 @@ fn a_forced_call_streams_its_name_first_then_its_arguments() {
         panic!("{pieces:?}");
     };
     assert_eq!((open.index, open.kind), (0, Some("function")));
-    assert!(open.id.as_ref().is_some_and(|id| id.starts_with("call_") && id.len() == 29));
-    assert_eq!(open.function, FunctionCallDelta { name: Some("get_weather".into()), arguments: String::new() });
+    assert!(open
+        .id
+        .as_ref()
+        .is_some_and(|id| id.starts_with("call_") && id.len() == 29));
+    assert_eq!(
+        open.function,
+        FunctionCallDelta {
+            name: Some("get_weather".into()),
+            arguments: String::new()
+        }
+    );
     assert_eq!(more.function.arguments, r#"{"ci"#);
     // A closing brace may end the call: it is held until more text shows it does not.
-    assert_eq!(stream.push(r#"ty":"Paris {}"#), [stream.arguments(r#"ty":"Paris {"#.into())]);
+    assert_eq!(
+        stream.push(r#"ty":"Paris {}"#),
+        [stream.arguments(r#"ty":"Paris {"#.into())]
+    );
     assert_eq!(stream.push("\"}"), [stream.arguments("}\"".into())]);
     assert_eq!(stream.push("}"), [stream.arguments("}".into())]);
     assert_eq!(stream.finish(FinishReason::EndOfSequenceToken), []);
@@ -90,12 +116,18 @@ fn the_assembled_call_is_the_same_however_the_text_is_split() {
     let tools = tool_use(json!("required"));
     let whole = whole_answer(&tools, CALL, FinishReason::EndOfSequenceToken);
     assert_eq!(whole.content, None);
-    assert_eq!(names_and_arguments(&whole.tool_calls), [("get_weather", ARGUMENTS)]);
+    assert_eq!(
+        names_and_arguments(&whole.tool_calls),
+        [("get_weather", ARGUMENTS)]
+    );
     assert!(whole.tool_calls[0].id.starts_with("call_"));
     for split in 0..=CALL.len() {
         let (first, second) = CALL.split_at(split);
         let (content, calls) = streamed(&tools, &[first, second], FinishReason::EndOfSequenceToken);
-        assert_eq!((content.as_str(), names_and_arguments(&calls)), ("", vec![("get_weather", ARGUMENTS)]));
+        assert_eq!(
+            (content.as_str(), names_and_arguments(&calls)),
+            ("", vec![("get_weather", ARGUMENTS)])
+        );
     }
     let bytes: Vec<String> = CALL.chars().map(String::from).collect();
     let parts: Vec<&str> = bytes.iter().map(String::as_str).collect();
@@ -116,26 +148,49 @@ fn a_forced_call_cut_by_max_tokens_keeps_what_it_has() {
     let tools = tool_use(json!("required"));
     let cut = r#"{"name":"get_weather","arguments":{"city":"Pa"#;
     let whole = whole_answer(&tools, cut, FinishReason::Length);
-    assert_eq!(names_and_arguments(&whole.tool_calls), [("get_weather", r#"{"city":"Pa"#)]);
+    assert_eq!(
+        names_and_arguments(&whole.tool_calls),
+        [("get_weather", r#"{"city":"Pa"#)]
+    );
     let (_, calls) = streamed(&tools, &[&cut[..30], &cut[30..]], FinishReason::Length);
-    assert_eq!(names_and_arguments(&calls), [("get_weather", r#"{"city":"Pa"#)]);
+    assert_eq!(
+        names_and_arguments(&calls),
+        [("get_weather", r#"{"city":"Pa"#)]
+    );
     // Cut at a closing brace: it belongs to the arguments.
     let at_brace = r#"{"name":"get","arguments":{"a":{}"#;
     let whole = whole_answer(&tools, at_brace, FinishReason::Length);
-    assert_eq!(names_and_arguments(&whole.tool_calls), [("get", r#"{"a":{}"#)]);
+    assert_eq!(
+        names_and_arguments(&whole.tool_calls),
+        [("get", r#"{"a":{}"#)]
+    );
     // Cut before the arguments began: no call, the text is content.
     let early = whole_answer(&tools, r#"{"name":"ge"#, FinishReason::Length);
-    assert_eq!((early.content.as_deref(), early.tool_calls.len()), (Some(r#"{"name":"ge"#), 0));
+    assert_eq!(
+        (early.content.as_deref(), early.tool_calls.len()),
+        (Some(r#"{"name":"ge"#), 0)
+    );
 }
 
 #[test]
 fn forced_text_that_is_not_a_call_is_content() {
     // Only without the grammar (a refused mask leaves the model free): passed on as content.
     let tools = tool_use(json!("required"));
-    for text in [r#"{"name":"send_email","arguments":{}}"#, "Hello", r#"{"city":"x"}"#] {
+    for text in [
+        r#"{"name":"send_email","arguments":{}}"#,
+        "Hello",
+        r#"{"city":"x"}"#,
+    ] {
         let whole = whole_answer(&tools, text, FinishReason::EndOfSequenceToken);
-        assert_eq!((whole.content.as_deref(), whole.tool_calls.len()), (Some(text), 0));
-        let (content, calls) = streamed(&tools, &[&text[..3], &text[3..]], FinishReason::EndOfSequenceToken);
+        assert_eq!(
+            (whole.content.as_deref(), whole.tool_calls.len()),
+            (Some(text), 0)
+        );
+        let (content, calls) = streamed(
+            &tools,
+            &[&text[..3], &text[3..]],
+            FinishReason::EndOfSequenceToken,
+        );
         assert_eq!((content.as_str(), calls.len()), (text, 0));
     }
 }
@@ -146,7 +201,10 @@ fn auto_streams_prose_at_once_and_holds_what_may_be_a_call() {
     let mut stream = ToolCallStream::new(&tools);
     assert_eq!(stream.push("  "), []);
     assert_eq!(stream.push("The"), [ToolPiece::Content("  The".into())]);
-    assert_eq!(stream.push(" weather {"), [ToolPiece::Content(" weather {".into())]);
+    assert_eq!(
+        stream.push(" weather {"),
+        [ToolPiece::Content(" weather {".into())]
+    );
     assert_eq!(stream.finish(FinishReason::EndOfSequenceToken), []);
     assert!(!stream.called());
 
@@ -164,14 +222,28 @@ fn auto_answers_become_calls_or_content() {
     let tools = tool_use(json!("auto"));
     let answer = |text: &str| whole_answer(&tools, text, FinishReason::EndOfSequenceToken);
     let call = answer("<tool_call>\n{\"name\": \"get\", \"arguments\": {}}\n</tool_call>");
-    assert_eq!((call.content, names_and_arguments(&call.tool_calls)), (None, vec![("get", "{}")]));
-    let parallel = answer(r#"[{"name": "get"}, {"name": "get_weather", "arguments": {"city": "Oslo"}}]"#);
+    assert_eq!(
+        (call.content, names_and_arguments(&call.tool_calls)),
+        (None, vec![("get", "{}")])
+    );
+    let parallel =
+        answer(r#"[{"name": "get"}, {"name": "get_weather", "arguments": {"city": "Oslo"}}]"#);
     assert_eq!(
         names_and_arguments(&parallel.tool_calls),
         [("get", "{}"), ("get_weather", r#"{"city":"Oslo"}"#)]
     );
-    let (_, calls) = streamed(&tools, &[r#"[{"name": "get"}, "#, r#"{"name": "get"}]"#], FinishReason::EndOfSequenceToken);
-    assert_eq!(calls.iter().map(|call| call.function.name.as_str()).collect::<Vec<_>>(), ["get", "get"]);
+    let (_, calls) = streamed(
+        &tools,
+        &[r#"[{"name": "get"}, "#, r#"{"name": "get"}]"#],
+        FinishReason::EndOfSequenceToken,
+    );
+    assert_eq!(
+        calls
+            .iter()
+            .map(|call| call.function.name.as_str())
+            .collect::<Vec<_>>(),
+        ["get", "get"]
+    );
     assert_ne!(calls[0].id, calls[1].id);
     for text in [
         "Paris is sunny.",
@@ -181,7 +253,11 @@ fn auto_answers_become_calls_or_content() {
         "",
     ] {
         let whole = answer(text);
-        assert_eq!((whole.content.as_deref(), whole.tool_calls.len()), (Some(text), 0), "{text}");
+        assert_eq!(
+            (whole.content.as_deref(), whole.tool_calls.len()),
+            (Some(text), 0),
+            "{text}"
+        );
         let (content, calls) = streamed(&tools, &[text], FinishReason::EndOfSequenceToken);
         assert_eq!((content.as_str(), calls.len()), (text, 0));
     }
@@ -191,14 +267,29 @@ fn auto_answers_become_calls_or_content() {
 fn header_matching() {
     let names = ["get".to_string(), "get_weather".to_string()];
     assert_eq!(match_header("", &names), HeaderMatch::NeedMore);
-    assert_eq!(match_header(r#"{"name":"get""#, &names), HeaderMatch::NeedMore);
-    assert_eq!(match_header(r#"{"name":"get","arguments": "#, &names), HeaderMatch::NeedMore);
+    assert_eq!(
+        match_header(r#"{"name":"get""#, &names),
+        HeaderMatch::NeedMore
+    );
+    assert_eq!(
+        match_header(r#"{"name":"get","arguments": "#, &names),
+        HeaderMatch::NeedMore
+    );
     assert_eq!(
         match_header(r#"{"name":"get","arguments": {"#, &names),
-        HeaderMatch::Done { name: "get".into(), len: 27 }
+        HeaderMatch::Done {
+            name: "get".into(),
+            len: 27
+        }
     );
-    assert_eq!(match_header(r#"{"name":"got"#, &names), HeaderMatch::Mismatch);
-    assert_eq!(match_header(r#"{"arguments":{}"#, &names), HeaderMatch::Mismatch);
+    assert_eq!(
+        match_header(r#"{"name":"got"#, &names),
+        HeaderMatch::Mismatch
+    );
+    assert_eq!(
+        match_header(r#"{"arguments":{}"#, &names),
+        HeaderMatch::Mismatch
+    );
     assert_eq!(match_header("Sure", &names), HeaderMatch::Mismatch);
     assert_eq!(closing_tail_len("{\"a\":1} \n}\n"), 4);
     assert_eq!(closing_tail_len("{\"a\":1"), 0);
