@@ -195,6 +195,8 @@ def test_pathological_schemas_are_refused_beside_plain_requests(server, client):
     last_plain_end = max(end for _, _, end in answers)
     assert all(answered_at < last_plain_end for _, answered_at in refused), (
         "the refusals came back while the plain requests were still streaming")
+    # Compiled beside the plain requests and answered. (llguidance accepts this grammar but
+    # gives up on it at the first token, its row limit, so the answer ends after "{".)
     assert heavy_response.status_code == 200, heavy_response.text
     generated = heavy_response.json()["generated_text"]
     assert generated.startswith("{"), generated

@@ -47,7 +47,8 @@ class TripArguments(BaseModel):
 ARGUMENTS = {"get_weather": WeatherArguments, "plan_trip": TripArguments}
 TOOLS = [
     {"type": "function", "function": {
-        "name": name, "description": f"{name.replace('_', ' ')}", "parameters": model.model_json_schema()}}
+        "name": name, "description": name.replace("_", " "),
+        "parameters": model.model_json_schema()}}
     for name, model in ARGUMENTS.items()
 ]
 PROMPTS = [
@@ -67,7 +68,8 @@ def server():
 
 @pytest.fixture(scope="module")
 def client(server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", timeout=300, max_retries=0)
+    return openai.OpenAI(
+        base_url=f"{server.base_url}/v1", api_key="unused", timeout=300, max_retries=0)
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +209,8 @@ def test_auto_leaves_an_answer_that_is_no_call_as_content(client):
 
 def test_tool_results_go_through_the_template(client, server):
     call = {"id": "call_1", "type": "function",
-            "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'}}
+            "function": {"name": "get_weather",
+                         "arguments": '{"city": "Paris", "unit": "celsius"}'}}
     result = "It is 22 degrees and sunny in Paris."
     conversation = _messages(PROMPTS[0]) + [
         {"role": "assistant", "content": None, "tool_calls": [call]},
@@ -218,12 +221,14 @@ def test_tool_results_go_through_the_template(client, server):
     choice = completion.choices[0]
     assert choice.message.content or choice.message.tool_calls
     tokenized = requests.post(
-        f"{server.base_url}/chat_tokenize", json={"messages": conversation, "tools": TOOLS}, timeout=60)
+        f"{server.base_url}/chat_tokenize", json={"messages": conversation, "tools": TOOLS},
+        timeout=60)
     assert tokenized.status_code == 200, tokenized.text
     prompt = tokenized.json()["templated_text"]
     # SmolLM2's template shows neither tools nor calls: ferrite writes the call into the
     # assistant turn as the model is asked to write one, and the result is a `tool` turn.
-    assert '<|im_start|>assistant\n{"name":"get_weather","arguments":{"city":"Paris","unit":"celsius"}}' in prompt
+    written_call = '{"name":"get_weather","arguments":{"city":"Paris","unit":"celsius"}}'
+    assert f"<|im_start|>assistant\n{written_call}<|im_end|>" in prompt
     assert f"<|im_start|>tool\n{result}<|im_end|>" in prompt
     assert completion.usage.prompt_tokens == len(tokenized.json()["tokenize_response"])
     without_result = client.chat.completions.create(
@@ -237,12 +242,14 @@ def test_tool_refusals_are_openai_errors(client):
         ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, 400,
          "tool_choice"),
         ({"tools": [], "tool_choice": "required"}, 400, "tool_choice"),
-        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "strin"}}}],
+        ({"tools": [{"type": "function",
+                     "function": {"name": "f", "parameters": {"type": "strin"}}}],
           "tool_choice": "required"}, 422, "tools"),
     ]
     for arguments, status, param in cases:
         with pytest.raises(openai.APIStatusError) as raised:
-            client.chat.completions.create(model="ferrite", messages=QUESTION, max_tokens=4, **arguments)
+            client.chat.completions.create(
+                model="ferrite", messages=QUESTION, max_tokens=4, **arguments)
         assert raised.value.status_code == status, raised.value.body
         assert raised.value.body["param"] == param
         assert raised.value.body["type"] == "invalid_request_error"
