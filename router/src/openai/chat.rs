@@ -18,7 +18,7 @@ use crate::http::AppState;
 use crate::tokenizer::TextTokenizer;
 use crate::validation::ValidationError;
 
-use super::choices::{Arrival, ChoiceSet, ChoiceUpdate};
+use super::choices::{Arrival, ChoiceSet, ChoiceUpdate, PreparedPrompt};
 use super::error::{body_rejection, ErrorBody, OpenAiError};
 use super::finish_reason;
 use super::logprobs::chat_entry;
@@ -76,38 +76,15 @@ async fn chat(
 ) -> Result<Response, OpenAiError> {
     let deadline = budget?.deadline(received_at);
     let tokenizer = Arc::clone(&state.generation.tokenizer);
-    let limits = state.validator.limits();
     let (
         ChatOptions {
             generation: options,
             tools,
         },
         prompt,
-    ) = async {
-        let Json(request) = body.map_err(body_rejection)?;
-        let checked = check_chat(&request, limits, tokenizer.inner().get_vocab_size(true))?;
-        if let Some(grammar) = &checked.generation.sampling.grammar {
-            // A refused schema is a 422 naming the problem, as on the TGI routes.
-            let compiled = state.validator.compile_grammar(grammar).await;
-            if let (Err(ValidationError::Grammar(reason)), Some(tools)) =
-                (&compiled, &checked.tools)
-            {
-                return Err(tools.refused(reason));
-            }
-            compiled?;
-        }
-        let template = state.openai.chat_template()?;
-        let conversation = Conversation {
-            messages: request.messages,
-            tools: checked.tools.clone(),
-            tool_prompt: request.tool_prompt,
-        };
-        let rendered = chat_prompt(Arc::clone(&tokenizer), template, conversation).await?;
-        let prompt = with_budget(rendered, checked.generation.max_tokens, limits, "messages")?;
-        Ok::<_, OpenAiError>((checked, prompt))
-    }
-    .instrument(tracing::info_span!("validation"))
-    .await?;
+    ) = prepare(&state, body)
+        .instrument(tracing::info_span!("validation"))
+        .await?;
     let timing = RequestTiming {
         received_at,
         validation: received_at.elapsed(),
@@ -163,6 +140,34 @@ async fn chat(
         usage: run::usage(&set),
     };
     Ok(Json(completion).into_response())
+}
+
+/// The request checked, its grammar compiled (a refused schema is a 422 naming the problem,
+/// as on the TGI routes; for a forced tool call, naming the tools) and its prompt rendered.
+async fn prepare(
+    state: &AppState,
+    body: Result<Json<ChatCompletionRequest>, JsonRejection>,
+) -> Result<(ChatOptions, PreparedPrompt), OpenAiError> {
+    let tokenizer = Arc::clone(&state.generation.tokenizer);
+    let limits = state.validator.limits();
+    let Json(request) = body.map_err(body_rejection)?;
+    let checked = check_chat(&request, limits, tokenizer.inner().get_vocab_size(true))?;
+    if let Some(grammar) = &checked.generation.sampling.grammar {
+        let compiled = state.validator.compile_grammar(grammar).await;
+        if let (Err(ValidationError::Grammar(reason)), Some(tools)) = (&compiled, &checked.tools) {
+            return Err(tools.refused(reason));
+        }
+        compiled?;
+    }
+    let template = state.openai.chat_template()?;
+    let conversation = Conversation {
+        messages: request.messages,
+        tools: checked.tools.clone(),
+        tool_prompt: request.tool_prompt,
+    };
+    let rendered = chat_prompt(tokenizer, template, conversation).await?;
+    let prompt = with_budget(rendered, checked.generation.max_tokens, limits, "messages")?;
+    Ok((checked, prompt))
 }
 
 /// One choice of a whole answer, and what shapes it.
