@@ -219,7 +219,16 @@ def test_stop_and_max_tokens_give_the_right_finish_reasons(client, model_name):
         ({"n": 0}, 400),
         ({"max_tokens": 1_000_000}, 400),
         ({"top_logprobs": 2}, 400),
-        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, 422),
+        # A tools entry without its function, a tool_choice naming a function not in tools,
+        # a forced call with a response_format: 400s, as at OpenAI and vLLM.
+        ({"tools": [{"type": "function"}]}, 400),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}],
+          "tool_choice": {"type": "function", "function": {"name": "g"}}}, 400),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "required",
+          "response_format": {"type": "json_object"}}, 400),
+        # A schema the grammar engine refuses: 422.
+        ({"response_format": {"type": "json_schema",
+                              "json_schema": {"name": "x", "schema": {"type": "strin"}}}}, 422),
     ],
 )
 def test_bad_parameters_are_api_errors(client, model_name, arguments, status):

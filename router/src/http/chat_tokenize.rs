@@ -1,5 +1,5 @@
 //! `POST /chat_tokenize`: what `/v1/chat/completions` would send the model for these
-//! messages, as text and as tokens (TGI's route and response shape).
+//! messages (and tools), as text and as tokens (TGI's route and response shape).
 
 use std::sync::Arc;
 
@@ -12,8 +12,9 @@ use crate::api::error::ErrorResponse;
 use crate::api::tokenize::SimpleToken;
 use crate::error::ApiError;
 use crate::openai::error::OpenAiError;
-use crate::openai::prompt::template_messages;
+use crate::openai::prompt::{render_chat, Conversation};
 use crate::openai::request::ChatCompletionRequest;
+use crate::openai::tools::check_tools;
 
 use super::json::ApiJson;
 use super::state::AppState;
@@ -45,12 +46,15 @@ pub async fn chat_tokenize(
         message: error.to_string(),
     };
     let template = state.openai.chat_template().map_err(in_tgi_shape)?;
-    let messages = template_messages(request.messages).map_err(in_tgi_shape)?;
+    let conversation = Conversation {
+        tools: check_tools(request.tools.as_ref(), request.tool_choice.as_ref())
+            .map_err(in_tgi_shape)?,
+        messages: request.messages,
+        tool_prompt: request.tool_prompt,
+    };
     let tokenizer = Arc::clone(&state.generation.tokenizer);
     let work = move || -> Result<ChatTokenizeResponse, ApiError> {
-        let text = template
-            .render(&messages, true)
-            .map_err(|error| in_tgi_shape(error.into()))?;
+        let text = render_chat(&template, conversation).map_err(in_tgi_shape)?;
         let encoding = tokenizer
             .inner()
             .encode(text.as_str(), false)

@@ -27,6 +27,7 @@ use super::state::AppState;
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(untagged)]
 #[allow(dead_code)] // describes the body in the OpenAPI document only
+#[allow(clippy::large_enum_variant)] // never built, so its size costs nothing
 pub enum InvocationRequest {
     Generate(CompatGenerateRequest),
     Chat(ChatCompletionRequest),

@@ -1,8 +1,8 @@
 //! Failures of the OpenAI routes in OpenAI's shape:
 //! `{"error": {"message", "type", "param", "code"}}`. A bad parameter value is a 400 (as at
-//! OpenAI), something ferrite does not do yet (tools, response_format, a model without a chat
-//! template) a 422, a full queue a 429; failures shared with TGI's routes (`ApiError`) keep
-//! their status.
+//! OpenAI), something ferrite does not do (`suffix`, a model without a chat template, a tool
+//! schema the grammar engine refuses) a 422, a full queue a 429; failures shared with TGI's
+//! routes (`ApiError`) keep their status.
 
 use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
@@ -32,6 +32,12 @@ pub enum OpenAiError {
     /// A feature ferrite does not have yet.
     #[error("`{param}` is not supported yet")]
     NotSupported { param: &'static str },
+    /// A well-formed parameter that cannot be served (a tool schema the engine refuses).
+    #[error("{message}")]
+    Unprocessable {
+        param: &'static str,
+        message: String,
+    },
     #[error(
         "this model has no chat template (no chat_template.jinja and no `chat_template` in \
          tokenizer_config.json): use /v1/completions with a prompt instead"
@@ -54,9 +60,10 @@ impl OpenAiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::InvalidParameter { .. } | Self::ContextLength { .. } => StatusCode::BAD_REQUEST,
-            Self::NotSupported { .. } | Self::NoChatTemplate | Self::Template(_) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            Self::NotSupported { .. }
+            | Self::Unprocessable { .. }
+            | Self::NoChatTemplate
+            | Self::Template(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Api(error) => error.status(),
         }
     }
@@ -75,6 +82,7 @@ impl OpenAiError {
             Self::InvalidParameter { param, .. } => (Some(*param), None),
             Self::ContextLength { param, .. } => (Some(*param), Some("context_length_exceeded")),
             Self::NotSupported { param } => (Some(*param), Some("not_supported")),
+            Self::Unprocessable { param, .. } => (Some(*param), None),
             Self::NoChatTemplate => (Some("messages"), Some("no_chat_template")),
             Self::Template(_) => (Some("messages"), Some("chat_template_error")),
             Self::Api(error) => (None, Some(error.error_type())),

@@ -3,9 +3,11 @@
 //! differ from TGI's: `temperature: 0` is greedy, `n` independent samples, the stop sequence
 //! left out of the text, `logit_bias`, OpenAI's error shape and statuses.
 //!
-//! request → `parameters` (checks) → `prompt` (chat template / tokens, length budget) →
-//! `choices` (submit n × prompts, merge their events, drop stop text) → `run` (whole answer,
-//! or an SSE stream shaped by `chat` / `completions`).
+//! request → `parameters` (checks; `tools`: tools and tool_choice, the forced-call grammar) →
+//! `prompt` (chat template / tokens, length budget; `tool_prompt`: tools and earlier calls for
+//! the template) → `choices` (submit n × prompts, merge their events, drop stop text) → `run`
+//! (whole answer, or an SSE stream shaped by `chat` / `completions`; with tools, a choice's
+//! text becomes content or calls in `tool_stream`, calls parsed by `tool_parse`).
 
 pub mod chat;
 pub mod choices;
@@ -22,6 +24,10 @@ pub mod run;
 pub mod state;
 pub mod template;
 pub mod text;
+pub mod tool_parse;
+pub mod tool_prompt;
+pub mod tool_stream;
+pub mod tools;
 
 use axum::routing::{get, post};
 use axum::Router;

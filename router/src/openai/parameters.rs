@@ -11,6 +11,7 @@ use crate::proto;
 use super::error::OpenAiError;
 use super::request::{ChatCompletionRequest, CommonParameters, CompletionRequest, StringOrList};
 use super::response_format::response_grammar;
+use super::tools::{check_tools, ToolUse};
 
 /// Most choices one request may ask for (`n` × prompts); each is a scheduled sequence.
 pub const MAX_CHOICES: usize = 64;
@@ -69,27 +70,30 @@ impl GenerationOptions {
     }
 }
 
+/// A chat request's checked options: how to generate, and the tools it may call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatOptions {
+    pub generation: GenerationOptions,
+    /// None when the request uses no tools (none given, `[]`, `tool_choice: "none"`).
+    pub tools: Option<ToolUse>,
+}
+
 pub fn check_chat(
     request: &ChatCompletionRequest,
     limits: &RequestLimits,
     vocab_size: usize,
-) -> Result<GenerationOptions, OpenAiError> {
-    // `tools: []` and `tool_choice: "none"` ask for what ferrite does anyway.
-    let no_tools = |tools: &serde_json::Value| tools.is_null() || *tools == serde_json::json!([]);
-    if request.tools.as_ref().is_some_and(|tools| !no_tools(tools)) {
-        return Err(OpenAiError::NotSupported { param: "tools" });
-    }
-    if request
-        .tool_choice
-        .as_ref()
-        .is_some_and(|choice| !choice.is_null() && *choice != "none")
-    {
-        return Err(OpenAiError::NotSupported {
-            param: "tool_choice",
-        });
-    }
+) -> Result<ChatOptions, OpenAiError> {
+    let tools = check_tools(request.tools.as_ref(), request.tool_choice.as_ref())?;
     let mut options = check_common(&request.common, limits, vocab_size)?;
     options.sampling.grammar = response_grammar(request.response_format.as_ref())?;
+    if let Some(call_grammar) = tools.as_ref().and_then(ToolUse::grammar) {
+        if options.sampling.grammar.is_some() {
+            let message = "a `response_format` other than text cannot be combined with a \
+                           `tool_choice` that forces a call (the answer is the call)";
+            return Err(OpenAiError::invalid("response_format", message));
+        }
+        options.sampling.grammar = Some(call_grammar);
+    }
     if request.max_completion_tokens.is_some() {
         options.max_tokens =
             check_max_tokens(request.max_completion_tokens, "max_completion_tokens")?;
@@ -108,7 +112,10 @@ pub fn check_chat(
             limits,
         )?),
     };
-    Ok(options)
+    Ok(ChatOptions {
+        generation: options,
+        tools,
+    })
 }
 
 pub fn check_completion(

@@ -13,6 +13,32 @@ use super::choices::PreparedPrompt;
 use super::error::OpenAiError;
 use super::request::{ChatMessage, MessageContent, Prompt};
 use super::template::{ChatTemplate, TemplateMessage};
+use super::tool_prompt::template_input;
+use super::tools::ToolUse;
+
+/// What the chat template renders: the messages, and the tools the request uses.
+#[derive(Debug, Clone)]
+pub struct Conversation {
+    pub messages: Vec<ChatMessage>,
+    pub tools: Option<ToolUse>,
+    /// TGI's `tool_prompt`: the instruction shown with the tools to templates without tools.
+    pub tool_prompt: Option<String>,
+}
+
+/// The prompt text of a conversation (what `/chat_tokenize` shows too).
+pub fn render_chat(
+    template: &ChatTemplate,
+    conversation: Conversation,
+) -> Result<String, OpenAiError> {
+    let messages = template_messages(conversation.messages)?;
+    let input = template_input(
+        template,
+        messages,
+        conversation.tools.as_ref(),
+        conversation.tool_prompt.as_deref(),
+    )?;
+    Ok(template.render_with_tools(&input.messages, input.tools.as_deref(), true)?)
+}
 
 /// The messages as the template sees them: text content (text parts joined by newlines).
 pub fn template_messages(messages: Vec<ChatMessage>) -> Result<Vec<TemplateMessage>, OpenAiError> {
@@ -60,10 +86,10 @@ pub fn template_messages(messages: Vec<ChatMessage>) -> Result<Vec<TemplateMessa
 pub async fn chat_prompt(
     tokenizer: Arc<TextTokenizer>,
     template: Arc<ChatTemplate>,
-    messages: Vec<TemplateMessage>,
+    conversation: Conversation,
 ) -> Result<(String, Vec<u32>), OpenAiError> {
     let work = move || -> Result<(String, Vec<u32>), OpenAiError> {
-        let text = template.render(&messages, true)?;
+        let text = render_chat(&template, conversation)?;
         let encoding = tokenizer
             .inner()
             .encode(text.as_str(), false)

@@ -1,6 +1,6 @@
 //! OpenAI request bodies (`/v1/chat/completions`, `/v1/completions`): field names, shapes and
 //! defaults only; `parameters.rs` checks the values. Unknown fields are ignored (clients send
-//! extras such as `tool_prompt` or `parallel_tool_calls`), and `null` means "not given".
+//! extras such as `parallel_tool_calls`), and `null` means "not given".
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -81,10 +81,16 @@ pub struct ChatCompletionRequest {
     /// to be valid (a grammar), whatever the model would have said.
     #[schema(value_type = Option<Object>)]
     pub response_format: Option<serde_json::Value>,
+    /// `[{"type": "function", "function": {"name", "description", "parameters"}}]`.
     #[schema(value_type = Option<Vec<Object>>)]
     pub tools: Option<serde_json::Value>,
+    /// `"none"`, `"auto"` (the default with tools), `"required"` or
+    /// `{"type": "function", "function": {"name": ...}}`; the last two force a call (a grammar).
     #[schema(value_type = Option<Object>)]
     pub tool_choice: Option<serde_json::Value>,
+    /// TGI's extension: the instruction shown with the tools when the chat template itself
+    /// does not show them.
+    pub tool_prompt: Option<String>,
     #[serde(flatten)]
     pub common: CommonParameters,
 }

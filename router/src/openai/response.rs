@@ -50,10 +50,53 @@ pub struct ChatChoice {
     pub finish_reason: &'static str,
 }
 
+/// `content` is null when the answer is tool calls; `tool_calls` is left out when there are
+/// none.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct AssistantMessage {
     pub role: &'static str,
-    pub content: String,
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ToolCall {
+    /// `call_` and 96 random bits.
+    pub id: String,
+    /// Always `"function"`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionCall,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct FunctionCall {
+    pub name: String,
+    /// The arguments object as JSON text.
+    pub arguments: String,
+}
+
+/// A piece of a streamed tool call, as OpenAI streams one: the first names it (`id`, `type`,
+/// `function.name`, `arguments: ""`), the next ones only add `function.arguments` text. A
+/// client appends the pieces of the same `index` (and would append a repeated `id` or `name`
+/// too, so they are sent once).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ToolCallDelta {
+    /// Which call of the choice this piece belongs to.
+    pub index: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    pub function: FunctionCallDelta,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct FunctionCallDelta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub arguments: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
@@ -101,8 +144,7 @@ pub struct ChatChunkChoice {
 pub struct Delta {
     pub role: &'static str,
     pub content: Option<String>,
-    #[schema(value_type = Option<Vec<Object>>)]
-    pub tool_calls: Option<()>,
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
 }
 
 // ---- completions ----

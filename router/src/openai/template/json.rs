@@ -166,14 +166,14 @@ mod tests {
 
     #[test]
     fn matches_python_json_dumps() {
-        // json.dumps({"name": "get_weather", "parameters": {...}, "n": [1, 2.0, 2.5, None, True]},
-        //            ensure_ascii=False)
+        // json.dumps({"name": "get_weather", "n": [1, 2.0, 2.5, None, True], "city": "Zürich <b>"},
+        //            ensure_ascii=False): keys in the order given (serde_json's preserve_order)
         let value =
             json!({"name": "get_weather", "n": [1, 2.0, 2.5, null, true], "city": "Zürich <b>"});
         let compact = dumps(value.clone(), &JsonOptions::default());
         assert_eq!(
             compact,
-            r#"{"city": "Zürich <b>", "n": [1, 2.0, 2.5, null, true], "name": "get_weather"}"#
+            r#"{"name": "get_weather", "n": [1, 2.0, 2.5, null, true], "city": "Zürich <b>"}"#
         );
         let ascii = JsonOptions {
             ensure_ascii: true,

@@ -66,6 +66,10 @@ pub struct ChatTemplate {
     environment: Environment<'static>,
     /// `bos_token`, `eos_token`, ... as strings (from tokenizer_config.json).
     special_tokens: BTreeMap<String, String>,
+    /// Whether the template reads the `tools` variable / messages' `tool_calls` (else the
+    /// caller writes them into the messages' text: openai/tool_prompt.rs).
+    reads_tools: bool,
+    reads_tool_calls: bool,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -106,13 +110,26 @@ impl ChatTemplate {
         environment
             .set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         functions::register(&mut environment);
+        // What TGI checks too: a template that never names them cannot show them.
+        let reads_tools = source.template.contains("tools");
+        let reads_tool_calls = source.template.contains("tool_calls");
         environment
             .add_template_owned(TEMPLATE_NAME, source.template)
             .map_err(|error| TemplateError::Compile(describe(&error)))?;
         Ok(Self {
             environment,
             special_tokens: source.special_tokens,
+            reads_tools,
+            reads_tool_calls,
         })
+    }
+
+    pub fn reads_tools(&self) -> bool {
+        self.reads_tools
+    }
+
+    pub fn reads_tool_calls(&self) -> bool {
+        self.reads_tool_calls
     }
 
     /// The prompt for `messages`; with `add_generation_prompt` the template appends the
@@ -120,6 +137,17 @@ impl ChatTemplate {
     pub fn render(
         &self,
         messages: &[TemplateMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, TemplateError> {
+        self.render_with_tools(messages, None, add_generation_prompt)
+    }
+
+    /// As `render`, with `tools` (OpenAI's list of `{"type": "function", "function": ...}`,
+    /// the shape transformers hands templates) as the template's `tools` variable.
+    pub fn render_with_tools(
+        &self,
+        messages: &[TemplateMessage],
+        tools: Option<&[serde_json::Value]>,
         add_generation_prompt: bool,
     ) -> Result<String, TemplateError> {
         let template = self
@@ -135,7 +163,7 @@ impl ChatTemplate {
         let context = context! {
             messages => Value::from(Serde(messages)),
             add_generation_prompt => add_generation_prompt,
-            tools => Value::from(()),
+            tools => tools.map_or(Value::from(()), |tools| Value::from(Serde(tools))),
             documents => Value::from(()),
             ..Value::from(special_tokens)
         };

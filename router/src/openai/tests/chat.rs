@@ -6,7 +6,7 @@ fn user(content: &str) -> Value {
 }
 
 /// Content of a chat stream: the concatenated deltas.
-fn streamed_content(chunks: &[Value]) -> String {
+pub(super) fn streamed_content(chunks: &[Value]) -> String {
     chunks
         .iter()
         .flat_map(|chunk| chunk["choices"].as_array().cloned().unwrap_or_default())

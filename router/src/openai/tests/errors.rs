@@ -24,8 +24,14 @@ async fn bad_parameters_are_openai_errors_before_any_byte_of_a_stream() {
             ),
             (
                 json!({"messages": hi(), "tools": [{"type": "function"}]}),
-                422,
+                400,
                 Some("tools"),
+            ),
+            (
+                json!({"messages": hi(), "tool_choice": {"type": "function",
+                       "function": {"name": "nowhere"}}}),
+                400,
+                Some("tool_choice"),
             ),
             (
                 json!({"messages": hi(), "response_format": {"type": "xml"}}),

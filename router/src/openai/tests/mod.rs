@@ -7,6 +7,7 @@ mod completions;
 mod errors;
 mod shaping;
 mod tgi_routes;
+mod tools;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,11 +18,12 @@ use axum::Router;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-use crate::http::app;
+use crate::http::{app, AppState};
 use crate::testing::fake_submitter::FakeSubmitter;
+use crate::testing::test_config;
 use crate::testing::tiny_tokenizer::{byte_level_tokenizer, BOS, EOS};
-use crate::testing::{test_config, test_state};
 use crate::tokenizer::TextTokenizer;
+use crate::validation::grammar::{accept_all, GrammarCompiler};
 
 /// What the fake "model" answers to every prompt (then EOS).
 const REPLY: &str = " world 😀 and more";
@@ -65,6 +67,15 @@ impl TestApp {
         template: Option<&str>,
         make_submitter: impl FnOnce(Arc<TextTokenizer>) -> Arc<FakeSubmitter>,
     ) -> Self {
+        Self::with_grammars(template, make_submitter, accept_all())
+    }
+
+    /// As `with_template`, with `grammars` compiling (or refusing) the requests' grammars.
+    fn with_grammars(
+        template: Option<&str>,
+        make_submitter: impl FnOnce(Arc<TextTokenizer>) -> Arc<FakeSubmitter>,
+        grammars: Arc<dyn GrammarCompiler>,
+    ) -> Self {
         let mut tokenizer_config = json!({"bos_token": BOS, "eos_token": EOS});
         if let Some(template) = template {
             tokenizer_config["chat_template"] = json!(template);
@@ -74,7 +85,8 @@ impl TestApp {
         config.model.tokenizer_dir = model_dir.0.clone();
         let tokenizer = Arc::new(byte_level_tokenizer());
         let submitter = make_submitter(Arc::clone(&tokenizer));
-        let state = test_state(&config, Arc::clone(&tokenizer), submitter.clone());
+        let state =
+            AppState::with_grammars(&config, Arc::clone(&tokenizer), submitter.clone(), grammars);
         Self {
             router: app(state),
             submitter,

@@ -67,6 +67,7 @@ fn chat_chunks_role_first_then_content_then_finish() {
         with_logprobs: false,
         include_usage: true,
         started: vec![false; 2],
+        tool_streams: None,
     };
     let hello = ids_of(&tokenizer, "Hello")[0];
     let eos = special_id(&tokenizer, EOS);
@@ -121,6 +122,7 @@ fn chat_chunks_carry_logprobs_and_omit_usage_unless_asked() {
         with_logprobs: true,
         include_usage: false,
         started: vec![true],
+        tool_streams: None,
     };
     let world = ids_of(&tokenizer, " world")[0];
     let chunks = to_json(&shaper.chunks(
