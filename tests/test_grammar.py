@@ -102,6 +102,20 @@ def test_matcher_follows_tokens_and_ends_with_eos(
     assert not allowed[0, letter]
 
 
+def test_a_matcher_in_error_names_why_and_allows_only_eos(
+    compiler: GrammarCompiler, default_model_dir: Path
+) -> None:
+    tokenizer = Tokenizer.from_file(str(default_model_dir / "tokenizer.json"))
+    grammar = RequestGrammar(compiler.matcher_for(Grammar(kind="regex", value="[0-9]+")), [2])
+    grammar.follow(tokenizer.encode("7", add_special_tokens=False).ids)
+    assert grammar.error() is None
+    grammar.follow(tokenizer.encode("7x", add_special_tokens=False).ids)  # "x" is refused
+    assert "grammar engine gave up" in (grammar.error() or "")
+    bitmask = torch.zeros(1, (49152 + 31) // 32, dtype=torch.int32)
+    grammar.fill_mask(bitmask, 0)
+    assert unpack_bitmask(bitmask, 49152)[0].nonzero().flatten().tolist() == [2]
+
+
 @pytest.fixture()
 def _one_torch_thread() -> Iterator[None]:
     with single_threaded_torch():

@@ -378,6 +378,10 @@ class Engine:
         """Record the step's progress in the request's state; stop it if it finished. The
         produced tokens are only reported: the router appends them and sends them back."""
         state = sequence.state
+        grammar_error = state.grammar.error() if state.grammar is not None else None
+        if grammar_error is not None:  # this step's token was not chosen by the grammar
+            self._batch.forget(state.request_id)
+            return Generation(request_id=state.request_id, error=grammar_error)
         tokens = accepted_run(choices, sequence.proposed_ids) if choices else ()
         # The K/V of the rejected proposals is garbage: the next step overwrites it.
         num_rejected = len(sequence.proposed_ids) - max(len(tokens) - 1, 0)

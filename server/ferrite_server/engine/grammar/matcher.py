@@ -23,8 +23,18 @@ class RequestGrammar:
         self._num_consumed_tokens = len(generated_ids)
         if new_ids and not self._matcher.is_error():
             # A refused token (only a router that appended its own tokens could send one)
-            # leaves the matcher in error: fill_mask then allows EOS only.
+            # leaves the matcher in error: fill_mask then allows EOS only, and the engine
+            # fails the request with error().
             self._matcher.consume_tokens(new_ids)
+
+    def error(self) -> str | None:
+        """Why the matcher stopped, or None. A grammar that compiled can still exceed the
+        engine's limits later (llguidance checks only the first token's mask at compile time,
+        e.g. "Current row has 16500 items; max is 2000"): the request must then fail with the
+        reason instead of ending quietly with an EOS and invalid output."""
+        if not self._matcher.is_error():
+            return None
+        return f"the grammar engine gave up on this request's grammar: {self._matcher.get_error()}"
 
     def fill_mask(self, bitmask: torch.Tensor, row: int) -> None:
         """Write the allowed-token bits of the next token into bitmask[row] (CPU int32)."""
