@@ -34,6 +34,9 @@ class RequestState:
     pending_hidden: torch.Tensor | None = None
     # Structured output: the matcher that masks this request's next token; None: unconstrained.
     grammar: RequestGrammar | None = None
+    # Draft-model speculation: the draft's K/V was written for positions below this one
+    # (speculative/draft.py; rejected proposals' slots among them are stale).
+    draft_written_end: int = 0
 
     @property
     def prompt_ids(self) -> list[int]:
