@@ -222,8 +222,10 @@ def shard_config_from_args(args: argparse.Namespace) -> ShardConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "serve" and (args.speculative_method == "draft") != (args.draft_model_id is not None):
-        parser.error("--speculative-method draft and --draft-model-id go together")
+    if args.command == "serve":
+        wants_draft = args.speculative_method == "draft"
+        if wants_draft != (args.draft_model_id is not None):
+            parser.error("--speculative-method draft and --draft-model-id go together")
     configure_logging(args.log_level, args.json_output)
     if args.command == "serve":
         return asyncio.run(_serve(shard_config_from_args(args)))

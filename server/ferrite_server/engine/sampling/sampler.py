@@ -88,7 +88,8 @@ def sampling_scores(
         raise ValueError("sampling_scores takes sampling rows only")
     scores = _biased_scores(logits.float(), seqs, watermark)
     vocab_size = scores.shape[1]
-    return warp_scores(scores, build_warp_params([seq.params for seq in seqs], vocab_size, scores.device))
+    params = build_warp_params([seq.params for seq in seqs], vocab_size, scores.device)
+    return warp_scores(scores, params)
 
 
 def _choose_tokens(

@@ -179,7 +179,8 @@ class DraftModel:
         if greedy:
             index = torch.tensor(greedy, dtype=torch.int64).to(logits.device)
             # What the target's greedy rows go through too (penalties and all).
-            chosen = sample(logits.index_select(0, index), [states[r] for r in greedy], 0, self._watermark)
+            greedy_states = [states[r] for r in greedy]
+            chosen = sample(logits.index_select(0, index), greedy_states, 0, self._watermark)
             for row, token_id in zip(greedy, chosen.token_ids, strict=True):
                 token_ids[row] = token_id
         if sampled:
@@ -191,8 +192,9 @@ class DraftModel:
                 seeds=[stream_seed(state.seed, DRAFT_STREAM_SALT) for state in rows],
                 steps=[len(state.generated_ids) for state in rows],
             )
-            for row, probs, token_id in zip(sampled, scores.softmax(dim=-1), drawn.tolist(), strict=True):
-                wanted[row].probs.append(probs)
+            probs = scores.softmax(dim=-1)  # [S, V] q of each drawn proposal
+            for row, row_probs, token_id in zip(sampled, probs, drawn.tolist(), strict=True):
+                wanted[row].probs.append(row_probs)
                 token_ids[row] = int(token_id)
         for proposals, token_id in zip(wanted, token_ids, strict=True):
             proposals.token_ids.append(token_id)
