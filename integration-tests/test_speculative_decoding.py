@@ -40,17 +40,18 @@ MAX_NEW_TOKENS = 24
 FLOAT32 = ["--dtype", "float32"]
 SPECULATE = ["--speculate", "3"]
 MODEL_CACHE_DIR = Path("~/.cache/ferrite/models").expanduser()
-# The bundled model's draft: its first 4 of 30 layers (bench/speculative.py uses the same).
-DRAFT_NUM_LAYERS = 4
+# The bundled model's draft: its first 29 of 30 layers. Cut deeper, its guesses rarely match
+# (bench/RESULTS.md); this one's are right about half the time, so that runs of several
+# accepted tokens (and stop sequences inside them) occur as well as rejections.
+DRAFT_NUM_LAYERS = 29
 
 
-def generate_all(base_url: str, **parameters) -> list:
+def generate_all(base_url: str, prompts: list[str] = PROMPTS, **parameters) -> list:
+    parameters.setdefault("max_new_tokens", MAX_NEW_TOKENS)
+
     async def run() -> list:
         client = AsyncClient(base_url, timeout=600)
-        return await asyncio.gather(
-            *(client.generate(prompt, max_new_tokens=MAX_NEW_TOKENS, **parameters)
-              for prompt in PROMPTS)
-        )
+        return await asyncio.gather(*(client.generate(prompt, **parameters) for prompt in prompts))
 
     return asyncio.run(run())
 
@@ -173,8 +174,10 @@ def assert_same_greedy_answers(references: list, answers: list) -> None:
 def test_a_draft_model_keeps_greedy_output_stops_and_lengths(plain, bundled_draft_dir) -> None:
     with running_ferrite([*FLOAT32, *draft_flags(bundled_draft_dir)]) as server:
         greedy = generate_all(server.base_url, top_n_tokens=2)
-        sampled = generate_all(server.base_url, do_sample=True, temperature=0.8, top_k=20, seed=7)
-        sampled_again = generate_all(server.base_url, do_sample=True, temperature=0.8, top_k=20, seed=7)
+        # A draft about as costly as the model: few and short sampled requests.
+        sampling = dict(do_sample=True, temperature=0.8, top_k=20, seed=7, max_new_tokens=12)
+        sampled = generate_all(server.base_url, PROMPTS[:3], **sampling)
+        sampled_again = generate_all(server.base_url, PROMPTS[:3], **sampling)
         client = Client(server.base_url, timeout=600)
         reference = plain["greedy"][1]
         stop = reference.generated_text.split()[3]
@@ -184,7 +187,7 @@ def test_a_draft_model_keeps_greedy_output_stops_and_lengths(plain, bundled_draf
         counters = speculation_counters(server.base_url)
     assert_same_greedy_answers(plain["greedy"], greedy)
     assert [token_ids(a) for a in sampled] == [token_ids(a) for a in sampled_again]
-    assert all(len(a.details.tokens) <= MAX_NEW_TOKENS for a in sampled)
+    assert all(len(a.details.tokens) <= 12 for a in sampled)
     end = reference.generated_text.index(stop) + len(stop)
     assert stopped.generated_text == reference.generated_text[:end]
     assert stopped.details.finish_reason == "stop_sequence"
