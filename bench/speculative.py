@@ -1,16 +1,19 @@
-"""Speculative decoding (n-gram) on the bundled model, side by side in one run (issue 18
-"Measure", n-gram method).
+"""Speculative decoding on the bundled model, side by side in one run (issue 18 "Measure"):
+no speculation, n-gram proposals and a draft model.
 
-    python bench/speculative.py [--output bench/results-speculative-cpu.json]
+    python bench/speculative.py [--output bench/results-speculative-cpu.json] [--draft-layers 4]
 
-Two servers run at once on the same model, float32, one plain and one with `--speculate 3`;
-each request goes to one then the other, one request at a time (batch 1), so both see the
-same machine state. Per request the stream's token timestamps give the decode rate (tokens
-after the first / time from first to last token). Workloads:
+Three servers run at once on the same model, float32: one plain, one with `--speculate 3`
+(n-gram) and one with `--speculate 3 --speculative-method draft`, whose draft is the bundled
+model cut to its first `--draft-layers` decoder layers (embedding, final norm and head kept:
+tests/support/draft_models.py). Each request goes to one server after the other, one request
+at a time (batch 1), so all see the same machine state. Per request the stream's token
+timestamps give the decode rate (tokens after the first / time from first to last token).
+Workloads:
 1. lookup: the model is asked to copy or lightly edit a given text (code, a paragraph), where
    the output repeats the prompt and n-gram proposals are right often;
 2. sharegpt: the first human turns of the bundled ShareGPT file, which rarely repeat.
-The acceptance rate is the speculating server's accepted / proposed tokens per workload.
+The acceptance rate is each speculating server's accepted / proposed tokens per workload.
 """
 
 from __future__ import annotations
@@ -28,8 +31,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from text_generation import Client
 from transformers import AutoTokenizer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration-tests"))
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "integration-tests"))
+sys.path.insert(0, str(REPO_ROOT))
 from support.launcher import running_ferrite  # noqa: E402
+from tests.support.draft_models import write_truncated_model  # noqa: E402
 
 from machine import cpu_model  # noqa: E402
 
@@ -38,6 +44,7 @@ from ferrite_server.cli import DEFAULT_MODEL_CACHE_DIR  # noqa: E402
 from ferrite_server.model_prep.default_model import ensure_default_model  # noqa: E402
 
 COMMON = ["--dtype", "float32", "--max-input-tokens", "1500", "--max-total-tokens", "2000"]
+PLAIN, NGRAM, DRAFT = "plain", "ngram_speculate_3", "draft_speculate_3"
 MAX_NEW_TOKENS = 96
 CODE = '''def moving_average(values, window):
     averages = []
@@ -95,22 +102,29 @@ def speculation_totals(base_url: str) -> tuple[float, float]:
             values["ferrite_speculative_accepted_tokens_total"])
 
 
-def run_workload(plain: Client, speculative: Client, spec_url: str, prompts: list[str]) -> dict[str, float]:
-    proposed_before, accepted_before = speculation_totals(spec_url)
-    rates: dict[str, list[float]] = {"plain": [], "speculate_3": []}
+def run_workload(servers: dict[str, str], prompts: list[str]) -> dict[str, float]:
+    """servers: label -> base URL, the plain one first."""
+    speculating = [label for label in servers if label != PLAIN]
+    before = {label: speculation_totals(servers[label]) for label in speculating}
+    clients = {label: Client(url, timeout=600) for label, url in servers.items()}
+    rates: dict[str, list[float]] = {label: [] for label in servers}
     for prompt in prompts:
-        for label, client in (("plain", plain), ("speculate_3", speculative)):
-            rate, _ = decode_rate(client, prompt)
-            if rate == rate:  # not NaN: at least two tokens
+        pair = {label: decode_rate(client, prompt)[0] for label, client in clients.items()}
+        if all(rate == rate for rate in pair.values()):  # not NaN: at least two tokens each
+            for label, rate in pair.items():
                 rates[label].append(rate)
-    proposed_after, accepted_after = speculation_totals(spec_url)
-    result = {f"{label}_decode_tokens_per_s_mean": statistics.mean(values) for label, values in rates.items()}
-    # Mean of per-request ratios: each pair ran back to back under the same load.
-    ratios = [s / p for p, s in zip(rates["plain"], rates["speculate_3"])]
-    result["speedup_mean_of_pairs"] = statistics.mean(ratios)
-    result["speedup_median_of_pairs"] = statistics.median(ratios)
-    result["acceptance_rate"] = (accepted_after - accepted_before) / max(proposed_after - proposed_before, 1.0)
-    result["num_requests"] = len(ratios)
+    result: dict[str, float] = {
+        f"{label}_decode_tokens_per_s_mean": statistics.mean(values) for label, values in rates.items()
+    }
+    for label in speculating:
+        # Per-request ratios: each request ran on every server back to back, under the same load.
+        ratios = [s / p for p, s in zip(rates[PLAIN], rates[label])]
+        result[f"{label}_speedup_mean_of_pairs"] = statistics.mean(ratios)
+        result[f"{label}_speedup_median_of_pairs"] = statistics.median(ratios)
+        proposed, accepted = (after - start for after, start in
+                              zip(speculation_totals(servers[label]), before[label]))
+        result[f"{label}_acceptance_rate"] = accepted / max(proposed, 1.0)
+    result["num_requests"] = len(rates[PLAIN])
     return result
 
 
@@ -118,17 +132,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=Path("bench/results-speculative-cpu.json"))
     parser.add_argument("--sharegpt-requests", type=int, default=12)
+    parser.add_argument("--draft-layers", type=int, default=4,
+                        help="decoder layers of the bundled model the draft keeps (of 30)")
+    parser.add_argument("--draft-dir", type=Path, default=Path("/tmp/ferrite-bench-draft"))
     args = parser.parse_args()
+    command = " ".join(["python bench/speculative.py", *sys.argv[1:]])
     report: dict[str, object] = {"cpu": cpu_model(), "python": platform.python_version(),
-                                 "command": "python bench/speculative.py",
-                                 "max_new_tokens": MAX_NEW_TOKENS}
+                                 "command": command, "max_new_tokens": MAX_NEW_TOKENS,
+                                 "draft": f"bundled model, first {args.draft_layers} of 30 layers"}
+    model_dir = ensure_default_model(DEFAULT_MODEL_CACHE_DIR)
+    draft_dir = write_truncated_model(model_dir, args.draft_dir, args.draft_layers)
     workloads = {"lookup": chat_prompts(LOOKUP_TASKS), "sharegpt": sharegpt_prompts(args.sharegpt_requests)}
-    with running_ferrite(COMMON) as plain, running_ferrite([*COMMON, "--speculate", "3"]) as spec:
-        plain_client, spec_client = Client(plain.base_url, timeout=600), Client(spec.base_url, timeout=600)
-        for client in (plain_client, spec_client):
-            client.generate("warm up", max_new_tokens=4)
+    draft_flags = ["--speculative-method", "draft", "--draft-model-id", str(draft_dir)]
+    with (running_ferrite(COMMON) as plain,
+          running_ferrite([*COMMON, "--speculate", "3"]) as ngram,
+          running_ferrite([*COMMON, "--speculate", "3", *draft_flags]) as draft):
+        servers = {PLAIN: plain.base_url, NGRAM: ngram.base_url, DRAFT: draft.base_url}
+        for url in servers.values():
+            Client(url, timeout=600).generate("warm up", max_new_tokens=4)
         for name, prompts in workloads.items():
-            report[name] = run_workload(plain_client, spec_client, spec.base_url, prompts)
+            report[name] = run_workload(servers, prompts)
             print(name, json.dumps(report[name]), flush=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

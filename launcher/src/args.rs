@@ -226,9 +226,13 @@ pub struct Args {
     #[arg(long, env)]
     pub speculate: Option<u32>,
 
-    /// How --speculate proposes tokens: ngram (lookup in the request's own prompt and output)
-    #[arg(long, env, default_value = "ngram", value_parser = ["ngram"])]
+    /// How --speculate proposes tokens: ngram (lookup in the request's own prompt and output) or draft (a smaller model, --draft-model-id)
+    #[arg(long, env, default_value = "ngram", value_parser = ["ngram", "draft"])]
     pub speculative_method: String,
+
+    /// --speculative-method draft: a smaller causal LM with --model-id's tokenizer, run by every shard beside the model (a local directory or a hub id, prepared like --model-id)
+    #[arg(long, env)]
+    pub draft_model_id: Option<String>,
 
     /// Longest a request may take from arrival to its last token, in seconds (408 if it was still queued, 504 once generating); a client may ask for less with the x-request-timeout-s header (default: no limit)
     #[arg(long, env)]

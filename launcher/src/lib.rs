@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod child;
+pub mod draft;
 pub mod logs;
 pub mod lora;
 pub mod model;
@@ -23,9 +24,12 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 
 use crate::args::Args;
+use crate::draft::{add_draft_model, prepare_draft_command, DraftError};
 use crate::logs::Logger;
 use crate::model::{check_model_id, read_model_facts, ModelError};
-use crate::plan::{build_plan, check_args, prepare_command, LaunchPlan, PlanError, Programs};
+use crate::plan::{
+    build_plan, check_args, prepare_command, LaunchPlan, PlanError, ProcessSpec, Programs,
+};
 use crate::supervisor::{Interrupt, Signals, Supervisor};
 
 /// How often a long wait (model loading) says it is still waiting.
@@ -39,6 +43,8 @@ enum LaunchError {
     Plan(#[from] PlanError),
     #[error(transparent)]
     Model(#[from] ModelError),
+    #[error(transparent)]
+    Draft(#[from] DraftError),
     #[error(transparent)]
     Spawn(#[from] crate::child::SpawnError),
     #[error("model preparation failed: {0}")]
@@ -78,7 +84,8 @@ async fn run(args: Args, logger: Logger) -> ExitCode {
     let launcher_pid = std::process::id();
     let early_check = check_args(&args, launcher_pid)
         .map_err(LaunchError::from)
-        .and_then(|()| check_model_id(args.model_id.as_deref()).map_err(LaunchError::from));
+        .and_then(|()| check_model_id(args.model_id.as_deref()).map_err(LaunchError::from))
+        .and_then(|()| draft::check_args(&args).map_err(LaunchError::from));
     if let Err(error) = early_check {
         logger.error(&error.to_string());
         return ExitCode::from(USAGE_EXIT_CODE);
@@ -116,12 +123,28 @@ async fn serve(
     launcher_pid: u32,
 ) -> Result<Option<&'static str>, LaunchError> {
     let programs = discover_programs();
-    let model_dir = match prepare_model(args, &programs, supervisor, logger).await? {
+    let what = args
+        .model_id
+        .as_deref()
+        .unwrap_or("the bundled default model");
+    let spec = prepare_command(args, &programs);
+    let model_dir = match prepare_model(&spec, what, supervisor, logger).await? {
         Ok(model_dir) => model_dir,
         Err(signal_name) => return Ok(Some(signal_name)),
     };
+    let mut draft_dir = None;
+    if let Some(draft_model_id) = &args.draft_model_id {
+        let spec = prepare_draft_command(args, &programs, draft_model_id);
+        match prepare_model(&spec, draft_model_id, supervisor, logger).await? {
+            Ok(dir) => draft_dir = Some(dir),
+            Err(signal_name) => return Ok(Some(signal_name)),
+        }
+    }
     let facts = read_model_facts(&model_dir)?;
-    let plan = build_plan(args, &model_dir, &facts, &programs, launcher_pid)?;
+    let mut plan = build_plan(args, &model_dir, &facts, &programs, launcher_pid)?;
+    if let Some(draft_dir) = &draft_dir {
+        add_draft_model(&mut plan, draft_dir);
+    }
     let result = start_and_supervise(&plan, supervisor, logger).await;
     for shard in &plan.shards {
         let _ = std::fs::remove_file(&shard.uds_path);
@@ -129,20 +152,16 @@ async fn serve(
     result
 }
 
+/// Runs a `prepare-model` child (`spec`) for `what`; its last stdout line is the directory.
 async fn prepare_model(
-    args: &Args,
-    programs: &Programs,
+    spec: &ProcessSpec,
+    what: &str,
     supervisor: &mut Supervisor,
     logger: Logger,
 ) -> Result<Result<PathBuf, &'static str>, LaunchError> {
-    let what = args
-        .model_id
-        .as_deref()
-        .unwrap_or("the bundled default model");
     logger.info(&format!("preparing {what}"));
     let started = Instant::now();
-    let spec = prepare_command(args, programs);
-    supervisor.spawn(&spec)?;
+    supervisor.spawn(spec)?;
     let wait = supervisor.wait_for_success(&spec.name);
     let last_line = match with_progress(logger, "still preparing the model", wait).await {
         Ok(last_line) => last_line,

@@ -111,7 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "e.g. 1,2,4,8; 0 turns graphs off; default: buckets up to the max batch size")
     serve.add_argument("--speculative-method", choices=list(get_args(SpeculativeMethodName)),
                        default=None, help="propose tokens for the slots the router reserves "
-                       "(--speculate): ngram = prompt lookup; default: no speculation")
+                       "(--speculate): ngram = prompt lookup, draft = a smaller model "
+                       "(--draft-model-id); default: no speculation")
+    serve.add_argument("--draft-model-id", type=Path, default=None,
+                       help="--speculative-method draft: local directory of a smaller causal LM "
+                       "with the model's tokenizer")
     serve.add_argument("--max-grammar-bytes", type=int, default=GrammarLimits.max_grammar_bytes,
                        help="largest structured-output grammar (JSON schema / regex) accepted")
     serve.add_argument("--grammar-compile-timeout-s", type=float,
@@ -210,6 +214,7 @@ def shard_config_from_args(args: argparse.Namespace) -> ShardConfig:
         model_implementation=args.model_implementation,
         rope_override=rope_override_from_args(args),
         speculative_method=args.speculative_method,
+        draft_model_id=args.draft_model_id,
         grammar_limits=GrammarLimits(
             max_grammar_bytes=args.max_grammar_bytes,
             compile_timeout_s=args.grammar_compile_timeout_s,
@@ -223,7 +228,12 @@ def shard_config_from_args(args: argparse.Namespace) -> ShardConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        wants_draft = args.speculative_method == "draft"
+        if wants_draft != (args.draft_model_id is not None):
+            parser.error("--speculative-method draft and --draft-model-id go together")
     configure_logging(args.log_level, args.json_output)
     if args.command == "serve":
         return asyncio.run(_serve(shard_config_from_args(args)))

@@ -19,7 +19,7 @@ QuantizeName = Literal[
     "bitsandbytes", "bitsandbytes-nf4", "bitsandbytes-fp4", "fp8", "gptq", "awq"
 ]
 KVCacheDtypeName = Literal["auto", "fp8"]
-SpeculativeMethodName = Literal["ngram"]
+SpeculativeMethodName = Literal["ngram", "draft"]
 
 DEFAULT_BLOCK_SIZE_TOKENS = 16
 
@@ -153,5 +153,7 @@ class ShardConfig:
     model_implementation: ModelImplementationName = "auto"
     # How the shard proposes tokens where the router reserved lookahead slots; None: never.
     speculative_method: SpeculativeMethodName | None = None
+    # speculative_method "draft": the draft model's local directory (same tokenizer).
+    draft_model_id: Path | None = None
     grammar_limits: GrammarLimits = GrammarLimits()
     lora: LoraConfig = LoraConfig()

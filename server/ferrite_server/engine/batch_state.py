@@ -36,6 +36,9 @@ class RequestState:
     grammar: RequestGrammar | None = None
     # Index of its LoRA adapter among the shard's (ModelFacts.lora_adapters); -1: none.
     adapter_index: int = -1
+    # Draft-model speculation: the draft's K/V was written for positions below this one
+    # (speculative/draft.py; rejected proposals' slots among them are stale).
+    draft_written_end: int = 0
 
     @property
     def prompt_ids(self) -> list[int]:

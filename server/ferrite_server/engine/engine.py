@@ -37,6 +37,8 @@ from ferrite_server.engine.prompt_logprobs import prompt_logprobs_for_chunk
 from ferrite_server.engine.sampling import SampleResult, SequenceSamplingState, sample
 from ferrite_server.engine.sampling.watermark import Watermark
 from ferrite_server.engine.speculative import proposer_for
+from ferrite_server.engine.speculative.draft import DraftModel
+from ferrite_server.engine.speculative.rejection import ProposalRows, rejection_choices
 from ferrite_server.engine.speculative.verify import accepted_run
 from ferrite_server.engine.step_clock import StepClock
 from ferrite_server.engine.step_plan import ScheduledSequence, StepLimits, plan_step
@@ -66,11 +68,12 @@ class Engine:
         config: ShardConfig,
         graph_capture: GraphCapture | None = None,
         grammars: GrammarCompiler | None = None,
+        draft: DraftModel | None = None,
     ) -> None:
         """`graph_capture`: how decode graphs are captured; None: CUDA graphs on a CUDA device
         (tests on a CPU pass cuda_graphs.EagerReplay to run the same padded-bucket path).
         `grammars`: compiled grammars for structured output; None: constrained requests are
-        rejected."""
+        rejected. `draft`: the draft model of `--speculative-method draft`."""
         self._runner = runner
         self._graph_setup = DecodeGraphSetup(runner, config, graph_capture)
         self._config = config
@@ -85,6 +88,7 @@ class Engine:
         # same tokens.
         self._seed_source = random.Random(runner.group.rank0_value(random.getrandbits(63)))
         self._propose = proposer_for(config.speculative_method)
+        self._draft = draft
         self._grammars = grammars
         facts = runner.facts
         self._stop = StopCriteria(
@@ -104,7 +108,10 @@ class Engine:
                 eos_token_ids=runner.facts.eos_token_ids,
                 limits=config.grammar_limits,
             )
-        return cls(runner, config, grammars=grammars)
+        draft = None
+        if config.speculative_method == "draft":
+            draft = DraftModel.load(config, runner.facts, Watermark(config.watermark))
+        return cls(runner, config, grammars=grammars, draft=draft)
 
     @property
     def grammars(self) -> GrammarCompiler | None:
@@ -149,10 +156,14 @@ class Engine:
         self.clear()
         self._kv_caches = None  # free the old cache and graphs before measuring
         self._decode_graphs = None
+        if self._draft is not None:
+            self._draft.free_kv_cache()
         shape = WarmupShape(
             max_batch_prefill_tokens, max_batch_size, max_total_tokens, MAX_TOP_N_TOKENS
         )
         peak_bytes = run_warmup_step(self._runner, shape, self._block_size)
+        if self._draft is not None:  # its activations and proposal distributions come on top
+            peak_bytes += self._draft.warmup(shape)
         graph_shape = self._graph_setup.shape(max_batch_size, max_total_tokens)
         graph_bytes = 0
         if graph_shape is not None:
@@ -167,9 +178,12 @@ class Engine:
         else:
             budget_bytes = cpu_kv_cache_bytes(configured_bytes)
         spec = self._runner.kv_cache_spec(self._block_size)
+        bytes_per_block = spec.bytes_per_block
+        if self._draft is not None:  # the draft's cache has the same blocks (draft.py)
+            bytes_per_block += self._draft.kv_cache_spec().bytes_per_block
         # The router has one block table per request for all ranks: every rank holds as many
         # blocks as the one with the least memory.
-        local_blocks = max(budget_bytes, 0) // spec.bytes_per_block
+        local_blocks = max(budget_bytes, 0) // bytes_per_block
         num_blocks = self._runner.group.min_over_ranks(local_blocks)
         needed_blocks = spec.num_blocks_for_tokens(max_total_tokens)
         if num_blocks < needed_blocks:
@@ -181,6 +195,9 @@ class Engine:
                 "(--kv-cache-memory; on a GPU --cuda-memory-fraction)"
             )
         self._kv_caches = allocate_kv_cache(spec, num_blocks, facts.device)
+        kv_bytes = kv_cache_bytes(self._kv_caches)
+        if self._draft is not None:
+            kv_bytes += self._draft.allocate_kv_cache(num_blocks)
         if graph_shape is not None:
             self._decode_graphs = self._graph_setup.capture(graph_shape, self._kv_caches)
         self._limits = StepLimits(
@@ -194,7 +211,7 @@ class Engine:
             num_blocks=num_blocks,
             max_supported_total_tokens=num_blocks * self._block_size,
             model_memory_bytes=facts.model_memory_bytes,
-            kv_cache_memory_bytes=kv_cache_bytes(self._kv_caches),
+            kv_cache_memory_bytes=kv_bytes,
             peak_activation_memory_bytes=peak_bytes,
         )
 
@@ -266,6 +283,8 @@ class Engine:
     ) -> tuple[list[Generation], int, int, int]:
         """(generations, forward start (perf_counter ns), forward ns, sampling ns)"""
         device = self._runner.facts.device
+        if self._draft is not None:
+            sequences = self._draft.propose(sequences)
         inputs = build_forward_inputs(sequences, self._block_size, device)
         clock = StepClock(device)
         clock.start()
@@ -307,8 +326,13 @@ class Engine:
         states: list[SequenceSamplingState] = []
         top_ns: list[int] = []
         grammars: list[RequestGrammar | None] = []
+        drafted: list[ProposalRows] = []  # sequences whose proposals a draft sampled
         for index in indices:
             sequence = sequences[index]
+            if sequence.proposal_probs is not None:
+                drafted.append(
+                    ProposalRows(len(row_ids), sequence.proposed_ids, sequence.proposal_probs)
+                )
             state = sequence.state
             num_rows = sequence.num_sampled_rows
             first_row = inputs.last_row(index) - num_rows + 1
@@ -341,6 +365,8 @@ class Engine:
             )
             for i in range(len(row_ids))
         ]
+        if drafted:
+            choices = rejection_choices(logits, states, choices, drafted, self._watermark)
         by_sequence: dict[int, tuple[GeneratedToken, ...]] = {}
         start = 0
         for index in indices:

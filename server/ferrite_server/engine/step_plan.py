@@ -13,11 +13,15 @@ sequence's progress (computed tokens) only after its forward and sampling succee
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from ferrite_server.engine.batch_state import BatchState, RequestState
 from ferrite_server.engine.errors import InvalidStepError
 from ferrite_server.engine.types import Generation, NewRequest, RunningRequest, StepInput
+
+if TYPE_CHECKING:
+    import torch
 
 # (request state, most tokens wanted) -> proposed next tokens (may be fewer, or none).
 Proposer = Callable[[RequestState, int], tuple[int, ...]]
@@ -43,6 +47,12 @@ class ScheduledSequence:
     block_table: tuple[int, ...]
     # Speculative decoding: guessed next tokens (the tail of input_ids), verified this step.
     proposed_ids: tuple[int, ...] = ()
+    # Most proposals this step may carry: the router's lookahead slots, within the block
+    # table and the model's positions (0 for requests that get none, e.g. constrained ones).
+    num_lookahead_slots: int = 0
+    # [len(proposed_ids), V] the draft distribution each proposal was drawn from (a draft
+    # model's, for sampled requests); None: fixed guesses (n-gram lookup, greedy drafts).
+    proposal_probs: torch.Tensor | None = None
 
     @property
     def adapter_index(self) -> int:
@@ -151,15 +161,24 @@ def _plan_running(
     _check_token_ids(running.new_token_ids, limits)
     state.token_ids.extend(running.new_token_ids)
     state.block_table.extend(running.new_block_ids)
-    proposed: tuple[int, ...] = ()
+    num_lookahead = _lookahead_slots(state, running, limits)
+    proposed = propose(state, num_lookahead) if propose is not None and num_lookahead > 0 else ()
+    sequence = _scheduled(
+        state, running.num_scheduled_tokens, is_new=False, limits=limits, proposed=proposed
+    )
+    return replace(sequence, num_lookahead_slots=num_lookahead)
+
+
+def _lookahead_slots(state: RequestState, running: RunningRequest, limits: StepLimits) -> int:
+    """How many proposals a running request may get this step (0: none)."""
     reaches_end = state.num_computed_tokens + running.num_scheduled_tokens == len(state.token_ids)
     # A constrained request gets no proposals: verifying them would need a mask per row.
     unconstrained = state.params.sampling.grammar is None
-    if propose is not None and unconstrained and running.num_lookahead_tokens > 0 and reaches_end:
-        # Never past the model's positions, whatever the router reserved.
-        room = limits.max_position_embeddings - len(state.token_ids)
-        proposed = propose(state, min(running.num_lookahead_tokens, room))
-    return _scheduled(state, running.num_scheduled_tokens, is_new=False, limits=limits, proposed=proposed)
+    if running.num_lookahead_tokens <= 0 or not reaches_end or not unconstrained:
+        return 0
+    # Never past the model's positions nor the blocks granted, whatever the router reserved.
+    capacity = min(limits.max_position_embeddings, len(state.block_table) * limits.block_size)
+    return max(0, min(running.num_lookahead_tokens, capacity - len(state.token_ids)))
 
 
 def _scheduled(

@@ -64,15 +64,38 @@ def _is_plain_greedy(seq: SequenceSamplingState) -> bool:
     )
 
 
-def _choose_tokens(
+def _biased_scores(
     logits: torch.Tensor, seqs: Sequence[SequenceSamplingState], watermark: Watermark | None
 ) -> torch.Tensor:
+    """logits [N, V] -> scores after watermark, logit bias and penalties (greedy rows take
+    their argmax)."""
     scores = logits
     if any(seq.params.watermark for seq in seqs):
         scores = (watermark or Watermark(WatermarkConfig())).apply(scores, seqs)
     scores = apply_logit_bias(scores, seqs)
     if any(needs_penalties(seq.params) for seq in seqs):
         scores = apply_penalties(scores, seqs, build_penalty_params(seqs, logits.device))
+    return scores
+
+
+def sampling_scores(
+    logits: torch.Tensor, seqs: Sequence[SequenceSamplingState], watermark: Watermark | None = None
+) -> torch.Tensor:
+    """logits [N, V] of rows that all sample (do_sample) -> the scores sample() draws from:
+    every transform applied, removed tokens at -inf; softmax gives the sampling distribution
+    (speculative decoding compares these distributions of a draft and the target)."""
+    if not all(seq.params.do_sample for seq in seqs):
+        raise ValueError("sampling_scores takes sampling rows only")
+    scores = _biased_scores(logits.float(), seqs, watermark)
+    vocab_size = scores.shape[1]
+    params = build_warp_params([seq.params for seq in seqs], vocab_size, scores.device)
+    return warp_scores(scores, params)
+
+
+def _choose_tokens(
+    logits: torch.Tensor, seqs: Sequence[SequenceSamplingState], watermark: Watermark | None
+) -> torch.Tensor:
+    scores = _biased_scores(logits, seqs, watermark)
     sampled_rows = [row for row, seq in enumerate(seqs) if seq.params.do_sample]
     if len(sampled_rows) == len(seqs):
         return _warp_and_draw(scores, seqs)
