@@ -27,22 +27,21 @@ from ferrite_server.engine.errors import (
     InvalidStepError,
     NotWarmedUpError,
 )
-from ferrite_server.engine.grammar import GrammarCompiler, GrammarError, allowed_tokens
+from ferrite_server.engine.grammar import GrammarCompiler, GrammarError
 from ferrite_server.engine.grammar.matcher import RequestGrammar
 from ferrite_server.engine.forward_inputs import ForwardInputs, build_forward_inputs
 from ferrite_server.engine.kv_cache import allocate_kv_cache, kv_cache_bytes
 from ferrite_server.engine.memory import cpu_kv_cache_bytes, cuda_kv_cache_bytes
 from ferrite_server.engine.model_runner import ModelRunner
 from ferrite_server.engine.prompt_logprobs import prompt_logprobs_for_chunk
-from ferrite_server.engine.sampling import SampleResult, SequenceSamplingState, sample
 from ferrite_server.engine.sampling.watermark import Watermark
 from ferrite_server.engine.speculative import proposer_for
 from ferrite_server.engine.speculative.draft import DraftModel
-from ferrite_server.engine.speculative.rejection import ProposalRows, rejection_choices
 from ferrite_server.engine.speculative.verify import accepted_run
 from ferrite_server.engine.step_clock import StepClock
 from ferrite_server.engine.step_plan import ScheduledSequence, StepLimits, plan_step
 from ferrite_server.engine.stopping import StopCriteria
+from ferrite_server.engine.token_choice import MAX_TOP_N_TOKENS, choose_tokens
 from ferrite_server.engine.types import (
     EngineInfo,
     FinishReason,
@@ -57,7 +56,6 @@ from ferrite_server.engine.warmup import WarmupShape, run_warmup_step
 from ferrite_server.layers.parallel_group import TensorParallelGroup
 from ferrite_server.models.interface import KVCache
 
-MAX_TOP_N_TOKENS = 20
 _SEED_BITS = 63
 
 
@@ -290,7 +288,9 @@ class Engine:
         clock.start()
         hidden = self._forward(inputs, kv_caches)  # [T, H]
         clock.forward_done()  # no device synchronize: sampling is queued behind the forward
-        sampled = self._sample(sequences, inputs, hidden)  # per sequence: its choices
+        sampled = choose_tokens(  # per sequence: its choices
+            sequences, inputs, self._runner.compute_logits, hidden, self._watermark
+        )
         prompt_logprobs = self._prompt_logprobs(sequences, inputs, hidden)
         forward_ns, sampling_ns = clock.split()
         generations = [
@@ -310,74 +310,6 @@ class Engine:
         if graphs is None or bucket is None:
             return self._runner.forward(inputs, kv_caches)
         return graphs.forward(inputs, bucket)
-
-    def _sample(
-        self,
-        sequences: Sequence[ScheduledSequence],
-        inputs: ForwardInputs,
-        hidden: torch.Tensor,  # [T, H]
-    ) -> dict[int, tuple[GeneratedToken, ...]]:
-        """The model's choice of next token for every sequence that samples (with proposals:
-        after the known tokens, then after each proposal), keyed by sequence index."""
-        indices = [index for index, sequence in enumerate(sequences) if sequence.samples]
-        if not indices:
-            return {}
-        row_ids: list[int] = []
-        states: list[SequenceSamplingState] = []
-        top_ns: list[int] = []
-        grammars: list[RequestGrammar | None] = []
-        drafted: list[ProposalRows] = []  # sequences whose proposals a draft sampled
-        for index in indices:
-            sequence = sequences[index]
-            if sequence.proposal_probs is not None:
-                drafted.append(
-                    ProposalRows(len(row_ids), sequence.proposed_ids, sequence.proposal_probs)
-                )
-            state = sequence.state
-            num_rows = sequence.num_sampled_rows
-            first_row = inputs.last_row(index) - num_rows + 1
-            if state.grammar is not None:  # one row: constrained requests get no proposals
-                state.grammar.follow(state.generated_ids)
-            for offset in range(num_rows):
-                grammars.append(state.grammar)
-                row_ids.append(first_row + offset)
-                states.append(
-                    SequenceSamplingState(
-                        params=state.params.sampling,
-                        # The whole prompt, cached part included (the router sent it all).
-                        prompt_ids=state.prompt_ids,
-                        # As if the proposals before this row had been generated: penalties
-                        # and the seeded stream then match a run without speculation.
-                        generated_ids=state.generated_ids + list(sequence.proposed_ids[:offset]),
-                        seed=state.seed,
-                    )
-                )
-                top_ns.append(self._top_n(sequence))
-        rows = torch.tensor(row_ids, device=hidden.device)
-        logits = self._runner.compute_logits(hidden.index_select(0, rows))  # [N, V] float32
-        allowed = allowed_tokens(grammars, logits.shape[1], logits.device)  # [N, V] or None
-        result: SampleResult = sample(logits, states, max(top_ns), self._watermark, allowed)
-        choices = [
-            GeneratedToken(
-                token_id=result.token_ids[i],
-                logprob=result.logprobs[i],
-                top_tokens=tuple(result.top_tokens[i][: top_ns[i]]),
-            )
-            for i in range(len(row_ids))
-        ]
-        if drafted:
-            choices = rejection_choices(logits, states, choices, drafted, self._watermark)
-        by_sequence: dict[int, tuple[GeneratedToken, ...]] = {}
-        start = 0
-        for index in indices:
-            num_rows = sequences[index].num_sampled_rows
-            by_sequence[index] = tuple(choices[start : start + num_rows])
-            start += num_rows
-        return by_sequence
-
-    @staticmethod
-    def _top_n(sequence: ScheduledSequence) -> int:
-        return min(sequence.state.params.top_n_tokens, MAX_TOP_N_TOKENS)
 
     def _prompt_logprobs(
         self, sequences: Sequence[ScheduledSequence], inputs: ForwardInputs, hidden: torch.Tensor

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from ferrite_server.config import LoraConfig
