@@ -48,6 +48,10 @@ pub enum Quantize {
     Gptq,
     /// an AWQ checkpoint (detected without the flag)
     Awq,
+    /// int8 weights (per output channel), at load time; CPU: PyTorch's weight-only kernel
+    Int8,
+    /// int4 weights (groups of 32 inputs), at load time; CPU: PyTorch's weight-only kernel
+    Int4,
 }
 
 impl Quantize {
@@ -59,6 +63,8 @@ impl Quantize {
             Quantize::Fp8 => "fp8",
             Quantize::Gptq => "gptq",
             Quantize::Awq => "awq",
+            Quantize::Int8 => "int8",
+            Quantize::Int4 => "int4",
         }
     }
 }

@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--block-size", type=int, default=DEFAULT_BLOCK_SIZE_TOKENS,
                        help="tokens per KV block")
     serve.add_argument("--quantize", choices=list(get_args(QuantizeName)), default=None,
-                       help="quantize the weights at load (bitsandbytes*, fp8) or load a "
+                       help="quantize the weights at load (int8, int4, bitsandbytes*, fp8) or load a "
                        "GPTQ/AWQ checkpoint; default: the checkpoint's quantization_config")
     serve.add_argument("--kv-cache-dtype", choices=list(get_args(KVCacheDtypeName)),
                        default="auto", help="fp8: store K/V as float8 e4m3 with a scale")
