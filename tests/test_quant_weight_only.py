@@ -142,7 +142,7 @@ def test_tiny_model_logits_stay_close_with_a_quantized_lm_head(
     quantized = ModelRunner.load(replace(config, quantize=quantize))  # type: ignore[arg-type]
     assert quantized.facts.quantization == quantize
     head = quantized.model.lm_head
-    assert head.weight_only_product is not None  # the LM head runs quantized (int8)
+    assert head.weight_only_product is not None  # the LM head runs quantized too
     down = quantized.model.model.layers[0].mlp.down_proj
     assert not hasattr(down, "weight") and down.weight_only_product is not None
     assert quantized.facts.model_memory_bytes < 0.75 * reference.facts.model_memory_bytes

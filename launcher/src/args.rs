@@ -176,6 +176,10 @@ pub struct Args {
     #[arg(long, env, value_enum, default_value_t = ModelImplementation::Auto)]
     pub model_implementation: ModelImplementation,
 
+    /// How idle OpenMP (torch) threads of CPU shards wait: passive sleeps, so a shard sharing its cores with a busy process slows in proportion instead of collapsing; active spins; runtime leaves it to the OpenMP runtime (GNU: spin a while, then sleep)
+    #[arg(long, env, default_value = "passive", value_parser = ["passive", "active", "runtime"], ignore_case = true)]
+    pub omp_wait_policy: String,
+
     /// KV cache storage; fp8 halves its memory per token
     #[arg(long, env, value_enum, default_value_t = KvCacheDtype::Auto)]
     pub kv_cache_dtype: KvCacheDtype,

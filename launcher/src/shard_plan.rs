@@ -1,5 +1,6 @@
 //! One shard process per rank of this node: its flags, the standard torch.distributed
-//! variables (the one configuration passed through the environment) and its socket.
+//! variables and OpenMP's wait policy (the configuration passed through the environment: read
+//! by torch / its OpenMP runtime, not by ferrite) and its socket.
 
 use std::path::{Path, PathBuf};
 
@@ -90,6 +91,15 @@ impl ShardPlanner<'_> {
             push_opt(&mut argv, "--advertise-addr", args.advertise_addr.as_ref());
         }
         let mut env = python_env();
+        // Read by the OpenMP runtime when torch loads: idle threads sleep (passive) instead of
+        // spinning, so another busy process on the same cores does not stall every parallel
+        // region (measured: bench/contention.py).
+        if !args.omp_wait_policy.eq_ignore_ascii_case("runtime") {
+            env.push((
+                "OMP_WAIT_POLICY".to_string(),
+                args.omp_wait_policy.to_ascii_uppercase(),
+            ));
+        }
         env.extend([
             ("RANK".to_string(), rank.to_string()),
             (

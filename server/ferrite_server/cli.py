@@ -369,7 +369,12 @@ async def _with_rank_endpoints(
 
 def _load_engine(config: ShardConfig) -> tuple[Engine, EngineInfo]:
     from ferrite_server.engine.engine import Engine
+    from ferrite_server.engine.host_cpu import set_cpu_threads
+    from ferrite_server.engine.model_runner import resolve_device
 
+    if resolve_device(config).type == "cpu":
+        # On the engine thread, which runs every step: OpenMP's thread count is per thread.
+        set_cpu_threads(config.distributed.local_world_size)
     engine = Engine.load(config)
     return engine, engine.info()
 
