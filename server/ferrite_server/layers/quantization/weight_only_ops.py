@@ -85,6 +85,18 @@ def dequantize_int4(weight: Int4Weight, dtype: torch.dtype) -> torch.Tensor:  # 
     return values.reshape(n, k).to(dtype)
 
 
+def _bf16_rows(x: torch.Tensor) -> torch.Tensor:
+    """x as the CPU kernels take it; no dispatch at all when it already is (a decode step
+    makes ~120 of these calls, and each no-op `.to()` still costs a few microseconds)."""
+    if x.dtype == torch.bfloat16 and x.is_contiguous():
+        return x
+    return x.to(torch.bfloat16).contiguous()
+
+
+def _in_dtype(y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return y if y.dtype == dtype else y.to(dtype)
+
+
 class CpuInt8Linear:
     """aten's int8 weight-only kernel with bfloat16 activations; dense matmul for prefill."""
 
@@ -96,10 +108,8 @@ class CpuInt8Linear:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:  # [M, K] -> [M, N] in x's dtype
         if x.shape[0] >= CPU_INT8_DEQUANT_MIN_ROWS:
             return F.linear(x, dequantize_int8(Int8Weight(self.codes, self.scales_f32), x.dtype))
-        y = torch.ops.aten._weight_int8pack_mm(
-            x.to(torch.bfloat16).contiguous(), self.codes, self.scales
-        )
-        return y.to(x.dtype)
+        y = torch.ops.aten._weight_int8pack_mm(_bf16_rows(x), self.codes, self.scales)
+        return _in_dtype(y, x.dtype)
 
     def memory_tensors(self) -> tuple[torch.Tensor, ...]:
         return self.codes, self.scales, self.scales_f32
@@ -117,9 +127,9 @@ class CpuInt4Linear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:  # [M, K] -> [M, N] in x's dtype
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(
-            x.to(torch.bfloat16).contiguous(), self.packed, self.group_size, self.scales_and_zeros
+            _bf16_rows(x), self.packed, self.group_size, self.scales_and_zeros
         )
-        return y.to(x.dtype)
+        return _in_dtype(y, x.dtype)
 
     def memory_tensors(self) -> tuple[torch.Tensor, ...]:
         return self.packed, self.scales_and_zeros
