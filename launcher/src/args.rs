@@ -133,15 +133,19 @@ impl AttentionBackend {
 #[derive(Debug, Clone, Parser)]
 #[command(name = "ferrite-launcher", version, max_term_width = 120)]
 pub struct Args {
-    /// Model to serve: a local directory or a Hugging Face hub id (default: bundled SmolLM2-135M-Instruct)
+    /// Model to serve: a local directory, a .gguf file or a Hugging Face hub id (default: bundled SmolLM2-135M-Instruct)
     #[arg(long, env)]
     pub model_id: Option<String>,
+
+    /// The GGUF file to serve of a --model-id directory or hub repo that holds several
+    #[arg(long, env)]
+    pub gguf_file: Option<String>,
 
     /// Hub revision (branch, tag or commit) of --model-id (default: main)
     #[arg(long, env)]
     pub revision: Option<String>,
 
-    /// Directory for converted checkpoints (default model, .bin -> safetensors) (default: ~/.cache/ferrite/models)
+    /// Directory for converted checkpoints (default model, GGUF and .bin -> safetensors) (default: ~/.cache/ferrite/models)
     #[arg(long, env)]
     pub model_cache_dir: Option<PathBuf>,
 

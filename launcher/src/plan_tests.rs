@@ -268,6 +268,8 @@ fn prepare_passes_only_given_flags() {
             "org/m",
             "--revision",
             "v2",
+            "--gguf-file",
+            "m.Q8_0.gguf",
             "--model-cache-dir",
             "/c",
         ]),
@@ -281,6 +283,8 @@ fn prepare_passes_only_given_flags() {
             "org/m",
             "--revision",
             "v2",
+            "--gguf-file",
+            "m.Q8_0.gguf",
             "--cache-dir",
             "/c"
         ]

@@ -1,7 +1,7 @@
 """`ferrite-server`: the shard's command line (the edge where ShardConfig is built).
 
     ferrite-server serve --model-id DIR --uds-path /tmp/ferrite-server-0 [--dtype ...]
-    ferrite-server prepare-model [--model-id ID] [--revision REV] [--cache-dir DIR]
+    ferrite-server prepare-model [--model-id ID|FILE.gguf] [--gguf-file NAME] [--revision REV] [--cache-dir DIR]
 
 `serve` loads the model, then serves gRPC (so Health answers only once loaded), and exits
 cleanly on SIGTERM / SIGINT with its socket removed. Tensor-parallel ranks (WORLD_SIZE > 1)
@@ -133,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--cache-dir", type=Path, default=DEFAULT_MODEL_CACHE_DIR)
     prepare.add_argument("--hub-cache-dir", type=Path, default=None,
                          help="Hugging Face hub cache for downloads (default: HF_HUB_CACHE / HF_HOME)")
+    prepare.add_argument("--gguf-file", default=None,
+                         help="the GGUF file to serve of a directory or hub repo holding several")
     _add_log_level(prepare)
     return parser
 

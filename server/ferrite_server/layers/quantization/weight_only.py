@@ -6,10 +6,13 @@ parts and row / column splits work as for unquantized layers), then it is quanti
 asymmetric) and the float copy is dropped. Activations stay in the compute dtype; the product
 runs on the device's weight-only kernel.
 
-The LM head is quantized too, to the same bits by default: measured on SmolLM2-135M (a fifth
-of its weights are the head) the int4 head took 0.8-1.7 ms per token against 2.0-7.8 for int8
-and 2.8-5.9 for bfloat16, for a log-likelihood cost of 0.04 nats per token (nf4 for the whole
-model: 0.30); the int8 head cost nothing measurable (bench/RESULTS.md). A tied head keeps the
+The LM head is quantized too, to int8 for both (llama.cpp also keeps its output matrix at 6-8
+bits in 4-bit files). Measured on SmolLM2-135M (a fifth of its weights are the head): an int4
+head took 0.8-1.7 ms per token against 2.0-7.8 for int8 and 2.8-5.9 for bfloat16, but cost
+0.04 nats per token and flipped the near-tie first token of the bundled model's France answer
+("L'Étoile ..." instead of "The capital ... is Paris"), which an int8 head does not (with the
+int4 body in float32 the logits equal the unquantized model's: its GGUF is Q4_1, on int4's
+grid); the int8 head's cost was not measurable (bench/RESULTS.md). A tied head keeps the
 float embedding for lookups and adds its own quantized copy.
 """
 
@@ -17,12 +20,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
-
-from typing import TYPE_CHECKING
 
 from ferrite_server.layers.quantization.method import LinearShape
 from ferrite_server.layers.quantization.unquantized import create_float_weight
@@ -40,8 +41,8 @@ logger = logging.getLogger(__name__)
 
 WeightOnlyName = Literal["int8", "int4"]
 # Input features sharing one int4 scale and zero: 32 as GGUF's Q4 blocks (Q4_0 / Q4_1 / the
-# sub-blocks of Q4_K), so their codes carry over; it also measured the best quality of 32 / 64
-# / 128 on SmolLM2 at the same speed (bench/RESULTS.md).
+# sub-blocks of Q4_K), so their codes carry over. On the bundled SmolLM2 (Q4_1) groups of 64
+# lost 0.40 nats per token where 32 lost none, at the same speed (bench/RESULTS.md).
 DEFAULT_INT4_GROUP_SIZE = 32
 # Buffers the product's tensors are registered under (so weight memory counts them).
 _BUFFER_PREFIX = "weight_only_"
@@ -52,7 +53,7 @@ class WeightOnlyParams:
     bits: Literal[8, 4]
     group_size: int = DEFAULT_INT4_GROUP_SIZE  # int4 only
     # None: the LM head stays in the compute dtype; 0: the same bits as the other layers.
-    lm_head_bits: Literal[8, 4, 0] | None = 0
+    lm_head_bits: Literal[8, 4, 0] | None = 8
 
     @property
     def name(self) -> WeightOnlyName:
