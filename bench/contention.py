@@ -6,9 +6,9 @@ Each setting starts its own `ferrite-launcher` (FLAGS appended, e.g. `--omp-wait
 runtime` for the OpenMP runtime's own spin-then-sleep policy), then alternates quiet and busy
 measurements round by round, so the machine's other load hits both alike. Busy: `--busy`
 processes spinning in pure Python (`while True: pass`), started before and killed after each
-busy measurement. One measurement: `--requests` greedy requests of `--new-tokens` tokens one
-after another through TGI's /generate_stream; decode tokens/s = 1 / mean time per output
-token after the first (TTFT excluded). Reports the best round of each and busy / quiet.
+busy measurement. One measurement: `--requests` greedy chat requests (`/v1/chat/completions`,
+streamed) of `--new-tokens` tokens one after another; decode tokens/s = 1 / mean time per
+output token after the first (TTFT excluded). Reports the best round of each and busy / quiet.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ferrite_benchmark.backends import BackendConfig, make_backend  # noqa: E402
 from ferrite_benchmark.peers.ferrite_server import FerriteSettings, running_ferrite  # noqa: E402
+from ferrite_benchmark.peers.server_process import free_port  # noqa: E402
 from ferrite_benchmark.records import BenchRequest  # noqa: E402
 from machine import cpu_model  # noqa: E402
 
@@ -37,7 +38,7 @@ DEFAULT_SETTINGS = ("default=", "runtime-wait=--omp-wait-policy runtime")
 
 
 def decode_tokens_per_s(url: str, num_requests: int, new_tokens: int) -> float:
-    backend = make_backend(BackendConfig(url=url, api="tgi", model="any"), lambda text: 0)
+    backend = make_backend(BackendConfig(url=url, api="openai-chat", model="any"), lambda text: 0)
 
     async def run() -> list[float]:
         tpots = []
@@ -52,6 +53,14 @@ def decode_tokens_per_s(url: str, num_requests: int, new_tokens: int) -> float:
     return 1.0 / statistics.mean(asyncio.run(run()))
 
 
+def split_dtype(flags: list[str], default: str) -> tuple[str, list[str]]:
+    """(a setting's own --dtype or `default`, its other flags): FerriteSettings passes --dtype."""
+    if "--dtype" not in flags:
+        return default, flags
+    index = flags.index("--dtype")
+    return flags[index + 1], flags[:index] + flags[index + 2 :]
+
+
 def start_busy(count: int) -> list[subprocess.Popen]:
     return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
 
@@ -63,7 +72,9 @@ def stop_busy(processes: list[subprocess.Popen]) -> None:
 
 
 def measure_setting(name: str, flags: list[str], args: argparse.Namespace) -> dict[str, list[float]]:
-    settings = FerriteSettings(dtype=args.dtype, extra_args=tuple(flags))
+    metrics = ("--prometheus-port", str(free_port()))  # 9000 may be another server's
+    dtype, flags = split_dtype(flags, args.dtype)
+    settings = FerriteSettings(dtype=dtype, extra_args=(*flags, *metrics))
     speeds: dict[str, list[float]] = {"quiet": [], "busy": []}
     with running_ferrite(settings) as (_, client):
         decode_tokens_per_s(client.url, 1, 8)  # warm-up
@@ -86,7 +97,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--setting", action="append", default=None, metavar="NAME=FLAGS",
                         help=f"launcher flags to compare (default: {DEFAULT_SETTINGS})")
-    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--dtype", default="auto", help="unless a setting gives its own")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=2)
     parser.add_argument("--new-tokens", type=int, default=64)

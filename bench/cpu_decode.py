@@ -9,9 +9,11 @@ Targets, all on the bundled SmolLM2-135M-Instruct and all started before the fir
   is importable (bench/make_q8_0_gguf.py writes the Q8_0 file from the bundled Q4_1 one);
 - transformers `generate` in this process, float32 and bfloat16.
 Rounds alternate over the targets so the machine's other load hits all alike. One measurement:
-`--requests` greedy requests of `--new-tokens` tokens (the same prompt, OpenAI completions
-for the servers); decode tokens/s = 1 / mean time per output token after the first (TTFT
-excluded, so prompt length does not matter). Reports the best round of each target.
+`--requests` greedy requests of `--new-tokens` tokens (the same prompt; the servers through
+their OpenAI chat API, so the model answers instead of stopping at once; transformers on the
+same conversation through the model's chat template); decode tokens/s = output tokens after the first / the time they took (TTFT
+excluded, so prompt length does not matter), from the arrival times of the streamed tokens
+(llama.cpp's stream reports no token count). Reports the best round of each target.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ import asyncio
 import contextlib
 import json
 import os
-import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -34,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ferrite_benchmark.backends import BackendConfig, make_backend  # noqa: E402
 from ferrite_benchmark.peers.ferrite_server import FerriteSettings, running_ferrite  # noqa: E402
+from ferrite_benchmark.peers.server_process import free_port  # noqa: E402
 from ferrite_benchmark.records import BenchRequest, RequestRecord  # noqa: E402
 from machine import cpu_model  # noqa: E402
 
@@ -45,7 +48,7 @@ DEFAULT_FERRITE = (
     "int4=--quantize int4",
     "default=",
 )
-KV_CACHE = ("--kv-cache-memory", "128MiB")  # five servers at once: keep each one small
+KV_CACHE = ("--kv-cache-memory", "128MiB", "--max-total-tokens", "1024")  # five servers at once
 Measure = Callable[[], float]  # one measurement -> decode tokens/s
 
 
@@ -58,7 +61,7 @@ def split_dtype(flags: list[str]) -> tuple[str, list[str]]:
 
 
 def server_measure(config: BackendConfig, args: argparse.Namespace) -> Measure:
-    backend = make_backend(config, lambda text: 0)
+    backend = make_backend(replace(config, api="openai-chat"), lambda text: 0)
     request = BenchRequest(PROMPT, 0, args.new_tokens)
 
     async def run() -> list[RequestRecord]:
@@ -68,23 +71,35 @@ def server_measure(config: BackendConfig, args: argparse.Namespace) -> Measure:
 
     def measure() -> float:
         records = asyncio.run(run())
-        failed = [r.error or r.finish_reason for r in records if not r.success or r.tpot_s is None]
+        failed = [r.error for r in records if not r.success]
         if failed:
             raise RuntimeError(f"{config.url}: {failed[0]}")
-        return 1.0 / statistics.mean(r.tpot_s for r in records if r.tpot_s is not None)
+        return decode_tokens_per_s(records)
 
     return measure
+
+
+def decode_tokens_per_s(records: list[RequestRecord]) -> float:
+    """Streamed tokens after the first over the time they took (one chunk per token)."""
+    tokens = sum(len(r.chunk_times_s) - 1 for r in records)
+    seconds = sum(r.chunk_times_s[-1] - r.chunk_times_s[0] for r in records)
+    if tokens < 1:
+        raise RuntimeError("no request streamed two tokens")
+    return tokens / seconds
 
 
 def transformers_measure(model_dir: Path, dtype: str, args: argparse.Namespace) -> Measure:
     from ferrite_benchmark.peers.transformers_generate import TransformersPeer, TransformersSettings
 
-    target = TransformersPeer(TransformersSettings(model_dir, dtype, 1)).latency_target()
-    request = BenchRequest(PROMPT, 0, args.new_tokens)
+    peer = TransformersPeer(TransformersSettings(model_dir, dtype, 1))
+    target = peer.latency_target()
+    chat = peer.tokenizer.apply_chat_template(
+        [{"role": "user", "content": PROMPT}], tokenize=False, add_generation_prompt=True
+    )
+    request = BenchRequest(chat, 0, args.new_tokens)
 
     def measure() -> float:
-        records = [target(request) for _ in range(args.requests)]
-        return 1.0 / statistics.mean(r.tpot_s for r in records if r.tpot_s is not None)
+        return decode_tokens_per_s([target(request) for _ in range(args.requests)])
 
     return measure
 
@@ -98,7 +113,8 @@ def started_targets(args: argparse.Namespace) -> Iterator[dict[str, Measure]]:
         for setting in args.ferrite or DEFAULT_FERRITE:
             name, _, flags = setting.partition("=")
             dtype, rest = split_dtype(flags.split())
-            settings = FerriteSettings(dtype=dtype, extra_args=(*rest, *KV_CACHE))
+            metrics = ("--prometheus-port", str(free_port()))  # several servers at once
+            settings = FerriteSettings(dtype=dtype, extra_args=(*rest, *KV_CACHE, *metrics))
             _, client = stack.enter_context(running_ferrite(settings))
             targets[f"ferrite {name}"] = server_measure(client, args)
         if args.llama_cpp:

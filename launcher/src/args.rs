@@ -180,8 +180,8 @@ pub struct Args {
     #[arg(long, env, value_enum, default_value_t = ModelImplementation::Auto)]
     pub model_implementation: ModelImplementation,
 
-    /// How idle OpenMP (torch) threads of CPU shards wait: passive sleeps, so a shard sharing its cores with a busy process slows in proportion instead of collapsing; active spins; runtime leaves it to the OpenMP runtime (GNU: spin a while, then sleep)
-    #[arg(long, env, default_value = "passive", value_parser = ["passive", "active", "runtime"], ignore_case = true)]
+    /// How idle OpenMP (torch) threads of CPU shards wait: passive sleeps at once, so a shard sharing its cores with a busy process keeps its speed; spin spins ~10k iterations first (faster decode on dedicated cores, collapses when another process competes); active spins; runtime leaves it to the OpenMP runtime
+    #[arg(long, env, default_value = "passive", value_parser = ["passive", "spin", "active", "runtime"], ignore_case = true)]
     pub omp_wait_policy: String,
 
     /// KV cache storage; fp8 halves its memory per token

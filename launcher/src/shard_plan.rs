@@ -91,15 +91,7 @@ impl ShardPlanner<'_> {
             push_opt(&mut argv, "--advertise-addr", args.advertise_addr.as_ref());
         }
         let mut env = python_env();
-        // Read by the OpenMP runtime when torch loads: idle threads sleep (passive) instead of
-        // spinning, so another busy process on the same cores does not stall every parallel
-        // region (measured: bench/contention.py).
-        if !args.omp_wait_policy.eq_ignore_ascii_case("runtime") {
-            env.push((
-                "OMP_WAIT_POLICY".to_string(),
-                args.omp_wait_policy.to_ascii_uppercase(),
-            ));
-        }
+        env.extend(omp_wait_env(&args.omp_wait_policy));
         env.extend([
             ("RANK".to_string(), rank.to_string()),
             (
@@ -123,5 +115,19 @@ impl ShardPlanner<'_> {
             },
             uds_path,
         }
+    }
+}
+
+/// OpenMP's wait policy for `--omp-wait-policy`, read by the OpenMP runtime when torch loads
+/// (measured with bench/contention.py and bench/engine_decode.py on 2 cores): idle threads
+/// that sleep at once (passive) keep a shard's speed when another busy process shares its
+/// cores; a short spin (GNU OpenMP's GOMP_SPINCOUNT) decodes ~1.6x faster on idle cores but
+/// collapses to a fifth under contention.
+fn omp_wait_env(policy: &str) -> Vec<(String, String)> {
+    const SPIN_ITERATIONS: &str = "10000";
+    match policy.to_ascii_lowercase().as_str() {
+        "runtime" => Vec::new(),
+        "spin" => vec![("GOMP_SPINCOUNT".to_string(), SPIN_ITERATIONS.to_string())],
+        other => vec![("OMP_WAIT_POLICY".to_string(), other.to_ascii_uppercase())],
     }
 }
