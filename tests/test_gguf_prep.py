@@ -23,6 +23,7 @@ from ferrite_server.model_prep.gguf_source import (
 from ferrite_server.model_prep.prepare import prepare_model
 from tests.support.engines import shard_config
 from tests.support.tiny_gguf import TINY_GGUF_CHAT_TEMPLATE, write_tiny_gguf
+from tests.test_model_prep import populate_hub_cache, run_prepare
 
 CPU = torch.device("cpu")
 
@@ -65,6 +66,25 @@ def test_a_directory_of_several_ggufs_needs_gguf_file(q8_gguf: Path, tmp_path: P
         prepare_model(str(directory), None, tmp_path / "cache", gguf_file="c.gguf")
     chosen = prepare_model(str(directory), None, tmp_path / "cache", gguf_file="b.Q8_0.gguf")
     assert chosen.name.startswith("b.Q8_0-")
+
+
+def test_a_hub_repo_of_gguf_files_resolves_from_the_offline_cache(
+    q8_gguf: Path, tmp_path: Path
+) -> None:
+    """A GGUF repo (no config.json) in the hub cache: --gguf-file picks the file; offline, the
+    hub cannot list the repo, so its cached GGUF is found in the snapshot."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copy(q8_gguf, repo / q8_gguf.name)
+    hf_home = tmp_path / "hf"
+    populate_hub_cache(hf_home, "ferrite-test/tiny-gguf", repo)
+    env = {"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
+    for extra in ([], ["--gguf-file", q8_gguf.name]):
+        result = run_prepare("ferrite-test/tiny-gguf", env, tmp_path / "cache", *extra)
+        assert result.returncode == 0, result.stderr
+        converted = Path(result.stdout.strip().splitlines()[-1])
+        assert converted.parent == tmp_path / "cache" / "gguf"
+        assert suggested_quantization(converted) == "int8"
 
 
 def test_the_dominant_storage_class_decides_the_default(tmp_path: Path) -> None:
