@@ -1,13 +1,15 @@
 """Batch-1 decode speed of ferrite's Engine against transformers `generate`, same weights.
 
     PYTHONPATH=server python bench/engine_decode.py [--model-dir DIR] [--dtype bfloat16]
-        [--new-tokens 100] [--rounds 3] [--threads N]
+        [--new-tokens 100] [--rounds 3] [--threads N] [--quantize int4 [--lm-head-bits 4]]
 
 Both run in this process, alternating round by round so machine load hits both alike. Engine:
 one prefill step, then `--new-tokens` decode steps driven through Engine.step (no gRPC);
 decode tokens/s = decode steps / their wall time. transformers: greedy generate of 1 and of
 N+1 tokens (EOS suppressed); decode tokens/s = N / (time(N+1) - time(1)). Reports the best
-round of each (the least disturbed by other processes).
+round of each (the least disturbed by other processes). `--quantize` applies to the Engine
+only (transformers runs the float weights); `--lm-head-bits` (8, 4 or none) replaces the int8
+LM head of `--quantize int8 / int4` for this run (layers/quantization/weight_only.py).
 """
 
 from __future__ import annotations
@@ -85,6 +87,26 @@ def transformers_round(model: torch.nn.Module, prompt_ids: list[int], new_tokens
     return new_tokens / (total_s - prefill_s)
 
 
+def patch_lm_head_bits(bits: str) -> None:
+    """Benchmark only: on-the-fly int8 / int4 with another LM head width than ferrite's."""
+    import dataclasses
+
+    from ferrite_server.layers.quantization import config as quantization_config
+
+    head_bits = None if bits == "none" else int(bits)
+    on_the_fly = quantization_config._on_the_fly
+
+    def with_head_bits(requested):  # type: ignore[no-untyped-def]
+        config = on_the_fly(requested)
+        if config is None or not isinstance(config.params, quantization_config.WeightOnlyParams):
+            return config
+        return dataclasses.replace(
+            config, params=dataclasses.replace(config.params, lm_head_bits=head_bits)
+        )
+
+    quantization_config._on_the_fly = with_head_bits
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, default=None)
@@ -92,9 +114,13 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--quantize", default=None, help="the Engine's --quantize")
+    parser.add_argument("--lm-head-bits", default=None, choices=["8", "4", "none"])
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.lm_head_bits:
+        patch_lm_head_bits(args.lm_head_bits)
     model_dir = args.model_dir or ensure_default_model(Path("~/.cache/ferrite/models").expanduser())
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     prompt_ids = tokenizer(PROMPT)["input_ids"]
@@ -104,6 +130,7 @@ def main() -> None:
         dtype=args.dtype,
         kv_cache_memory_bytes=256 << 20,
         block_size_tokens=BLOCK_SIZE,
+        quantize=args.quantize,
     )
     engine = Engine.load(config)
     engine.warmup(max_batch_prefill_tokens=256, max_batch_size=8, max_total_tokens=1024)
@@ -115,7 +142,8 @@ def main() -> None:
         hf_rounds.append(transformers_round(model, prompt_ids, args.new_tokens))
     best = max(engine_rounds, key=lambda r: r["tokens_per_s"])
     print(
-        f"model {model_dir.name}, {args.dtype}, prompt {len(prompt_ids)} tokens, "
+        f"model {model_dir.name}, {args.dtype}, --quantize {args.quantize} (LM head "
+        f"{args.lm_head_bits or 'default'}), prompt {len(prompt_ids)} tokens, "
         f"{args.new_tokens} decode steps, torch threads {torch.get_num_threads()}"
     )
     engine_speeds = ", ".join(f"{r['tokens_per_s']:.1f}" for r in engine_rounds)

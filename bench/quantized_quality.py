@@ -39,6 +39,8 @@ VARIANTS = {
     "bitsandbytes (int8)": {"quantize": "bitsandbytes"},
     "bitsandbytes-nf4": {"quantize": "bitsandbytes-nf4"},
     "bitsandbytes-fp4": {"quantize": "bitsandbytes-fp4"},
+    "int8 (weight-only)": {"quantize": "int8"},
+    "int4 (weight-only, group 32)": {"quantize": "int4"},
 }
 
 

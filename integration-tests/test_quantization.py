@@ -1,7 +1,9 @@
 """Quantization through the real launcher (issue 9, "Must show"): the bundled model quantized
-on the fly with bitsandbytes answers the France question; a GPTQ checkpoint is detected without
-a flag and generates what transformers generates from its dequantized weights; a GPTQ
-checkpoint with --quantize fp8 is refused by the shard, and the launcher says why."""
+on the fly with bitsandbytes answers the France question, and so does it with the weight-only
+int8 / int4 (issue 22; int4 is what the bundled Q4_1 GGUF gets without flags on CPU); a GPTQ
+checkpoint is detected without a flag and generates what transformers generates from its
+dequantized weights; a GPTQ checkpoint with --quantize fp8 is refused by the shard, and the
+launcher says why."""
 
 from __future__ import annotations
 
@@ -39,6 +41,23 @@ def test_bitsandbytes_bundled_model_answers_paris(quantize: str, kv_cache_dtype:
         assert facts["quantize"] == quantize
         assert facts["kv_cache_dtype"] == kv_cache_dtype
         assert f"quantization: {quantize}" in server.log()  # weight memory logged at load
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"), [(["--quantize", "int8"], "int8"), ([], "int4")], ids=["int8", "default"]
+)
+def test_weight_only_bundled_model_answers_paris(flags: list[str], expected: str) -> None:
+    with running_ferrite([*flags, "--max-total-tokens", "512"]) as server:
+        answer = requests.post(
+            f"{server.base_url}/v1/chat/completions",
+            json={"model": "any", "messages": QUESTION, "max_tokens": 20, "temperature": 0},
+            timeout=300,
+        )
+        answer.raise_for_status()
+        content = answer.json()["choices"][0]["message"]["content"]
+        assert "Paris" in content, content
+        assert info(server)["quantize"] == expected
+        assert f"quantization: {expected}" in server.log()
 
 
 @pytest.fixture(scope="module")

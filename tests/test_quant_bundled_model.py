@@ -1,4 +1,5 @@
-"""Quantizing the bundled SmolLM2-135M-Instruct on CPU: bitsandbytes int8 / nf4 and FP8.
+"""Quantizing the bundled SmolLM2-135M-Instruct on CPU: bitsandbytes int8 / nf4, FP8 and the
+weight-only int8 / int4 (`--quantize int8 / int4`).
 
 The measure is the mean per-token log-likelihood of a fixed reference text (teacher-forced,
 through the paged KV cache), computed here for the unquantized bfloat16 model and for each
@@ -7,8 +8,11 @@ guess -10.8):
 - bitsandbytes int8 (LLM.int8):   within INT8_TOLERANCE
 - bitsandbytes nf4 (4-bit):       within NF4_TOLERANCE (4 bits cost a 135M model more)
 - FP8 weights + FP8 KV cache:     within FP8_TOLERANCE
-FP8 greedy agreement: the greedy next token after each of PROMPTS is the unquantized one for
-at least FP8_MIN_SAME_NEXT_TOKENS of them.
+- int8 (weight-only, per channel): within INT8_TOLERANCE, as the other 8-bit schemes
+- int4 (weight-only, groups of 32): within NF4_TOLERANCE, as nf4 (measured much closer: the
+  bundled GGUF is Q4_1, blocks of 32 on a 16-level grid, which int4's groups reproduce)
+Greedy agreement (FP8, int8, int4): the greedy next token after each of PROMPTS is the
+unquantized one for at least MIN_SAME_NEXT_TOKENS of them.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ PROMPTS = (
 INT8_TOLERANCE = 0.15
 NF4_TOLERANCE = 0.5
 FP8_TOLERANCE = 0.15
-FP8_MIN_SAME_NEXT_TOKENS = 6  # of 8
+MIN_SAME_NEXT_TOKENS = 6  # of 8
 
 
 @pytest.fixture(scope="module")
@@ -99,4 +103,26 @@ def test_fp8_weights_and_kv_keep_log_likelihood_and_greedy_tokens(
         == prompt_logits(unquantized, token_ids[prompt])[-1].argmax().item()
         for prompt in PROMPTS
     )
-    assert same >= FP8_MIN_SAME_NEXT_TOKENS, same
+    assert same >= MIN_SAME_NEXT_TOKENS, same
+
+
+@pytest.mark.parametrize(("quantize", "tolerance"), [("int8", INT8_TOLERANCE), ("int4", NF4_TOLERANCE)])
+def test_weight_only_int8_int4_keep_log_likelihood_and_greedy_tokens(
+    bundled_config: ShardConfig,
+    unquantized: ModelRunner,
+    token_ids: dict[str, list[int]],
+    quantize: str,
+    tolerance: float,
+) -> None:
+    runner = ModelRunner.load(replace(bundled_config, quantize=quantize))  # type: ignore[arg-type]
+    assert runner.facts.quantization == quantize
+    assert runner.facts.model_memory_bytes < 0.75 * unquantized.facts.model_memory_bytes
+    expected = mean_log_likelihood(unquantized, token_ids["reference"])
+    got = mean_log_likelihood(runner, token_ids["reference"])
+    assert abs(got - expected) < tolerance, (got, expected)
+    same = sum(
+        prompt_logits(runner, token_ids[prompt])[-1].argmax().item()
+        == prompt_logits(unquantized, token_ids[prompt])[-1].argmax().item()
+        for prompt in PROMPTS
+    )
+    assert same >= MIN_SAME_NEXT_TOKENS, same

@@ -48,6 +48,10 @@ pub enum Quantize {
     Gptq,
     /// an AWQ checkpoint (detected without the flag)
     Awq,
+    /// int8 weights (per output channel), at load time; CPU: PyTorch's weight-only kernel
+    Int8,
+    /// int4 weights (groups of 32 inputs), at load time; CPU: PyTorch's weight-only kernel
+    Int4,
 }
 
 impl Quantize {
@@ -59,6 +63,8 @@ impl Quantize {
             Quantize::Fp8 => "fp8",
             Quantize::Gptq => "gptq",
             Quantize::Awq => "awq",
+            Quantize::Int8 => "int8",
+            Quantize::Int4 => "int4",
         }
     }
 }
@@ -127,15 +133,19 @@ impl AttentionBackend {
 #[derive(Debug, Clone, Parser)]
 #[command(name = "ferrite-launcher", version, max_term_width = 120)]
 pub struct Args {
-    /// Model to serve: a local directory or a Hugging Face hub id (default: bundled SmolLM2-135M-Instruct)
+    /// Model to serve: a local directory, a .gguf file or a Hugging Face hub id (default: bundled SmolLM2-135M-Instruct)
     #[arg(long, env)]
     pub model_id: Option<String>,
+
+    /// The GGUF file to serve of a --model-id directory or hub repo that holds several
+    #[arg(long, env)]
+    pub gguf_file: Option<String>,
 
     /// Hub revision (branch, tag or commit) of --model-id (default: main)
     #[arg(long, env)]
     pub revision: Option<String>,
 
-    /// Directory for converted checkpoints (default model, .bin -> safetensors) (default: ~/.cache/ferrite/models)
+    /// Directory for converted checkpoints (default model, GGUF and .bin -> safetensors) (default: ~/.cache/ferrite/models)
     #[arg(long, env)]
     pub model_cache_dir: Option<PathBuf>,
 
@@ -181,6 +191,10 @@ pub struct Args {
     /// Which code runs the model: ferrite's own file, or the transformers fallback
     #[arg(long, env, value_enum, default_value_t = ModelImplementation::Auto)]
     pub model_implementation: ModelImplementation,
+
+    /// How idle OpenMP (torch) threads of CPU shards wait: passive sleeps at once, so a shard sharing its cores with a busy process keeps its speed; spin spins ~10k iterations first (faster decode on dedicated cores, collapses when another process competes); active spins; runtime leaves it to the OpenMP runtime
+    #[arg(long, env, default_value = "passive", value_parser = ["passive", "spin", "active", "runtime"], ignore_case = true)]
+    pub omp_wait_policy: String,
 
     /// KV cache storage; fp8 halves its memory per token
     #[arg(long, env, value_enum, default_value_t = KvCacheDtype::Auto)]

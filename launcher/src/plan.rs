@@ -218,6 +218,7 @@ pub fn prepare_command(args: &Args, programs: &Programs) -> ProcessSpec {
     let mut argv = vec!["prepare-model".to_string()];
     push_opt(&mut argv, "--model-id", args.model_id.as_ref());
     push_opt(&mut argv, "--revision", args.revision.as_ref());
+    push_opt(&mut argv, "--gguf-file", args.gguf_file.as_ref());
     push_opt(
         &mut argv,
         "--cache-dir",

@@ -48,6 +48,20 @@ fn flag_value<'a>(spec: &'a ProcessSpec, flag: &str) -> Option<&'a str> {
 }
 
 #[test]
+fn omp_wait_policy_reaches_the_shards_unless_left_to_the_runtime() {
+    let active = plan(&["--omp-wait-policy", "Active"]).expect("valid");
+    assert_eq!(
+        env_value(&active.shards[0].process, "OMP_WAIT_POLICY"),
+        Some("ACTIVE")
+    );
+    let runtime = plan(&["--omp-wait-policy", "runtime"]).expect("valid");
+    assert_eq!(
+        env_value(&runtime.shards[0].process, "OMP_WAIT_POLICY"),
+        None
+    );
+}
+
+#[test]
 fn shards_get_rank_world_size_and_rendezvous_env() {
     let plan = plan(&["--num-shard", "3", "--master-port", "29600"]).expect("valid");
     assert_eq!(plan.shards.len(), 3);
@@ -60,6 +74,10 @@ fn shards_get_rank_world_size_and_rendezvous_env() {
         assert_eq!(env_value(&shard.process, "LOCAL_WORLD_SIZE"), Some("3"));
         assert_eq!(env_value(&shard.process, "MASTER_ADDR"), Some("127.0.0.1"));
         assert_eq!(env_value(&shard.process, "MASTER_PORT"), Some("29600"));
+        assert_eq!(
+            env_value(&shard.process, "OMP_WAIT_POLICY"),
+            Some("PASSIVE")
+        );
         assert_eq!(
             shard.uds_path,
             PathBuf::from(format!("/tmp/ferrite-server-42-{rank}"))
@@ -250,6 +268,8 @@ fn prepare_passes_only_given_flags() {
             "org/m",
             "--revision",
             "v2",
+            "--gguf-file",
+            "m.Q8_0.gguf",
             "--model-cache-dir",
             "/c",
         ]),
@@ -263,6 +283,8 @@ fn prepare_passes_only_given_flags() {
             "org/m",
             "--revision",
             "v2",
+            "--gguf-file",
+            "m.Q8_0.gguf",
             "--cache-dir",
             "/c"
         ]

@@ -1,5 +1,6 @@
 //! One shard process per rank of this node: its flags, the standard torch.distributed
-//! variables (the one configuration passed through the environment) and its socket.
+//! variables and OpenMP's wait policy (the configuration passed through the environment: read
+//! by torch / its OpenMP runtime, not by ferrite) and its socket.
 
 use std::path::{Path, PathBuf};
 
@@ -91,6 +92,7 @@ impl ShardPlanner<'_> {
             push_opt(&mut argv, "--advertise-addr", args.advertise_addr.as_ref());
         }
         let mut env = python_env();
+        env.extend(omp_wait_env(&args.omp_wait_policy));
         env.extend([
             ("RANK".to_string(), rank.to_string()),
             (
@@ -130,4 +132,18 @@ fn lora_flags(args: &Args) -> Vec<String> {
     let hub_cache = hub_cache.map(|dir| dir.display().to_string());
     push_opt(&mut argv, "--hub-cache-dir", hub_cache.as_ref());
     argv
+}
+
+/// OpenMP's wait policy for `--omp-wait-policy`, read by the OpenMP runtime when torch loads
+/// (measured with bench/contention.py and bench/engine_decode.py on 2 cores): idle threads
+/// that sleep at once (passive) keep a shard's speed when another busy process shares its
+/// cores; a short spin (GNU OpenMP's GOMP_SPINCOUNT) decodes ~1.6x faster on idle cores but
+/// collapses to a fifth under contention.
+fn omp_wait_env(policy: &str) -> Vec<(String, String)> {
+    const SPIN_ITERATIONS: &str = "10000";
+    match policy.to_ascii_lowercase().as_str() {
+        "runtime" => Vec::new(),
+        "spin" => vec![("GOMP_SPINCOUNT".to_string(), SPIN_ITERATIONS.to_string())],
+        other => vec![("OMP_WAIT_POLICY".to_string(), other.to_ascii_uppercase())],
+    }
 }

@@ -1,7 +1,7 @@
 """`ferrite-server`: the shard's command line (the edge where ShardConfig is built).
 
     ferrite-server serve --model-id DIR --uds-path /tmp/ferrite-server-0 [--dtype ...]
-    ferrite-server prepare-model [--model-id ID] [--revision REV] [--cache-dir DIR]
+    ferrite-server prepare-model [--model-id ID|FILE.gguf] [--gguf-file NAME] [--revision REV] [--cache-dir DIR]
 
 `serve` loads the model, then serves gRPC (so Health answers only once loaded), and exits
 cleanly on SIGTERM / SIGINT with its socket removed. Tensor-parallel ranks (WORLD_SIZE > 1)
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--block-size", type=int, default=DEFAULT_BLOCK_SIZE_TOKENS,
                        help="tokens per KV block")
     serve.add_argument("--quantize", choices=list(get_args(QuantizeName)), default=None,
-                       help="quantize the weights at load (bitsandbytes*, fp8) or load a "
+                       help="quantize the weights at load (int8, int4, bitsandbytes*, fp8) or load a "
                        "GPTQ/AWQ checkpoint; default: the checkpoint's quantization_config")
     serve.add_argument("--kv-cache-dtype", choices=list(get_args(KVCacheDtypeName)),
                        default="auto", help="fp8: store K/V as float8 e4m3 with a scale")
@@ -140,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--cache-dir", type=Path, default=DEFAULT_MODEL_CACHE_DIR)
     prepare.add_argument("--hub-cache-dir", type=Path, default=None,
                          help="Hugging Face hub cache for downloads (default: HF_HUB_CACHE / HF_HOME)")
+    prepare.add_argument("--gguf-file", default=None,
+                         help="the GGUF file to serve of a directory or hub repo holding several")
     _add_log_level(prepare)
     return parser
 
@@ -387,7 +389,12 @@ async def _with_rank_endpoints(
 
 def _load_engine(config: ShardConfig) -> tuple[Engine, EngineInfo]:
     from ferrite_server.engine.engine import Engine
+    from ferrite_server.engine.host_cpu import set_cpu_threads
+    from ferrite_server.engine.model_runner import resolve_device
 
+    if resolve_device(config).type == "cpu":
+        # On the engine thread, which runs every step: OpenMP's thread count is per thread.
+        set_cpu_threads(config.distributed.local_world_size)
     engine = Engine.load(config)
     return engine, engine.info()
 

@@ -16,7 +16,7 @@ DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
 ModelImplementationName = Literal["auto", "native", "transformers"]
 AttentionBackendName = Literal["auto", "torch", "triton"]
 QuantizeName = Literal[
-    "bitsandbytes", "bitsandbytes-nf4", "bitsandbytes-fp4", "fp8", "gptq", "awq"
+    "bitsandbytes", "bitsandbytes-nf4", "bitsandbytes-fp4", "fp8", "gptq", "awq", "int8", "int4"
 ]
 KVCacheDtypeName = Literal["auto", "fp8"]
 SpeculativeMethodName = Literal["ngram", "draft"]

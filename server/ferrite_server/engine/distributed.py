@@ -11,7 +11,6 @@ an error on the others, never a hang.
 from __future__ import annotations
 
 import logging
-import os
 from datetime import timedelta
 
 import torch
@@ -50,8 +49,6 @@ def init_tensor_parallel(config: ShardConfig, device: torch.device) -> TensorPar
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    else:
-        _share_cpu_cores(ranks.local_world_size)
     logger.info(
         "joining the tensor-parallel group at %s:%d as rank %d of %d (%s)",
         ranks.master_addr, ranks.master_port, ranks.rank, ranks.world_size, backend,
@@ -89,13 +86,6 @@ def init_tensor_parallel(config: ShardConfig, device: torch.device) -> TensorPar
     return TensorParallelGroup(
         ranks.rank, ranks.world_size, dist.group.WORLD, cpu_group, heartbeat_group
     )
-
-
-def _share_cpu_cores(local_world_size: int) -> None:
-    """CPU ranks of one node split its cores: more threads than cores makes every rank wait
-    for the slowest at each collective (torchrun sets one thread per rank for the same reason)."""
-    num_cores = len(os.sched_getaffinity(0))
-    torch.set_num_threads(max(1, num_cores // max(1, local_world_size)))
 
 
 def leave_tensor_parallel() -> None:

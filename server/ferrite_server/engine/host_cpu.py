@@ -1,9 +1,18 @@
-"""What the host CPU can do natively (read once from /proc/cpuinfo on Linux)."""
+"""What the host CPU can do natively (read once from /proc/cpuinfo on Linux), and how many
+of its cores this process may use."""
 
 from __future__ import annotations
 
 import functools
+import logging
+import math
+import os
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+# cgroup v2's CPU bandwidth limit of this process's group ("max 100000" or "200000 100000").
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 
 # x86 feature flags for bf16 arithmetic in hardware: AVX-512 BF16 and AMX tiles.
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
@@ -27,3 +36,41 @@ def cpu_has_native_bfloat16() -> bool:
     flags = cpu_flags(text)
     # Arm: SVE/NEON bf16 instructions are flagged "bf16".
     return bool(flags & NATIVE_BF16_FLAGS) or "bf16" in flags
+
+
+def cgroup_cpu_limit(cpu_max_text: str) -> float | None:
+    """Cores' worth of CPU time a cgroup v2 `cpu.max` grants ("quota period"); None: no limit."""
+    parts = cpu_max_text.split()
+    if len(parts) != 2 or parts[0] == "max":
+        return None
+    try:
+        return int(parts[0]) / int(parts[1])
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def usable_cpu_count() -> int:
+    """Cores this process may run on: its affinity mask, capped by a container's CPU quota
+    (`docker --cpus 2` on a 16-core host leaves 16 in the mask but 2 cores of time)."""
+    count = len(os.sched_getaffinity(0))
+    try:
+        limit = cgroup_cpu_limit(CGROUP_CPU_MAX.read_text())
+    except OSError:
+        limit = None
+    if limit is not None:
+        count = min(count, max(1, math.ceil(limit)))
+    return count
+
+
+def set_cpu_threads(local_world_size: int) -> int:
+    """One torch intra-op thread per usable core, split between this node's CPU ranks: more
+    threads than cores make each parallel region wait for a thread that is not running (and
+    ranks wait for the slowest at each collective; torchrun sets one thread per rank for the
+    same reason). Returns the thread count."""
+    import torch
+
+    cores = usable_cpu_count()
+    threads = max(1, cores // max(1, local_world_size))
+    torch.set_num_threads(threads)
+    logger.info("torch runs %d thread(s) on %d usable core(s)", threads, cores)
+    return threads

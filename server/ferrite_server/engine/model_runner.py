@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ferrite_server.config import ShardConfig
+from ferrite_server.config import QuantizeName, ShardConfig
 from ferrite_server.engine.distributed import check_tensor_parallel, init_tensor_parallel
 from ferrite_server.engine.errors import UnsupportedModelError
 from ferrite_server.engine.forward_inputs import ForwardInputs
@@ -35,6 +35,7 @@ from ferrite_server.layers.linear import process_weights_after_loading
 from ferrite_server.layers.parallel_group import TensorParallelGroup
 from ferrite_server.layers.placement import LayerPlacement
 from ferrite_server.layers.quantization.config import QuantizationConfig, resolve_quantization
+from ferrite_server.model_prep.gguf_source import suggested_quantization
 from ferrite_server.models import MODEL_REGISTRY
 from ferrite_server.models.config import (
     DecoderConfig,
@@ -107,6 +108,20 @@ def resolve_dtype(requested: str, device: torch.device, hf: HfConfig) -> torch.d
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def default_quantize(config: ShardConfig, device: torch.device) -> QuantizeName | None:
+    """--quantize, or for a GGUF-converted model on CPU with --dtype auto the integer width
+    its GGUF stored (model_prep/gguf_source.py has the rule and why)."""
+    if config.quantize is not None or config.dtype != "auto" or device.type != "cpu":
+        return config.quantize
+    suggested = suggested_quantization(Path(config.model_id))
+    if suggested is not None:
+        logger.info(
+            "the GGUF this model came from stores its weights quantized: serving them as "
+            "--quantize %s (pass --quantize or --dtype to choose otherwise)", suggested,
+        )
+    return suggested
+
+
 class ModelRunner:
     def __init__(
         self, model: CausalLM, facts: ModelFacts, group: TensorParallelGroup | None = None
@@ -135,9 +150,9 @@ class ModelRunner:
             return cls._load_fallback(config, hf, architecture)
         model_config = family.config_from_hf(hf)
         check_tensor_parallel(model_config, config.distributed.world_size)
-        # Refuses impossible combinations before any weight is read.
-        quantization = resolve_quantization(config.quantize, hf)
         device = resolve_device(config)
+        # Refuses impossible combinations before any weight is read.
+        quantization = resolve_quantization(default_quantize(config, device), hf)
         dtype = resolve_dtype(config.dtype, device, hf)
         kv_quant = KVCacheQuant.from_name(config.kv_cache_dtype)
         backend = create_attention_backend(config.attention_backend, device, kv_quant)

@@ -82,14 +82,31 @@ class VocabEmbedding(_VocabRows):
 
 
 class LMHead(_VocabRows):
-    """Scores hidden states against the vocabulary; logits come back in float32."""
+    """Scores hidden states against the vocabulary; logits come back in float32.
+
+    Weight-only quantization (`--quantize int8 / int4`) may quantize the head too
+    (layers/quantization/weight_only.py says to which bits and why): the rows are then scored
+    by the quantized product; a tied head keeps the float weight for the embedding's lookups.
+    """
+
+    tied = False
+    weight_only_product = None
 
     def tie_to(self, embedding: VocabEmbedding) -> None:
         """Share the embedding's weight (`tie_word_embeddings`): one tensor, loaded once."""
         self.weight = embedding.weight
+        self.tied = True
+
+    def process_weights_after_loading(self) -> None:
+        from ferrite_server.layers.quantization.weight_only import quantize_lm_head
+
+        quantize_lm_head(self, self.placement.quantization)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # [N, hidden] -> [N, vocab]
-        logits = F.linear(hidden, self.weight).float()  # [N, rows_per_rank]
+        if self.weight_only_product is not None:
+            logits = self.weight_only_product(hidden).float()  # [N, rows_per_rank]
+        else:
+            logits = F.linear(hidden, self.weight).float()  # [N, rows_per_rank]
         group = self.placement.group
         if not group.is_parallel:
             return logits

@@ -59,7 +59,11 @@ class RMSNorm(nn.Module):
     def _torch_norm(self, x: torch.Tensor) -> torch.Tensor:
         # float32 statistics whatever the model dtype (as Hugging Face does), so bf16 models
         # keep their reference accuracy.
-        x32 = x.float()
+        # (dtype checks in Python: a no-op `.float()` / `.to()` is still a dispatch, and a CPU
+        # decode step runs this 2 x layers + 1 times.)
+        x32 = x if x.dtype == torch.float32 else x.float()
         variance = x32.pow(2).mean(-1, keepdim=True)
-        normalized = x32 * torch.rsqrt(variance + self.eps)
-        return self.weight * normalized.to(x.dtype)
+        normalized = x32 * torch.rsqrt(variance.add_(self.eps))
+        if normalized.dtype != x.dtype:
+            normalized = normalized.to(x.dtype)
+        return self.weight * normalized

@@ -18,7 +18,13 @@ from torch import nn
 
 from ferrite_server.layers.rope_scaling import RopeConfig, rope_inv_freq
 
-__all__ = ["RopeConfig", "RotaryEmbedding", "apply_rotary", "rotate_query_key"]
+__all__ = [
+    "RopeConfig",
+    "RotaryEmbedding",
+    "apply_rotary",
+    "rotate_fused_query_key",
+    "rotate_query_key",
+]
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -86,3 +92,18 @@ def rotate_query_key(
         rotate_query_key_(query, key, cos, sin)
         return query, key
     return apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
+
+
+def rotate_fused_query_key(
+    query_key: torch.Tensor,  # [T, (num_heads + num_kv_heads) * head_dim]: q | k side by side
+    num_heads: int,
+    head_dim: int,
+    cos: torch.Tensor,  # [T, rotary_dim]
+    sin: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:  # query [T, num_heads, D], key [T, num_kv_heads, D]
+    """RoPE on q and k in one pass over both heads (the torch expression): elementwise, so
+    every value equals rotating them apart, with half the operator calls, which is what a CPU
+    decode step of a small model pays for. `query_key` may be a view of the fused QKV output."""
+    heads = query_key.view(query_key.shape[0], -1, head_dim)
+    rotated = apply_rotary(heads, cos, sin)
+    return rotated[:, :num_heads], rotated[:, num_heads:]

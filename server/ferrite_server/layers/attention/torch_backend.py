@@ -63,9 +63,12 @@ class TorchAttentionBackend:
         scale: float,
         variant: AttentionVariant = FULL_ATTENTION,
     ) -> torch.Tensor:  # [T, num_heads, head_dim]
-        output = torch.empty_like(query)
         block_size = key_cache.shape[1]
         decode_batch = self._decode_batch_for(metadata, block_size)
+        if decode_batch is not None and decode_batch.decodes_only:
+            kv = (key_cache, value_cache)
+            return decode_batch.attend(query, kv, scale, variant, None, self._widen)
+        output = torch.empty_like(query)
         if decode_batch is not None:
             decode_batch.attend(query, (key_cache, value_cache), scale, variant, output, self._widen)
         for seq_index in range(metadata.num_seqs):

@@ -2,7 +2,7 @@
 `quantization_config`, reconciled (and refused, with the reason, when they cannot work together)
 before any weight is read.
 
-    float checkpoint      + --quantize bitsandbytes*/fp8 -> quantize on the fly
+    float checkpoint      + --quantize bitsandbytes*/fp8/int8/int4 -> quantize on the fly
     float checkpoint      + --quantize gptq/awq          -> refused: needs a GPTQ/AWQ checkpoint
     gptq/awq/fp8/bnb ckpt + no flag or the same method   -> load it as it is
     gptq/awq/fp8/bnb ckpt + another --quantize           -> refused: already quantized
@@ -26,9 +26,10 @@ from ferrite_server.layers.quantization.fp8 import Fp8CheckpointMethod, Fp8OnThe
 from ferrite_server.layers.quantization.gptq import GptqMethod, GptqParams
 from ferrite_server.layers.quantization.method import QuantizationMethod
 from ferrite_server.layers.quantization.unquantized import UnquantizedMethod
+from ferrite_server.layers.quantization.weight_only import WeightOnlyMethod, WeightOnlyParams
 
 QUANTIZE_NAMES: tuple[str, ...] = get_args(QuantizeName)
-SchemeParams = Union[BnbParams, Fp8Params, GptqParams, AwqParams]
+SchemeParams = Union[BnbParams, Fp8Params, GptqParams, AwqParams, WeightOnlyParams]
 # Checkpoint tensors an FP8 checkpoint may carry that ferrite does not use: calibrated KV-cache
 # scales (the fp8 KV cache uses its own per-tensor scale, see layers/attention/kv_quant.py).
 _FP8_UNUSED_SUFFIXES = (".k_scale", ".v_scale", ".kv_scale")
@@ -53,6 +54,8 @@ class QuantizationConfig:
             return Fp8CheckpointMethod(params) if params.from_checkpoint else Fp8OnTheFlyMethod()
         if isinstance(params, GptqParams):
             return GptqMethod(params)
+        if isinstance(params, WeightOnlyParams):
+            return WeightOnlyMethod(params)
         return AwqMethod(params)
 
     @property
@@ -97,11 +100,14 @@ def _on_the_fly(requested: QuantizeName | None) -> QuantizationConfig | None:
         raise QuantizationConfigError(
             f"--quantize {requested} only serves {requested.upper()} checkpoints (config.json with "
             f'quantization_config.quant_method "{requested}"); this checkpoint has float '
-            "weights, which can be quantized at load time with --quantize bitsandbytes, "
-            "bitsandbytes-nf4, bitsandbytes-fp4 or fp8"
+            "weights, which can be quantized at load time with --quantize int8, int4, "
+            "bitsandbytes, bitsandbytes-nf4, bitsandbytes-fp4 or fp8"
         )
     if requested == "fp8":
         return QuantizationConfig("fp8", Fp8Params(), prequantized=False)
+    if requested in ("int8", "int4"):
+        params = WeightOnlyParams(bits=8 if requested == "int8" else 4)
+        return QuantizationConfig(requested, params, prequantized=False)
     kind = {"bitsandbytes": "int8", "bitsandbytes-nf4": "nf4", "bitsandbytes-fp4": "fp4"}[requested]
     _require_bitsandbytes()
     return QuantizationConfig(requested, BnbParams(kind), prequantized=False)  # type: ignore[arg-type]
