@@ -198,10 +198,21 @@ async fn start_and_supervise(
         return interrupted(supervisor.supervise().await);
     };
     supervisor.spawn(router)?;
-    let wait = readiness::wait_for_router(&plan.router_probe_host, plan.router_port);
-    let what = "still waiting for the router to warm up and answer /health";
-    if let Err(interrupt) = supervisor.race(with_progress(logger, what, wait)).await {
-        return interrupted(interrupt);
+    // From here on a dying shard is restarted within the budget, also while the launcher still
+    // waits for the router: the router may already answer /health (and clients may already
+    // send requests) before the launcher's own probe sees it.
+    let mut restarts = shard_restart::RestartBudget::new(plan.max_shard_restarts);
+    loop {
+        let wait = readiness::wait_for_router(&plan.router_probe_host, plan.router_port);
+        let what = "still waiting for the router to warm up and answer /health";
+        let Err(interrupt) = supervisor.race(with_progress(logger, what, wait)).await else {
+            break;
+        };
+        if let Err(interrupt) =
+            shard_restart::restart_after(interrupt, &mut restarts, plan, supervisor, logger).await?
+        {
+            return interrupted(interrupt);
+        }
     }
     logger.info(&format!(
         "ferrite is ready on http://{}:{} ({:.1} s after the shards started)",
@@ -209,14 +220,12 @@ async fn start_and_supervise(
         plan.router_port,
         started.elapsed().as_secs_f64()
     ));
-    let mut restarts = shard_restart::RestartBudget::new(plan.max_shard_restarts);
     loop {
         let interrupt = supervisor.supervise().await;
-        match shard_restart::restart_after(interrupt, &mut restarts, plan, supervisor, logger)
-            .await?
+        if let Err(interrupt) =
+            shard_restart::restart_after(interrupt, &mut restarts, plan, supervisor, logger).await?
         {
-            Ok(()) => continue,
-            Err(interrupt) => return interrupted(interrupt),
+            return interrupted(interrupt);
         }
     }
 }
