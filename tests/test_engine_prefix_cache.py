@@ -8,7 +8,6 @@ prompt computed from scratch (nothing cached, fresh blocks) in a fresh engine.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,6 @@ from ferrite_server.engine.types import (
 from tests.support.engine_driver import BlockAllocator, EngineDriver, ScriptedRequest
 from tests.support.engines import warmed_up_engine
 from tests.support.tiny_models import TinyModelSpec, write_tiny_model
-from tests.support.torch_threads import single_threaded_torch
 
 BLOCK_SIZE = 4  # warmed_up_engine's default
 NUM_SHARED_BLOCKS = 2
@@ -39,10 +37,7 @@ WRITER_PROMPT = PREFIX + [5, 88, 19, 230, 14, 71]  # the request that computes P
 LOGPROB_TOLERANCE = 1e-4  # float32; cached K/V vs K/V computed in the same forward
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    with single_threaded_torch():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

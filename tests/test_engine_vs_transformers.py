@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,6 @@ from tests.support.engine_driver import BlockAllocator, EngineDriver, ScriptedRe
 from tests.support.engines import warmed_up_engine
 from tests.support.hf_reference import ReferenceGeneration, greedy_reference, load_reference_model
 from tests.support.tiny_models import TINY_VOCAB_SIZE, TinyModelSpec, write_tiny_model
-from tests.support.torch_threads import single_threaded_torch
 
 LOGPROB_TOLERANCE = 1e-4
 TOP_N = 3
@@ -41,10 +39,7 @@ SCRIPT: list[tuple[int, tuple[int, ...]]] = [
 TINY_PROMPT_LENGTHS = (29, 5, 14, 23, 9, 40)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    with single_threaded_torch():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _scripted_requests(prompts: list[list[int]], max_new_tokens: int) -> list[ScriptedRequest]:

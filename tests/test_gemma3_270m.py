@@ -8,13 +8,11 @@ weights. Prompts are tokenized with the checkpoint's tokenizer.json, as the rout
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from tokenizers import Tokenizer
 
-from tests.support.torch_threads import single_threaded_torch
 from tests.test_engine_vs_transformers import _run_and_compare
 
 GEMMA_PROMPTS = [
@@ -28,10 +26,7 @@ GEMMA_PROMPTS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    with single_threaded_torch():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_gemma3_270m_matches_transformers(gemma3_270m_dir: Path) -> None:

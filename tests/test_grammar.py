@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,6 @@ from ferrite_server.engine.types import (
 )
 from tests.support.engine_driver import BlockAllocator, EngineDriver, ScriptedRequest
 from tests.support.engines import warmed_up_engine
-from tests.support.torch_threads import single_threaded_torch
 
 SCHEMA = {
     "type": "object",
@@ -116,13 +114,7 @@ def test_a_matcher_in_error_names_why_and_allows_only_eos(
     assert unpack_bitmask(bitmask, 49152)[0].nonzero().flatten().tolist() == [2]
 
 
-@pytest.fixture()
-def _one_torch_thread() -> Iterator[None]:
-    with single_threaded_torch():
-        yield
-
-
-@pytest.mark.usefixtures("_one_torch_thread")
+@pytest.mark.usefixtures("one_torch_thread")
 def test_engine_output_follows_grammars_batched_with_plain_rows(default_model_dir: Path) -> None:
     tokenizer = Tokenizer.from_file(str(default_model_dir / "tokenizer.json"))
     prompt = tokenizer.encode("Tell me about a person.", add_special_tokens=False).ids

@@ -5,7 +5,6 @@ rank, targets and scaling (rsLoRA), so the padded, stacked weights are exercised
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,6 @@ from tests.support.engines import warmed_up_engine
 from tests.support.hf_reference import greedy_reference, load_reference_model
 from tests.support.lora_adapters import AdapterSpec, load_peft_reference, write_peft_adapter
 from tests.support.tiny_models import TinyModelSpec, write_tiny_model
-from tests.support.torch_threads import single_threaded_torch
 
 MAX_NEW_TOKENS = 12
 ADAPTERS = {
@@ -32,10 +30,7 @@ SCRIPT = [("math", 0, (5,)), ("", 0, ()), ("code", 0, ()), ("math", 2, ()), ("",
 PROMPT_LENGTHS = (17, 9, 12, 6, 13, 8)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    with single_threaded_torch():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

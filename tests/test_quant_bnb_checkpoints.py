@@ -16,7 +16,6 @@ its own (bfloat16) bound where the CPU has it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,7 +28,6 @@ from ferrite_server.engine.model_runner import ModelRunner
 from tests.support.engines import shard_config
 from tests.support.quant_eval import prompt_logits
 from tests.support.tiny_models import TINY_VOCAB_SIZE, TinyModelSpec, write_tiny_model
-from tests.support.torch_threads import single_threaded_torch
 
 # Both run bitsandbytes' CPU matmuls on the same codes; int8 activations round per call.
 LOGIT_TOLERANCE = {"int8": 2e-2, "nf4": 1e-3}
@@ -39,10 +37,7 @@ BF16_REPACK_LOGIT_TOLERANCE = 0.2
 MEAN_LOGIT_BOUND = {"bitsandbytes": 0.1, "bitsandbytes-nf4": 0.25, "bitsandbytes-fp4": 0.4}
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    with single_threaded_torch():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _set_cpu_bf16_repack(model: torch.nn.Module, enabled: bool) -> int:

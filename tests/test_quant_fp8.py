@@ -12,7 +12,6 @@ random tiny models have top-2 logit gaps far smaller than any 8-bit rounding.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,17 +33,13 @@ from tests.support.fp8_checkpoints import write_fp8_checkpoints
 from tests.support.hf_reference import greedy_reference, load_reference_model
 from tests.support.quant_eval import prompt_logits
 from tests.support.tiny_models import TINY_VOCAB_SIZE, TinyModelSpec, write_tiny_model
-from tests.support.torch_threads import single_threaded_torch
 
 LOGIT_MEAN_TOLERANCE = 0.1
 LOGIT_MAX_TOLERANCE = 0.75
 MAX_NEW_TOKENS = 10
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    with single_threaded_torch():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_per_channel_quantization_rounds_each_weight_to_e4m3() -> None:

@@ -4,7 +4,6 @@ greedy generation matches transformers running a float checkpoint of those same 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,6 @@ from tests.support.engines import shard_config
 from tests.support.hf_reference import greedy_reference, load_reference_model
 from tests.support.quantized_checkpoints import PackedScheme, write_packed_checkpoints
 from tests.support.tiny_models import TINY_VOCAB_SIZE, TinyModelSpec, write_tiny_model
-from tests.support.torch_threads import single_threaded_torch
 
 GROUP_SIZE = 16
 MAX_NEW_TOKENS = 12
@@ -28,10 +26,7 @@ LOGPROB_TOLERANCE = 1e-3
 PROMPT_LENGTHS = (7, 19, 3)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    with single_threaded_torch():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _fused_known(known: dict, layer: str, parts: tuple[str, ...]) -> torch.Tensor:

@@ -8,7 +8,6 @@ machines have no GPU.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -35,7 +34,6 @@ from ferrite_server.weights import TensorParallelRank, weight_loader_of
 from tests.support.engines import shard_config
 from tests.support.quant_eval import prompt_logits
 from tests.support.tiny_models import TINY_VOCAB_SIZE, TinyModelSpec, write_tiny_model
-from tests.support.torch_threads import single_threaded_torch
 
 # The CPU kernels take bfloat16 activations (8 mantissa bits): relative to the largest output.
 BF16_PRODUCT_TOLERANCE = 0.02
@@ -44,10 +42,7 @@ LOGIT_MEAN_TOLERANCE = {"int8": 0.05, "int4": 0.25}
 LOGIT_MAX_TOLERANCE = {"int8": 0.4, "int4": 1.5}
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    with single_threaded_torch():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:

@@ -14,7 +14,6 @@ prefill) match those of non-speculative sampling within a chi-square bound.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,6 @@ from tests.support.draft_models import write_truncated_model
 from tests.support.engine_driver import BlockAllocator, EngineDriver, ScriptedRequest
 from tests.support.engines import warmed_up_engine
 from tests.support.tiny_models import TinyModelSpec, write_tiny_model
-from tests.support.torch_threads import single_threaded_torch
 
 NUM_SAMPLES = 1500
 NUM_LOOKAHEAD_TOKENS = 3
@@ -39,10 +37,7 @@ SAMPLING = dict(do_sample=True, temperature=0.7, top_k=8)
 DRAFT_SEED_OFFSET = 1_000_000  # the draft run's seeds: an independent sample
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    with single_threaded_torch():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ Drafts: the target itself (every proposal right) and the target cut to its first
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,7 +28,6 @@ from tests.support.draft_models import write_truncated_model
 from tests.support.engine_driver import BlockAllocator, EngineDriver, ScriptedRequest
 from tests.support.engines import TEST_KV_CACHE_BYTES, shard_config, warmed_up_engine
 from tests.support.tiny_models import TinyModelSpec, write_tiny_model
-from tests.support.torch_threads import single_threaded_torch
 
 NUM_LOOKAHEAD_TOKENS = 3
 LOGPROB_TOLERANCE = 1e-4  # float32: a row of a multi-token forward vs a one-token decode
@@ -42,10 +40,7 @@ PROMPTS = [
 CHUNKS = [(), (), (5, 4), ()]  # the third prompt is prefilled in chunks beside decodes
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    with single_threaded_torch():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ lookup predicts, so proposals are accepted.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,6 @@ from ferrite_server.engine.types import (
 from tests.support.engine_driver import BlockAllocator, EngineDriver, ScriptedRequest
 from tests.support.engines import warmed_up_engine
 from tests.support.tiny_models import TinyModelSpec, write_tiny_model
-from tests.support.torch_threads import single_threaded_torch
 
 NUM_LOOKAHEAD_TOKENS = 3
 LOGPROB_TOLERANCE = 1e-4  # float32: a row of a multi-token forward vs a one-token decode
@@ -38,10 +36,7 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    with single_threaded_torch():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

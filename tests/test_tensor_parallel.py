@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,6 @@ from tests.support.tensor_parallel_ranks import (
     run_ranks,
 )
 from tests.support.tiny_models import TINY_VOCAB_SIZE, TinyModelSpec, write_tiny_model
-from tests.support.torch_threads import single_threaded_torch
 
 LOGPROB_TOLERANCE = 1e-4
 MAX_NEW_TOKENS = 8
@@ -49,10 +47,7 @@ SEEDED_REQUEST = 2
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    with single_threaded_torch():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _prompts(seed: int) -> list[list[int]]:

@@ -11,7 +11,6 @@ logprobs), and must equal transformers `generate` token for token with logprobs 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,14 +21,10 @@ from ferrite_server.engine.errors import UnsupportedModelError
 from ferrite_server.engine.model_runner import ModelRunner
 from tests.support.engines import shard_config, warmed_up_engine
 from tests.support.tiny_models import TinyModelSpec, write_tiny_model
-from tests.support.torch_threads import single_threaded_torch
 from tests.test_engine_vs_transformers import _run_and_compare, _tiny_prompts
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    with single_threaded_torch():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("family", ["gpt_neox", "stablelm"])

@@ -4,7 +4,6 @@ embeddings, dtype conversion, config reading and refusals."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,15 +30,11 @@ from ferrite_server.weights import (
 )
 from tests.support.engines import shard_config
 from tests.support.tiny_models import TinyModelSpec, write_tiny_model
-from tests.support.torch_threads import single_threaded_torch
 
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    with single_threaded_torch():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _checkpoint_tensors(model_dir: Path) -> dict[str, torch.Tensor]:
