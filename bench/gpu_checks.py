@@ -110,7 +110,7 @@ def check_graphs_against_eager(model_dir: Path) -> dict:
     config = replace(shard_config(model_dir), attention_backend="triton", device=str(DEVICE))
     graphed_engine = Engine(ModelRunner.load(config), config)
     graphed = drive_engine(graphed_engine, PROMPTS, MAX_NEW_TOKENS)
-    buckets = graphed_engine._decode_graphs.buckets if graphed_engine._decode_graphs else ()
+    buckets = graphed_engine._decode_graphs.keys if graphed_engine._decode_graphs else ()
     eager_config = replace(config, cuda_graph_batch_sizes=())
     eager = drive_engine(Engine(ModelRunner.load(eager_config), eager_config), PROMPTS, MAX_NEW_TOKENS)
     reference_model = load_reference_model(model_dir)

@@ -50,8 +50,10 @@ class FakeEngine:
     def info(self) -> EngineInfo:
         return INFO
 
-    def warmup(self, max_batch_prefill_tokens: int, max_batch_size: int, max_total_tokens: int) -> WarmupResult:
+    def warmup(self, max_batch_prefill_tokens: int, max_batch_size: int, max_total_tokens: int,
+               num_speculative_tokens: int = 0) -> WarmupResult:
         self.warmed_up = True
+        self.num_speculative_tokens = num_speculative_tokens
         return WarmupResult(num_blocks=max_total_tokens // 16, max_supported_total_tokens=max_total_tokens,
                             model_memory_bytes=1, kv_cache_memory_bytes=2, peak_activation_memory_bytes=3)
 
@@ -120,8 +122,11 @@ def test_info_warmup_and_conversions(tmp_path: Path) -> None:
         info = await stub.Info(pb.InfoRequest())
         assert (info.model_id, info.block_size, list(info.eos_token_ids)) == ("fake", 16, [2, 5])
         await stub.Health(pb.HealthRequest())
-        warm = await stub.Warmup(pb.WarmupRequest(max_batch_prefill_tokens=64, max_batch_size=4, max_total_tokens=256))
+        warm = await stub.Warmup(pb.WarmupRequest(
+            max_batch_prefill_tokens=64, max_batch_size=4, max_total_tokens=256, num_speculative_tokens=3
+        ))
         assert (warm.num_blocks, warm.max_supported_total_tokens, warm.peak_activation_memory_bytes) == (16, 256, 3)
+        assert engine.num_speculative_tokens == 3
         sampling = pb.SamplingParameters(do_sample=True, top_k=5, seed=7, has_seed=True, logit_bias={3: -1.0})
         new = pb.NewRequest(
             request_id=1, token_ids=[9, 9, 9, 9, 4, 5, 6], num_prompt_tokens=6, num_cached_tokens=4,

@@ -50,7 +50,11 @@ class ShardEngine(Protocol):
 
     def info(self) -> EngineInfo: ...
     def warmup(
-        self, max_batch_prefill_tokens: int, max_batch_size: int, max_total_tokens: int
+        self,
+        max_batch_prefill_tokens: int,
+        max_batch_size: int,
+        max_total_tokens: int,
+        num_speculative_tokens: int = 0,
     ) -> WarmupResult: ...
     def step(self, step: StepInput) -> StepOutput: ...
     def filter(self, keep_request_ids: Iterable[int]) -> None: ...
@@ -98,6 +102,7 @@ class ShardService(shard_pb2_grpc.ShardServicer):
                 max_batch_prefill_tokens=request.max_batch_prefill_tokens,
                 max_batch_size=request.max_batch_size,
                 max_total_tokens=request.max_total_tokens,
+                num_speculative_tokens=request.num_speculative_tokens,
             )
             logger.info("warmup: %s", result)
             return convert.warmup_to_proto(result)

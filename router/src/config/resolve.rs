@@ -68,6 +68,7 @@ pub struct WarmupPlan {
     pub max_input_tokens: usize,
     pub max_batch_prefill_tokens: usize,
     pub max_batch_size: usize,
+    pub num_speculative_tokens: usize,
 }
 
 impl WarmupPlan {
@@ -77,6 +78,7 @@ impl WarmupPlan {
             max_batch_prefill_tokens: to_u32(self.max_batch_prefill_tokens),
             max_batch_size: to_u32(self.max_batch_size),
             max_total_tokens: to_u32(self.max_total_tokens),
+            num_speculative_tokens: to_u32(self.num_speculative_tokens),
         }
     }
 }
@@ -127,6 +129,7 @@ pub fn plan_warmup(
         max_input_tokens,
         max_batch_prefill_tokens,
         max_batch_size: args.max_batch_size,
+        num_speculative_tokens: args.speculate,
     })
 }
 

@@ -184,6 +184,7 @@ impl SchedulerConfig {
             max_batch_prefill_tokens: to_u32(self.max_batch_prefill_tokens),
             max_batch_size: to_u32(self.max_batch_size),
             max_total_tokens: to_u32(self.max_total_tokens),
+            num_speculative_tokens: to_u32(self.num_speculative_tokens),
         }
     }
 }

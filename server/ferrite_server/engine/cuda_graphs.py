@@ -1,4 +1,5 @@
-"""CUDA graphs for decode steps: one captured forward per batch-size bucket, replayed with padding.
+"""CUDA graphs for decode steps: one captured forward per batch-size bucket (and per tokens per
+sequence: 1, and N + 1 for --speculate N verify steps), replayed with padding.
 
 Eager decode of a small batch is launch-bound (bench/RESULTS.md: ~1000 kernel launches, ~34 ms
 of host time per 8B step against ~8 ms of GPU time). A graph replays the whole forward with one
@@ -10,8 +11,12 @@ launch. Graphs bake in tensor addresses and launch grids, so:
 - the attention kernels' grids depend only on host sizes, so each bucket is captured with
   max_seq_len = the longest context the router may send, and shorter contexts simply leave
   partitions idle (kernels/paged_decode_attention.py);
-- only pure-decode steps (one token per sequence) whose batch and block tables fit are replayed;
-  anything else (prompts, chunks, bigger batches) runs eagerly.
+- only steps where every sequence has the same captured number of new tokens (1: a decode;
+  N + 1: a speculative verify of N proposals) and whose batch and block tables fit are
+  replayed; anything else (prompts, chunks, mixed proposal counts, bigger batches) runs
+  eagerly. A verify graph's padding sequences hold their own N + 1 tokens (context N + 1 in
+  whatever block their table row names, written nowhere), so the varlen kernel sees
+  well-formed sequences.
 
 All buckets share one memory pool, captured largest first so smaller ones reuse its blocks. Their
 memory is measured by a capture with a throw-away KV cache before the real cache is sized
@@ -27,7 +32,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 
@@ -42,6 +47,17 @@ DEFAULT_DECODE_BATCH_BUCKETS = (
     1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256,
 )
 PADDING_SLOT = -1  # the KV write kernel skips negative slots
+
+
+class GraphKey(NamedTuple):
+    """Which captured graph replays a step."""
+
+    batch: int  # sequences, the bucket's size
+    tokens_per_seq: int  # new tokens of every sequence: 1 (decode) or N + 1 (verify)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.batch * self.tokens_per_seq
 
 
 def decode_buckets(max_batch_size: int, requested: Sequence[int] | None = None) -> tuple[int, ...]:
@@ -68,6 +84,8 @@ class DecodeGraphShape:
     # LoRA adapters are loaded: every graph runs the LoRA layers from a static buffer of
     # token adapters (base-model rows and padding: -1, which the kernels skip).
     has_lora: bool = False
+    # New tokens per sequence with a graph: (1,) or, with --speculate N, (1, N + 1).
+    tokens_per_seq: tuple[int, ...] = (1,)
 
     @property
     def max_blocks_per_seq(self) -> int:
@@ -77,67 +95,85 @@ class DecodeGraphShape:
     def max_batch(self) -> int:
         return self.buckets[-1]
 
+    @property
+    def max_tokens(self) -> int:
+        return self.max_batch * max(self.tokens_per_seq)
+
+    @property
+    def keys(self) -> tuple[GraphKey, ...]:
+        return tuple(GraphKey(b, q) for q in self.tokens_per_seq for b in self.buckets)
+
 
 class StaticDecodeInputs:
     """The device buffers every captured graph reads its inputs from."""
 
     def __init__(self, shape: DecodeGraphShape, device: torch.device) -> None:
-        rows = shape.max_batch
-        self.input_ids = torch.zeros(rows, dtype=torch.int64, device=device)
-        self.positions = torch.zeros(rows, dtype=torch.int64, device=device)
+        rows, tokens = shape.max_batch, shape.max_tokens
+        self.input_ids = torch.zeros(tokens, dtype=torch.int64, device=device)
+        self.positions = torch.zeros(tokens, dtype=torch.int64, device=device)
         self.seq_lens = torch.zeros(rows, dtype=torch.int32, device=device)
-        self.slot_mapping = torch.full((rows,), PADDING_SLOT, dtype=torch.int64, device=device)
+        self.slot_mapping = torch.full((tokens,), PADDING_SLOT, dtype=torch.int64, device=device)
         self.block_tables = torch.zeros(
             rows, shape.max_blocks_per_seq, dtype=torch.int32, device=device
         )
-        self.query_start_loc = torch.arange(rows + 1, dtype=torch.int32, device=device)
+        # Fixed for a graph: sequence s's new tokens start at s * tokens_per_seq.
+        self.query_start_locs = {
+            q: torch.arange(0, (rows + 1) * q, q, dtype=torch.int32, device=device)
+            for q in shape.tokens_per_seq
+        }
         self.token_adapters = (
-            torch.full((rows,), NO_ADAPTER, dtype=torch.int32, device=device)
+            torch.full((tokens,), NO_ADAPTER, dtype=torch.int32, device=device)
             if shape.has_lora
             else None
         )
         self.shape = shape
 
-    def metadata(self, batch: int) -> AttentionMetadata:
-        """Attention metadata of a `batch`-row graph: device views of the static buffers; the
-        host fields describe the longest context, which fixes the kernels' launch grids."""
-        max_seq_len = self.shape.max_seq_len
+    def metadata(self, key: GraphKey) -> AttentionMetadata:
+        """Attention metadata of the graph `key`: device views of the static buffers; the host
+        fields describe the longest context, which fixes the kernels' launch grids."""
+        max_seq_len, (batch, q) = self.shape.max_seq_len, key
         return AttentionMetadata(
-            query_start_loc=self.query_start_loc[: batch + 1],
+            query_start_loc=self.query_start_locs[q][: batch + 1],
             seq_lens=self.seq_lens[:batch],
             block_tables=self.block_tables[:batch],
-            slot_mapping=self.slot_mapping[:batch],
-            max_query_len=1,
+            slot_mapping=self.slot_mapping[: key.num_tokens],
+            max_query_len=q,
             max_seq_len=max_seq_len,
-            query_start_loc_cpu=tuple(range(batch + 1)),
+            query_start_loc_cpu=tuple(range(0, (batch + 1) * q, q)),
             seq_lens_cpu=(max_seq_len,) * batch,
-            lora=None if self.token_adapters is None else LoraBatch(self.token_adapters[:batch]),
+            lora=(
+                None
+                if self.token_adapters is None
+                else LoraBatch(self.token_adapters[: key.num_tokens])
+            ),
         )
 
-    def stage(self, inputs: ForwardInputs, bucket: int) -> None:
-        """Copy a decode step's inputs into the first rows; pad the rest of the bucket."""
-        batch = inputs.num_tokens
+    def stage(self, inputs: ForwardInputs, key: GraphKey) -> None:
+        """Copy a step's inputs into the first rows; pad the rest of the bucket."""
         metadata = inputs.attn_metadata
-        self.input_ids[:batch].copy_(inputs.input_ids)
-        self.positions[:batch].copy_(inputs.positions)
+        batch, num_tokens = metadata.num_seqs, inputs.num_tokens
+        self.input_ids[:num_tokens].copy_(inputs.input_ids)
+        self.positions[:num_tokens].copy_(inputs.positions)
         self.seq_lens[:batch].copy_(metadata.seq_lens)
-        self.slot_mapping[:batch].copy_(metadata.slot_mapping)
+        self.slot_mapping[:num_tokens].copy_(metadata.slot_mapping)
         width = metadata.block_tables.shape[1]
         self.block_tables[:batch, :width].copy_(metadata.block_tables)
-        if bucket > batch:
-            self.seq_lens[batch:bucket].zero_()
-            self.slot_mapping[batch:bucket].fill_(PADDING_SLOT)
+        if key.batch > batch:
+            # A decode pad has no context; a verify pad attends over its own tokens.
+            pad_seq_len = 0 if key.tokens_per_seq == 1 else key.tokens_per_seq
+            self.seq_lens[batch : key.batch].fill_(pad_seq_len)
+            self.slot_mapping[num_tokens : key.num_tokens].fill_(PADDING_SLOT)
         if self.token_adapters is not None:
             self.token_adapters.fill_(NO_ADAPTER)
             if metadata.lora is not None:
-                self.token_adapters[:batch].copy_(metadata.lora.token_adapters)
+                self.token_adapters[:num_tokens].copy_(metadata.lora.token_adapters)
 
     def fill_for_capture(self) -> None:
-        """Inputs a capture (and its eager warm-up) may run on: 1-token contexts in block 0,
-        and no KV write (every slot padding)."""
+        """Inputs a capture (and its eager warm-up) may run on: contexts of the most new tokens
+        a graph has, in block 0, and no KV write (every slot padding)."""
         self.input_ids.zero_()
         self.positions.zero_()
-        self.seq_lens.fill_(1)
+        self.seq_lens.fill_(max(self.shape.tokens_per_seq))
         self.slot_mapping.fill_(PADDING_SLOT)
         self.block_tables.zero_()
 
@@ -199,18 +235,18 @@ class EagerReplay:
 @dataclass(frozen=True)
 class _CapturedBucket:
     replay: Replay
-    output: torch.Tensor  # [bucket, hidden], rewritten by every replay
+    output: torch.Tensor  # [bucket tokens, hidden], rewritten by every replay
 
 
 class DecodeGraphs:
-    """Captured decode forwards, one per bucket, over one set of static inputs."""
+    """Captured decode (and verify) forwards, one per key, over one set of static inputs."""
 
     def __init__(
-        self, inputs: StaticDecodeInputs, captured: dict[int, _CapturedBucket]
+        self, inputs: StaticDecodeInputs, captured: dict[GraphKey, _CapturedBucket]
     ) -> None:
         self._inputs = inputs
         self._captured = captured
-        self._buckets = tuple(sorted(captured))
+        self._keys = tuple(sorted(captured))
 
     @classmethod
     def capture(
@@ -223,43 +259,47 @@ class DecodeGraphs:
         device = kv_caches[0][0].device
         inputs = StaticDecodeInputs(shape, device)
         inputs.fill_for_capture()
-        captured: dict[int, _CapturedBucket] = {}
-        for bucket in sorted(shape.buckets, reverse=True):  # largest first: the pool's size
-            metadata = inputs.metadata(bucket)
+        captured: dict[GraphKey, _CapturedBucket] = {}
+        # Most tokens first: the shared pool is sized by the first capture.
+        for key in sorted(shape.keys, key=lambda key: key.num_tokens, reverse=True):
+            metadata = inputs.metadata(key)
 
-            def run(bucket: int = bucket, metadata: AttentionMetadata = metadata) -> torch.Tensor:
+            def run(
+                tokens: int = key.num_tokens, metadata: AttentionMetadata = metadata
+            ) -> torch.Tensor:
                 return model.forward(
-                    inputs.input_ids[:bucket], inputs.positions[:bucket], kv_caches, metadata
+                    inputs.input_ids[:tokens], inputs.positions[:tokens], kv_caches, metadata
                 )
 
             with torch.inference_mode():
                 replay, output = capture(run)
-            captured[bucket] = _CapturedBucket(replay, output)
+            captured[key] = _CapturedBucket(replay, output)
         return cls(inputs, captured)
 
     @property
-    def buckets(self) -> tuple[int, ...]:
-        return self._buckets
+    def keys(self) -> tuple[GraphKey, ...]:
+        return self._keys
 
-    def bucket_for(self, inputs: ForwardInputs) -> int | None:
-        """The bucket that replays this step, or None when it must run eagerly."""
+    def key_for(self, inputs: ForwardInputs) -> GraphKey | None:
+        """The graph that replays this step, or None when it must run eagerly."""
         metadata = inputs.attn_metadata
-        batch = inputs.num_tokens
+        batch, q = metadata.num_seqs, metadata.max_query_len
         shape = self._inputs.shape
-        if batch == 0 or metadata.max_query_len != 1 or batch != metadata.num_seqs:
-            return None  # a prompt or chunk is in the step
+        if batch == 0 or q not in shape.tokens_per_seq or inputs.num_tokens != batch * q:
+            return None  # a prompt or chunk, or sequences with different proposal counts
         if metadata.max_seq_len > shape.max_seq_len:
             return None
         if metadata.block_tables.shape[1] > shape.max_blocks_per_seq:
             return None
-        return next((bucket for bucket in self._buckets if bucket >= batch), None)
+        bucket = next((bucket for bucket in shape.buckets if bucket >= batch), None)
+        return None if bucket is None else GraphKey(bucket, q)
 
-    def forward(self, inputs: ForwardInputs, bucket: int) -> torch.Tensor:
-        """Hidden states [batch, hidden] of a decode step, by replaying `bucket`'s graph.
+    def forward(self, inputs: ForwardInputs, key: GraphKey) -> torch.Tensor:
+        """Hidden states [tokens, hidden] of a step, by replaying graph `key`.
 
         The result is a view of the graph's output buffer: read it before the next replay."""
-        self._inputs.stage(inputs, bucket)
-        captured = self._captured[bucket]
+        self._inputs.stage(inputs, key)
+        captured = self._captured[key]
         captured.replay.replay()
         return captured.output[: inputs.num_tokens]
 

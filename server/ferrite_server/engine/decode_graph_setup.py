@@ -41,11 +41,12 @@ class DecodeGraphSetup:
         self._capture = capture
 
     def shape(
-        self, max_batch_size: int, max_total_tokens: int
+        self, max_batch_size: int, max_total_tokens: int, num_speculative_tokens: int = 0
     ) -> DecodeGraphShape | None:
         """What to capture, or None: graphs need CUDA, and attention whose kernels take every
         length from device tensors (the torch backend reads host copies, which a graph would
-        freeze), and a native model (the transformers fallback may read host values)."""
+        freeze), and a native model (the transformers fallback may read host values). With
+        speculation, verify steps of N + 1 tokens per sequence get graphs beside decodes."""
         facts = self._runner.facts
         capturable = facts.device.type == "cuda" or self._capture is not None
         if not capturable or facts.attention_backend != "triton":
@@ -55,9 +56,11 @@ class DecodeGraphSetup:
         buckets = decode_buckets(max_batch_size, self._config.cuda_graph_batch_sizes)
         if not buckets:
             return None
+        speculates = self._config.speculative_method is not None and num_speculative_tokens > 0
         return DecodeGraphShape(
             buckets, max_total_tokens, self._config.block_size_tokens,
             has_lora=bool(facts.lora_adapters),
+            tokens_per_seq=(1, num_speculative_tokens + 1) if speculates else (1,),
         )
 
     def measure(
@@ -79,8 +82,9 @@ class DecodeGraphSetup:
             torch.cuda.empty_cache()
             return 0, None
         logger.info(
-            "CUDA graphs for decode batch sizes %s need %.1f MiB (reserved before the KV cache)",
-            ",".join(map(str, shape.buckets)), graph_bytes / 2**20,
+            "CUDA graphs for decode batch sizes %s (new tokens per sequence: %s) need %.1f MiB "
+            "(reserved before the KV cache)", ",".join(map(str, shape.buckets)),
+            ",".join(map(str, shape.tokens_per_seq)), graph_bytes / 2**20,
         )
         return graph_bytes, shape
 
@@ -91,7 +95,7 @@ class DecodeGraphSetup:
         capture = self._capture or CudaGraphCapture(self._runner.facts.device)
         graphs = DecodeGraphs.capture(self._runner.model, kv_caches, shape, capture)
         logger.info(
-            "captured %d decode CUDA graphs in %.1f s", len(graphs.buckets),
+            "captured %d decode CUDA graphs in %.1f s", len(graphs.keys),
             time.perf_counter() - started_s,
         )
         return graphs

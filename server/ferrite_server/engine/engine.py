@@ -140,9 +140,15 @@ class Engine:
         )
 
     def warmup(
-        self, max_batch_prefill_tokens: int, max_batch_size: int, max_total_tokens: int
+        self,
+        max_batch_prefill_tokens: int,
+        max_batch_size: int,
+        max_total_tokens: int,
+        num_speculative_tokens: int = 0,
     ) -> WarmupResult:
-        """Measure the largest step, then allocate as many KV blocks as memory allows."""
+        """Measure the largest step, then allocate as many KV blocks as memory allows.
+        `num_speculative_tokens`: the router's --speculate N (verify steps of N + 1 tokens per
+        sequence get decode graphs too)."""
         facts = self._runner.facts
         max_positions = facts.config.max_position_embeddings
         if min(max_batch_prefill_tokens, max_batch_size, max_total_tokens) <= 0:
@@ -162,7 +168,9 @@ class Engine:
         peak_bytes = run_warmup_step(self._runner, shape, self._block_size)
         if self._draft is not None:  # its activations and proposal distributions come on top
             peak_bytes += self._draft.warmup(shape)
-        graph_shape = self._graph_setup.shape(max_batch_size, max_total_tokens)
+        graph_shape = self._graph_setup.shape(
+            max_batch_size, max_total_tokens, num_speculative_tokens
+        )
         graph_bytes = 0
         if graph_shape is not None:
             graph_bytes, graph_shape = self._graph_setup.measure(graph_shape)
@@ -306,10 +314,10 @@ class Engine:
     def _forward(self, inputs: ForwardInputs, kv_caches: list[KVCache]) -> torch.Tensor:
         """Hidden states [T, H]: a captured graph's replay for a decode step that has one."""
         graphs = self._decode_graphs
-        bucket = graphs.bucket_for(inputs) if graphs is not None else None
-        if graphs is None or bucket is None:
+        key = graphs.key_for(inputs) if graphs is not None else None
+        if graphs is None or key is None:
             return self._runner.forward(inputs, kv_caches)
-        return graphs.forward(inputs, bucket)
+        return graphs.forward(inputs, key)
 
     def _prompt_logprobs(
         self, sequences: Sequence[ScheduledSequence], inputs: ForwardInputs, hidden: torch.Tensor

@@ -54,6 +54,10 @@ fn defaults_come_from_the_model_and_the_measured_kv_capacity() {
     assert_eq!(plan.max_input_tokens, 8191);
     assert_eq!(plan.max_batch_prefill_tokens, 4096);
     assert_eq!(plan.request().max_total_tokens, 8192);
+    assert_eq!(plan.request().num_speculative_tokens, 0);
+    let speculating = plan_warmup(&self::args(&["--speculate", "3"]), &info).expect("plan");
+    // The shard sizes (and captures graphs for) verify steps of 3 + 1 tokens per request.
+    assert_eq!(speculating.request().num_speculative_tokens, 3);
 
     // Plenty of KV: the model's positions are the limit.
     let config = resolve(&args, &info, &plan, &warmup(10_000)).expect("resolve");
