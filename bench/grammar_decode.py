@@ -117,6 +117,10 @@ def main() -> None:
         listed = ", ".join(f"{ms:.1f} ({steps} steps)" for ms, steps in samples)
         best = min(ms for ms, _ in samples)
         print(f"{name:14s} median decode step {best:7.1f} ms ({best / base:.2f}x; rounds: {listed})")
+    # Rounds alternate the two batches, so a round's pair shares the machine's load.
+    ratios = [c / u for (u, _), (c, _) in zip(rounds["unconstrained"], rounds["json_schema"], strict=True)]
+    print(f"json_schema / unconstrained per round: {', '.join(f'{r:.2f}' for r in ratios)}; "
+          f"median {statistics.median(ratios):.2f}")
 
 
 if __name__ == "__main__":
