@@ -1,0 +1,122 @@
+"""Where a batch-1 token's time goes through the whole server: the client's time per output
+token against the shard's forward and sampling time per decode step (issue 22's "router + gRPC
+overhead per token"). Starts the real launcher, streams greedy requests one at a time and reads
+the router's step counters from /metrics before and after each request.
+
+    python bench/router_overhead.py [--requests 5] [--new-tokens 64] [-- LAUNCHER FLAGS...]
+
+Per request: TPOT = (last token - first token) / (tokens - 1) seen by the client; the shard's
+forward and sampling per decode step (tgi_batch_forward_duration, ferrite_step_sampling_seconds);
+the router's step wall (tgi_batch_inference_duration: send, gRPC, shard, reply); overhead = TPOT
+- forward - sampling (router planning, gRPC, the shard's host work, detokenizing, streaming).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+from text_generation import Client
+
+from machine import cpu_model
+
+PROMPT = "The history of the printing press begins"  # a continuation: no early end of text
+# The router's series for decode steps (prefill steps excluded).
+COUNTERS = ("tgi_batch_inference_count", "tgi_batch_inference_duration_sum",
+            "tgi_batch_forward_duration_sum", "ferrite_step_sampling_seconds_sum")
+DECODE_LABEL = '{method="decode"}'
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def counters(base_url: str) -> dict[str, float]:
+    values = {}
+    for line in requests.get(f"{base_url}/metrics", timeout=30).text.splitlines():
+        series, _, value = line.rpartition(" ")
+        name = series.removesuffix(DECODE_LABEL)
+        if series.endswith(DECODE_LABEL) and name in COUNTERS:
+            values[name] = float(value)
+    return values
+
+
+def start(flags: list[str], log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    command = ["ferrite-launcher", "--hostname", "127.0.0.1", "--port", str(port),
+               "--prometheus-port", str(free_port()), *flags]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base_url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"launcher exited: {log_path.read_text()[-3000:]}")
+        try:
+            if requests.get(f"{base_url}/health", timeout=2).status_code == 200:
+                return process, base_url
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError("ferrite did not become ready")
+
+
+def one_request(client: Client, base_url: str, new_tokens: int) -> dict[str, float]:
+    before = counters(base_url)
+    token_times = []
+    for response in client.generate_stream(PROMPT, max_new_tokens=new_tokens):
+        if not response.token.special:
+            token_times.append(time.perf_counter())
+    after = counters(base_url)
+    delta = {name: after[name] - before[name] for name in COUNTERS}
+    steps = delta["tgi_batch_inference_count"]
+    return {
+        "tpot_ms": (token_times[-1] - token_times[0]) / (len(token_times) - 1) * 1e3,
+        "forward_ms": delta["tgi_batch_forward_duration_sum"] / steps * 1e3,
+        "sampling_ms": delta["ferrite_step_sampling_seconds_sum"] / steps * 1e3,
+        "step_wall_ms": delta["tgi_batch_inference_duration_sum"] / steps * 1e3,
+        "steps": steps,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=5)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("launcher_flags", nargs="*")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="ferrite-overhead-") as tmp:
+        process, base_url = start(args.launcher_flags, Path(tmp) / "launcher.log")
+        try:
+            client = Client(base_url, timeout=600)
+            client.generate(PROMPT, max_new_tokens=8)  # warm
+            rows = [one_request(client, base_url, args.new_tokens) for _ in range(args.requests)]
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=60)
+    print(f"cpu: {cpu_model()}")
+    print(f"launcher flags: {' '.join(args.launcher_flags) or '(defaults)'}; {args.requests} requests "
+          f"of {args.new_tokens} tokens, batch 1")
+    for key in ("tpot_ms", "step_wall_ms", "forward_ms", "sampling_ms"):
+        values = [row[key] for row in rows]
+        print(f"{key:14s} median {statistics.median(values):7.2f}  ({', '.join(f'{v:.2f}' for v in values)})")
+    overheads = [row["tpot_ms"] - row["forward_ms"] - row["sampling_ms"] for row in rows]
+    outside = [row["tpot_ms"] - row["step_wall_ms"] for row in rows]
+    print(f"{'overhead_ms':14s} median {statistics.median(overheads):7.2f}  "
+          f"(TPOT - forward - sampling: {', '.join(f'{v:.2f}' for v in overheads)})")
+    print(f"{'between_ms':14s} median {statistics.median(outside):7.2f}  "
+          f"(TPOT - router step wall: time outside the step RPC, {', '.join(f'{v:.2f}' for v in outside)})")
+
+
+if __name__ == "__main__":
+    main()
