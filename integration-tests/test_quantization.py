@@ -18,6 +18,17 @@ from test_launcher import hf_greedy_ids, info, run_launcher, served_greedy_ids
 from tests.support.quantized_checkpoints import write_packed_checkpoints
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def greedy_answer(base_url: str) -> str:
+    """The server's greedy chat answer to QUESTION (20 tokens at most)."""
+    answer = requests.post(
+        f"{base_url}/v1/chat/completions",
+        json={"model": "any", "messages": QUESTION, "max_tokens": 20, "temperature": 0},
+        timeout=300,
+    )
+    answer.raise_for_status()
+    return answer.json()["choices"][0]["message"]["content"]
 GPTQ_GROUP_SIZE = 16
 PROMPT = "Hello, quantized ferrite!"
 MAX_NEW_TOKENS = 8
@@ -29,13 +40,7 @@ MAX_NEW_TOKENS = 8
 def test_bitsandbytes_bundled_model_answers_paris(quantize: str, kv_cache_dtype: str) -> None:
     args = ["--quantize", quantize, "--kv-cache-dtype", kv_cache_dtype, "--max-total-tokens", "512"]
     with running_ferrite(args) as server:
-        answer = requests.post(
-            f"{server.base_url}/v1/chat/completions",
-            json={"model": "any", "messages": QUESTION, "max_tokens": 20, "temperature": 0},
-            timeout=300,
-        )
-        answer.raise_for_status()
-        content = answer.json()["choices"][0]["message"]["content"]
+        content = greedy_answer(server.base_url)
         assert "Paris" in content, content
         facts = info(server)
         assert facts["quantize"] == quantize
@@ -48,13 +53,7 @@ def test_bitsandbytes_bundled_model_answers_paris(quantize: str, kv_cache_dtype:
 )
 def test_weight_only_bundled_model_answers_paris(flags: list[str], expected: str) -> None:
     with running_ferrite([*flags, "--max-total-tokens", "512"]) as server:
-        answer = requests.post(
-            f"{server.base_url}/v1/chat/completions",
-            json={"model": "any", "messages": QUESTION, "max_tokens": 20, "temperature": 0},
-            timeout=300,
-        )
-        answer.raise_for_status()
-        content = answer.json()["choices"][0]["message"]["content"]
+        content = greedy_answer(server.base_url)
         assert "Paris" in content, content
         assert info(server)["quantize"] == expected
         assert f"quantization: {expected}" in server.log()

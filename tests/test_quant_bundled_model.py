@@ -67,6 +67,25 @@ def token_ids(default_model_dir: Path) -> dict[str, list[int]]:
     return {key: tokenizer(text)["input_ids"] for key, text in texts.items()}
 
 
+def _log_likelihoods(
+    runner: ModelRunner, unquantized: ModelRunner, token_ids: dict[str, list[int]]
+) -> tuple[float, float]:
+    """(quantized, unquantized) mean log-likelihood of the reference text."""
+    reference = token_ids["reference"]
+    return mean_log_likelihood(runner, reference), mean_log_likelihood(unquantized, reference)
+
+
+def _num_same_next_tokens(
+    runner: ModelRunner, unquantized: ModelRunner, token_ids: dict[str, list[int]]
+) -> int:
+    """How many PROMPTS get the same greedy next token from both models."""
+    return sum(
+        prompt_logits(runner, token_ids[prompt])[-1].argmax().item()
+        == prompt_logits(unquantized, token_ids[prompt])[-1].argmax().item()
+        for prompt in PROMPTS
+    )
+
+
 @pytest.fixture(scope="module")
 def unquantized(bundled_config: ShardConfig) -> Iterator[ModelRunner]:
     yield ModelRunner.load(bundled_config)
@@ -86,8 +105,7 @@ def test_bitsandbytes_log_likelihood_stays_close(
     runner = ModelRunner.load(replace(bundled_config, quantize=quantize))  # type: ignore[arg-type]
     assert runner.facts.quantization == quantize
     assert runner.facts.model_memory_bytes < 0.7 * unquantized.facts.model_memory_bytes
-    expected = mean_log_likelihood(unquantized, token_ids["reference"])
-    got = mean_log_likelihood(runner, token_ids["reference"])
+    got, expected = _log_likelihoods(runner, unquantized, token_ids)
     assert abs(got - expected) < tolerance, (got, expected)
 
 
@@ -95,14 +113,9 @@ def test_fp8_weights_and_kv_keep_log_likelihood_and_greedy_tokens(
     bundled_config: ShardConfig, unquantized: ModelRunner, token_ids: dict[str, list[int]]
 ) -> None:
     runner = ModelRunner.load(replace(bundled_config, quantize="fp8", kv_cache_dtype="fp8"))
-    expected = mean_log_likelihood(unquantized, token_ids["reference"])
-    got = mean_log_likelihood(runner, token_ids["reference"])
+    got, expected = _log_likelihoods(runner, unquantized, token_ids)
     assert abs(got - expected) < FP8_TOLERANCE, (got, expected)
-    same = sum(
-        prompt_logits(runner, token_ids[prompt])[-1].argmax().item()
-        == prompt_logits(unquantized, token_ids[prompt])[-1].argmax().item()
-        for prompt in PROMPTS
-    )
+    same = _num_same_next_tokens(runner, unquantized, token_ids)
     assert same >= MIN_SAME_NEXT_TOKENS, same
 
 
@@ -117,12 +130,7 @@ def test_weight_only_int8_int4_keep_log_likelihood_and_greedy_tokens(
     runner = ModelRunner.load(replace(bundled_config, quantize=quantize))  # type: ignore[arg-type]
     assert runner.facts.quantization == quantize
     assert runner.facts.model_memory_bytes < 0.75 * unquantized.facts.model_memory_bytes
-    expected = mean_log_likelihood(unquantized, token_ids["reference"])
-    got = mean_log_likelihood(runner, token_ids["reference"])
+    got, expected = _log_likelihoods(runner, unquantized, token_ids)
     assert abs(got - expected) < tolerance, (got, expected)
-    same = sum(
-        prompt_logits(runner, token_ids[prompt])[-1].argmax().item()
-        == prompt_logits(unquantized, token_ids[prompt])[-1].argmax().item()
-        for prompt in PROMPTS
-    )
+    same = _num_same_next_tokens(runner, unquantized, token_ids)
     assert same >= MIN_SAME_NEXT_TOKENS, same
