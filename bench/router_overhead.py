@@ -14,61 +14,33 @@ the router's step wall (tgi_batch_inference_duration: send, gRPC, shard, reply);
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import socket
 import statistics
-import subprocess
-import tempfile
+import sys
 import time
 from pathlib import Path
 
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 from text_generation import Client
 
-from machine import cpu_model
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "integration-tests"))
+from support.launcher import running_ferrite  # noqa: E402
+
+from machine import cpu_model  # noqa: E402
 
 PROMPT = "The history of the printing press begins"  # a continuation: no early end of text
 # The router's series for decode steps (prefill steps excluded).
-COUNTERS = ("tgi_batch_inference_count", "tgi_batch_inference_duration_sum",
+# (The parser names a counter's sample with `_total`, as OpenMetrics does.)
+COUNTERS = ("tgi_batch_inference_count_total", "tgi_batch_inference_duration_sum",
             "tgi_batch_forward_duration_sum", "ferrite_step_sampling_seconds_sum")
-DECODE_LABEL = '{method="decode"}'
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def counters(base_url: str) -> dict[str, float]:
-    values = {}
-    for line in requests.get(f"{base_url}/metrics", timeout=30).text.splitlines():
-        series, _, value = line.rpartition(" ")
-        name = series.removesuffix(DECODE_LABEL)
-        if series.endswith(DECODE_LABEL) and name in COUNTERS:
-            values[name] = float(value)
-    return values
-
-
-def start(flags: list[str], log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    command = ["ferrite-launcher", "--hostname", "127.0.0.1", "--port", str(port),
-               "--prometheus-port", str(free_port()), *flags]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base_url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"launcher exited: {log_path.read_text()[-3000:]}")
-        try:
-            if requests.get(f"{base_url}/health", timeout=2).status_code == 200:
-                return process, base_url
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError("ferrite did not become ready")
+    text = requests.get(f"{base_url}/metrics", timeout=30).text
+    return {sample.name: sample.value for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name in COUNTERS and sample.labels.get("method") == "decode"}
 
 
 def one_request(client: Client, base_url: str, new_tokens: int) -> dict[str, float]:
@@ -79,7 +51,7 @@ def one_request(client: Client, base_url: str, new_tokens: int) -> dict[str, flo
             token_times.append(time.perf_counter())
     after = counters(base_url)
     delta = {name: after[name] - before[name] for name in COUNTERS}
-    steps = delta["tgi_batch_inference_count"]
+    steps = delta["tgi_batch_inference_count_total"]
     return {
         "tpot_ms": (token_times[-1] - token_times[0]) / (len(token_times) - 1) * 1e3,
         "forward_ms": delta["tgi_batch_forward_duration_sum"] / steps * 1e3,
@@ -95,15 +67,10 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("launcher_flags", nargs="*")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="ferrite-overhead-") as tmp:
-        process, base_url = start(args.launcher_flags, Path(tmp) / "launcher.log")
-        try:
-            client = Client(base_url, timeout=600)
-            client.generate(PROMPT, max_new_tokens=8)  # warm
-            rows = [one_request(client, base_url, args.new_tokens) for _ in range(args.requests)]
-        finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=60)
+    with running_ferrite(args.launcher_flags) as server:
+        client = Client(server.base_url, timeout=600)
+        client.generate(PROMPT, max_new_tokens=8)  # warm
+        rows = [one_request(client, server.base_url, args.new_tokens) for _ in range(args.requests)]
     print(f"cpu: {cpu_model()}")
     print(f"launcher flags: {' '.join(args.launcher_flags) or '(defaults)'}; {args.requests} requests "
           f"of {args.new_tokens} tokens, batch 1")
