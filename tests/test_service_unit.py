@@ -1,5 +1,6 @@
 """The servicer in-process over a real unix socket, with a small fake engine: conversions both
-ways, the one error mapping, Health while a step runs, steps never overlapping."""
+ways (on the event loop, overlapping the step before), the one error mapping, Health while a
+step runs, steps never overlapping, overlapped steps run in the router's order."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from ferrite_server import proto_convert as convert
 from ferrite_server.engine.errors import InvalidStepError, NotWarmedUpError
 from ferrite_server.engine.types import (
     EngineInfo,
@@ -45,6 +47,7 @@ class FakeEngine:
         self.warmed_up = False
         self.active_steps = 0
         self.max_active_steps = 0
+        self.events: list[tuple[str, int, str]] = []  # (what, first request id, thread name)
         self._lock = threading.Lock()
 
     def info(self) -> EngineInfo:
@@ -58,6 +61,9 @@ class FakeEngine:
                             model_memory_bytes=1, kv_cache_memory_bytes=2, peak_activation_memory_bytes=3)
 
     def step(self, step: StepInput) -> StepOutput:
+        assert isinstance(step, StepInput)  # converted before it reached the worker
+        first_id = _first_request_id(step)
+        self.events.append(("step starts", first_id, threading.current_thread().name))
         with self._lock:
             self.active_steps += 1
             self.max_active_steps = max(self.max_active_steps, self.active_steps)
@@ -66,6 +72,7 @@ class FakeEngine:
         finally:
             with self._lock:
                 self.active_steps -= 1
+            self.events.append(("step ends", first_id, threading.current_thread().name))
 
     def _step(self, step: StepInput) -> StepOutput:
         if not self.warmed_up:
@@ -93,11 +100,17 @@ class FakeEngine:
         self.kept = ()
 
 
-async def _with_server(tmp_path: Path, engine: FakeEngine, body) -> None:
+def _first_request_id(step: StepInput) -> int:
+    ids = [r.request_id for r in step.new_requests] + [r.request_id for r in step.running_requests]
+    return ids[0] if ids else 0
+
+
+async def _with_server(tmp_path: Path, engine: FakeEngine, body, **service_options: float) -> None:
     uds_path = tmp_path / "shard.sock"
     stop = asyncio.Event()
-    worker = ThreadPoolExecutor(max_workers=1)
-    server = asyncio.create_task(serve_until_stopped(ShardService(engine, INFO, worker), uds_path, stop))
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+    service = ShardService(engine, INFO, worker, **service_options)
+    server = asyncio.create_task(serve_until_stopped(service, uds_path, stop))
     try:
         async with grpc.aio.insecure_channel(f"unix://{uds_path}") as channel:
             await channel.channel_ready()
@@ -109,10 +122,10 @@ async def _with_server(tmp_path: Path, engine: FakeEngine, body) -> None:
     assert not uds_path.exists()
 
 
-def _decode(*ids: int) -> pb.Step:
+def _decode(*ids: int, step_id: int = 0, after_step_id: int = 0) -> pb.Step:
     return pb.Step(running_requests=[
         pb.RunningRequest(request_id=i, new_token_ids=[i], num_scheduled_tokens=1) for i in ids
-    ])
+    ], step_id=step_id, after_step_id=after_step_id)
 
 
 def test_info_warmup_and_conversions(tmp_path: Path) -> None:
@@ -198,3 +211,104 @@ def test_health_answers_during_a_step_and_steps_never_overlap(tmp_path: Path) ->
         assert engine.max_active_steps == 1
 
     asyncio.run(_with_server(tmp_path, engine, body))
+
+
+def test_overlapped_steps_run_in_the_routers_order_whatever_order_they_arrive_in(tmp_path: Path) -> None:
+    engine = FakeEngine()
+
+    async def body(stub: shard_pb2_grpc.ShardStub) -> None:
+        await stub.Warmup(pb.WarmupRequest(max_total_tokens=64))
+        # Steps 7, 8, 9 (each after the one before) reach the shard as 9, 8, 7.
+        third = asyncio.ensure_future(stub.Decode(_decode(3, step_id=9, after_step_id=8)))
+        await asyncio.sleep(0.1)
+        second = asyncio.ensure_future(stub.Decode(_decode(2, step_id=8, after_step_id=7)))
+        await asyncio.sleep(0.1)
+        assert not third.done() and not second.done() and engine.steps == []
+        unordered = await stub.Decode(_decode(4))  # no after_step_id: goes at once
+        first = await stub.Decode(_decode(1, step_id=7))
+        responses = [first, await second, await third]
+        assert [r.generations[0].request_id for r in responses] == [1, 2, 3]
+        assert unordered.generations[0].request_id == 4
+        assert [_first_request_id(step) for step in engine.steps] == [4, 1, 2, 3]
+
+    asyncio.run(_with_server(tmp_path, engine, body))
+
+
+def test_a_step_whose_predecessor_never_starts_fails_with_failed_precondition(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = FakeEngine()
+    real_step_from_proto = convert.step_from_proto
+
+    def step_from_proto(message: pb.Step) -> StepInput:
+        if message.step_id == 20:
+            raise InvalidStepError("step 20 is malformed")
+        return real_step_from_proto(message)
+
+    monkeypatch.setattr(convert, "step_from_proto", step_from_proto)
+
+    async def expect(call, code: grpc.StatusCode, text: str) -> float:
+        started = time.perf_counter()
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await call
+        assert raised.value.code() == code and text in raised.value.details(), raised.value.details()
+        return time.perf_counter() - started
+
+    async def body(stub: shard_pb2_grpc.ShardStub) -> None:
+        await stub.Warmup(pb.WarmupRequest(max_total_tokens=64))
+        waited_s = await expect(stub.Decode(_decode(1, step_id=11, after_step_id=10)),
+                                grpc.StatusCode.FAILED_PRECONDITION, "after step 10, which did not reach")
+        assert waited_s >= 0.3
+        # Its follower fails at once: step 11 never ran, so 12 would run on a wrong history.
+        waited_s = await expect(stub.Decode(_decode(1, step_id=12, after_step_id=11)),
+                                grpc.StatusCode.FAILED_PRECONDITION, "after step 11, which failed")
+        assert waited_s < 0.3
+        # A conversion error keeps its own status; the step after it fails as well.
+        await expect(stub.Decode(_decode(1, step_id=20)), grpc.StatusCode.INVALID_ARGUMENT, "malformed")
+        await expect(stub.Decode(_decode(1, step_id=21, after_step_id=20)),
+                     grpc.StatusCode.FAILED_PRECONDITION, "after step 20, which failed")
+        assert engine.steps == []
+        await stub.Decode(_decode(1, step_id=30))
+        assert len(engine.steps) == 1
+
+    asyncio.run(_with_server(tmp_path, engine, body, step_order_max_wait_s=0.3))
+
+
+def test_conversions_run_on_the_event_loop_beside_the_running_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = FakeEngine()
+    real_from_proto, real_to_proto = convert.step_from_proto, convert.step_output_to_proto
+
+    def step_from_proto(message: pb.Step) -> StepInput:
+        converted = real_from_proto(message)
+        engine.events.append(("converted in", _first_request_id(converted), threading.current_thread().name))
+        return converted
+
+    def step_output_to_proto(output: StepOutput, total_ns: int) -> pb.StepResponse:
+        first_id = output.generations[0].request_id
+        engine.events.append(("converted out", first_id, threading.current_thread().name))
+        return real_to_proto(output, total_ns)
+
+    monkeypatch.setattr(convert, "step_from_proto", step_from_proto)
+    monkeypatch.setattr(convert, "step_output_to_proto", step_output_to_proto)
+    running = pb.RunningRequest(request_id=1, new_block_ids=[4], num_scheduled_tokens=1,
+                                append_generated_tokens=True)
+
+    async def body(stub: shard_pb2_grpc.ShardStub) -> None:
+        await stub.Warmup(pb.WarmupRequest(max_total_tokens=64))
+        slow = asyncio.ensure_future(stub.Decode(_decode(SLOW_ID, step_id=1)))
+        await asyncio.sleep(0.1)
+        response = await stub.Decode(pb.Step(running_requests=[running], step_id=2, after_step_id=1))
+        await slow
+        assert response.timings.total_ns >= 0.3e9  # it waited for the slow step: counted
+
+    asyncio.run(_with_server(tmp_path, engine, body))
+    loop_thread = threading.current_thread().name
+    assert {thread for what, _, thread in engine.events if what.startswith("converted")} == {loop_thread}
+    assert {thread for what, _, thread in engine.events if what.startswith("step")} != {loop_thread}
+    order = [(what, request_id) for what, request_id, _ in engine.events]
+    # The second step was converted while the slow one computed, and handed over as one.
+    assert order.index(("converted in", 1)) < order.index(("step ends", SLOW_ID))
+    assert engine.steps[1].running_requests[0].append_generated_tokens
+    assert engine.steps[1].running_requests[0].new_token_ids == ()

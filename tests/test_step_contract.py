@@ -1,6 +1,7 @@
 """The step-contract conformance scenarios (proto/conformance/step_contract.json) against a
 real shard process over gRPC. The router's fake shard runs the same file
-(router/src/scheduler/fake_shard/tests.rs), so the two cannot drift apart."""
+(router/src/scheduler/fake_shard/tests.rs through router/src/testing/step_contract.rs), so the
+two cannot drift apart."""
 
 from __future__ import annotations
 
@@ -54,7 +55,9 @@ def _step(spec: dict[str, Any], generated: dict[int, list[int]]) -> pb.Step:
             request_id=entry["id"],
             new_token_ids=generated.get(entry["id"], [])[-1:] if entry.get("sampled") else [],
             new_block_ids=entry.get("new_blocks", []),
-            num_scheduled_tokens=entry["scheduled"])
+            num_scheduled_tokens=entry["scheduled"],
+            # Asynchronous scheduling: the shard appends its own previous generation.
+            append_generated_tokens=entry.get("generated", False))
         for entry in spec.get("running", [])
     ]
     return pb.Step(new_requests=[_new_request(new, generated) for new in spec.get("new", [])],

@@ -323,6 +323,8 @@ fn router_spec(
         args.max_concurrent_requests.to_string(),
         "--prefix-caching".into(),
         args.prefix_caching.clone(),
+        "--async-scheduling".into(),
+        args.async_scheduling.clone(),
     ];
     // One socket per rank, rank 0 first (the router's contract).
     for shard in shards {

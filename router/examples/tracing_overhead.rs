@@ -82,6 +82,7 @@ async fn round() -> (Duration, usize) {
         prefix_caching: true,
         num_speculative_tokens: 0,
         max_loras_per_batch: 8,
+        async_scheduling: true,
     };
     let handle = spawn_scheduler(shard.clone(), config);
     let started = Instant::now();

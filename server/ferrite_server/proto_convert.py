@@ -78,10 +78,13 @@ def running_request_from_proto(message: pb.RunningRequest) -> engine.RunningRequ
         new_block_ids=tuple(message.new_block_ids),
         num_scheduled_tokens=message.num_scheduled_tokens,
         num_lookahead_tokens=message.num_lookahead_tokens,
+        append_generated_tokens=message.append_generated_tokens,
     )
 
 
 def step_from_proto(message: pb.Step) -> engine.StepInput:
+    """step_id / after_step_id stay behind: they order calls in the service (step_order.py)
+    and mean nothing to the engine."""
     return engine.StepInput(
         new_requests=tuple(new_request_from_proto(new) for new in message.new_requests),
         running_requests=tuple(
@@ -113,8 +116,9 @@ def generation_to_proto(generation: engine.Generation) -> pb.Generation:
 
 
 def step_output_to_proto(output: engine.StepOutput, total_ns: int) -> pb.StepResponse:
-    """total_ns: the service's own wall time for the call (conversion and thread hand-off
-    included), never less than the engine's."""
+    """total_ns: the service's own wall time for the call (conversions, the wait for its turn
+    and thread hand-off included), never less than the engine's; the service may set it after
+    this conversion, so that it counts too."""
     return pb.StepResponse(
         generations=[generation_to_proto(generation) for generation in output.generations],
         timings=pb.StepTimings(

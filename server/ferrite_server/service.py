@@ -2,9 +2,12 @@
 runs every engine call on ONE dedicated worker thread.
 
 Why one thread: steps must never overlap (the engine owns one KV cache and one batch), and
-the asyncio loop must stay free so Health / Info answer while a long step runs. Typed engine
-errors become gRPC status codes in `_engine_call`, the one place that maps them; no exception
-escapes to take the process down. The one exception is deliberate: a failed tensor-parallel
+the asyncio loop must stay free so Health / Info answer while a long step runs. A step's
+proto conversions run on the event loop, before and after its turn on the worker, so with
+asynchronous scheduling (the router sends step n+1 while step n computes) they overlap the
+other step's forward; step_order.py keeps overlapped steps in the router's order. Typed
+errors become gRPC status codes in `_abort_with_status` (`status_for_error` is the one
+mapping); no exception escapes to take the process down. The one exception is deliberate: a failed tensor-parallel
 collective (`CollectiveError`) leaves the ranks out of step, so the service reports it through
 `on_fatal_error` and the shard exits (the launcher then reports it and stops the rest).
 """
@@ -14,10 +17,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import NoReturn, Protocol, TypeVar
 
 import grpc
 
@@ -31,9 +34,10 @@ from ferrite_server.engine.errors import (
     InvalidStepError,
     NotWarmedUpError,
 )
-from ferrite_server.engine.types import EngineInfo, StepInput, StepOutput, StepTimings, WarmupResult
+from ferrite_server.engine.types import EngineInfo, StepInput, StepOutput, WarmupResult
 from ferrite_server.proto import shard_pb2 as pb
 from ferrite_server.proto import shard_pb2_grpc
+from ferrite_server.step_order import STEP_ORDER_MAX_WAIT_S, StepOrder, StepOrderError
 from ferrite_server.tracing import NoTracing, StepTracer
 
 logger = logging.getLogger(__name__)
@@ -65,7 +69,7 @@ def status_for_error(error: Exception) -> tuple[grpc.StatusCode, str]:
     """The one mapping of engine failures to gRPC status codes."""
     if isinstance(error, InvalidStepError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(error)
-    if isinstance(error, NotWarmedUpError):
+    if isinstance(error, (NotWarmedUpError, StepOrderError)):
         return grpc.StatusCode.FAILED_PRECONDITION, str(error)
     if isinstance(error, InsufficientMemoryError):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)
@@ -81,8 +85,10 @@ class ShardService(shard_pb2_grpc.ShardServicer):
         on_fatal_error: Callable[[Exception], None] | None = None,
         tracer: StepTracer | None = None,
         grammars: GrammarService | None = None,
+        step_order_max_wait_s: float = STEP_ORDER_MAX_WAIT_S,
     ) -> None:
         self._engine = engine
+        self._step_order = StepOrder(step_order_max_wait_s)
         self._grammars = grammars if grammars is not None else GrammarService(None, 1.0)
         self._info = convert.info_to_proto(info)  # fixed once loaded; answered without the worker
         self._worker = worker
@@ -110,10 +116,10 @@ class ShardService(shard_pb2_grpc.ShardServicer):
         return await self._engine_call(context, work)
 
     async def Prefill(self, request: pb.Step, context: grpc.aio.ServicerContext) -> pb.StepResponse:
-        return await self._step(context, "prefill", _step_sizes(request), lambda: convert.step_from_proto(request))
+        return await self._step(context, "prefill", request)
 
     async def Decode(self, request: pb.Step, context: grpc.aio.ServicerContext) -> pb.StepResponse:
-        return await self._step(context, "decode", _step_sizes(request), lambda: convert.step_from_proto(request))
+        return await self._step(context, "decode", request)
 
     async def Filter(self, request: pb.FilterRequest, context: grpc.aio.ServicerContext) -> pb.FilterResponse:
         keep_request_ids = tuple(request.keep_request_ids)
@@ -129,6 +135,7 @@ class ShardService(shard_pb2_grpc.ShardServicer):
             self._engine.clear()
             return pb.ClearResponse()
 
+        self._step_order.forget()  # a restarted router numbers its steps anew
         return await self._engine_call(context, work)
 
     async def CompileGrammar(
@@ -138,45 +145,79 @@ class ShardService(shard_pb2_grpc.ShardServicer):
         return await self._grammars.compile(request)
 
     async def _step(
-        self,
-        context: grpc.aio.ServicerContext,
-        name: str,
-        sizes: dict[str, int],
-        to_step: Callable[[], StepInput],
+        self, context: grpc.aio.ServicerContext, name: str, request: pb.Step
     ) -> pb.StepResponse:
         """One Prefill / Decode, in a span under the router's step when it is traced."""
         started_ns = time.perf_counter_ns()
-        timings: list[StepTimings] = []
-
-        def work() -> pb.StepResponse:
-            output = self._engine.step(to_step())
-            timings.append(output.timings)
-            return convert.step_output_to_proto(output, time.perf_counter_ns() - started_ns)
-
         metadata = context.invocation_metadata() or ()
-        with self._tracer.step_span(name, metadata, sizes) as span:
-            response = await self._engine_call(context, work)
-            span.record_timings(timings[0])
+        with self._tracer.step_span(name, metadata, _step_sizes(request)) as span:
+            output = await self._run_step_in_order(context, request)
+            # On the event loop, while the worker computes the next step (if one waits). The
+            # output is immutable (frozen dataclasses of Python values), so that step cannot
+            # change it underneath.
+            try:
+                response = convert.step_output_to_proto(output, total_ns=0)
+            except Exception as error:  # noqa: BLE001 - every failure becomes a status
+                await self._abort_with_status(context, error)
+            # The whole call inside the shard: conversions, the wait for its turn, the step.
+            response.timings.total_ns = max(
+                time.perf_counter_ns() - started_ns, output.timings.total_ns
+            )
+            span.record_timings(output.timings)
         return response
+
+    async def _run_step_in_order(
+        self, context: grpc.aio.ServicerContext, request: pb.Step
+    ) -> StepOutput:
+        """Convert `request` on the event loop (while the worker may still compute the step
+        before it), wait for the step it must follow to be handed over, then hand it over."""
+        try:
+            step = convert.step_from_proto(request)
+            await self._step_order.wait_turn(request.step_id, request.after_step_id)
+            # run_in_executor queues the work before it returns, so the worker runs it before
+            # that of any step that follows this one.
+            running = asyncio.get_running_loop().run_in_executor(
+                self._worker, self._engine.step, step
+            )
+        except BaseException as error:  # cancelled too: its follower must not wait for it
+            self._step_order.abandoned(request.step_id)
+            if not isinstance(error, Exception):
+                raise
+            await self._abort_with_status(context, error)
+        self._step_order.handed_over(request.step_id)
+        return await self._outcome(context, running)
 
     async def _engine_call(
         self, context: grpc.aio.ServicerContext, work: Callable[[], ResultT]
     ) -> ResultT:
-        """Run `work` on the engine thread; map any failure to a gRPC status (never re-raise
-        it to grpc, which would hide the message behind UNKNOWN)."""
+        """Run `work` on the engine thread; its failure becomes a gRPC status."""
+        return await self._outcome(
+            context, asyncio.get_running_loop().run_in_executor(self._worker, work)
+        )
+
+    async def _outcome(
+        self, context: grpc.aio.ServicerContext, call: Awaitable[ResultT]
+    ) -> ResultT:
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._worker, work)
+            return await call
         except Exception as error:  # noqa: BLE001 - every failure becomes a status
-            code, message = status_for_error(error)
-            if isinstance(error, CollectiveError) and self._on_fatal_error is not None:
-                logger.error("the tensor-parallel group is broken: %s", message)
-                self._on_fatal_error(error)
-            elif code == grpc.StatusCode.INTERNAL:
-                logger.exception("engine call failed: %s", message)
-            else:
-                logger.warning("rejected call (%s): %s", code.name, message)
-            await context.abort(code, message)  # raises
-            raise
+            await self._abort_with_status(context, error)
+
+    async def _abort_with_status(
+        self, context: grpc.aio.ServicerContext, error: Exception
+    ) -> NoReturn:
+        """Fail the call with `error`'s status (never re-raise it to grpc, which would hide
+        the message behind UNKNOWN)."""
+        code, message = status_for_error(error)
+        if isinstance(error, CollectiveError) and self._on_fatal_error is not None:
+            logger.error("the tensor-parallel group is broken: %s", message)
+            self._on_fatal_error(error)
+        elif code == grpc.StatusCode.INTERNAL:
+            logger.error("engine call failed: %s", message, exc_info=error)
+        else:
+            logger.warning("rejected call (%s): %s", code.name, message)
+        await context.abort(code, message)  # raises
+        raise AssertionError("context.abort returned")
 
 
 def bind_server(
@@ -228,7 +269,11 @@ async def serve_bound_until_stopped(
 
 def _step_sizes(request: pb.Step) -> dict[str, int]:
     """Span attributes: new requests, and running ones split into prompt chunks / decodes (a
-    running request handed a new token decodes)."""
-    num_decodes = sum(1 for running in request.running_requests if running.new_token_ids)
+    running request handed a new token, or told to append its own, decodes)."""
+    num_decodes = sum(
+        1
+        for running in request.running_requests
+        if running.new_token_ids or running.append_generated_tokens
+    )
     num_chunks = len(request.new_requests) + len(request.running_requests) - num_decodes
     return {"num_chunks": num_chunks, "num_decodes": num_decodes}

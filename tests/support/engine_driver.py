@@ -4,15 +4,16 @@ A `ScriptedRequest` says when a request joins (step number) and how its prompt i
 chunks; `EngineDriver` runs steps until every request finished, building each step from the
 running set (chunks of prefilling requests + one decode of every other live request) as the
 router does: a request's first step sends it whole (`NewRequest`), later ones only what
-changed (`RunningRequest`: the token sampled last, new block ids). KV blocks are allocated as
-sequences grow from a shuffled free list, so block tables are not contiguous.
+changed (`RunningRequest`: the token sampled last, new block ids; or, driven as an
+asynchronous-scheduling router, no token and `append_generated_tokens`). KV blocks are
+allocated as sequences grow from a shuffled free list, so block tables are not contiguous.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ferrite_server.engine.engine import Engine
 from ferrite_server.engine.types import (
@@ -86,13 +87,19 @@ class StepRecord:
 
 class EngineDriver:
     def __init__(
-        self, engine: Engine, allocator: BlockAllocator, num_lookahead_tokens: int = 0
+        self,
+        engine: Engine,
+        allocator: BlockAllocator,
+        num_lookahead_tokens: int = 0,
+        append_generated_tokens: bool = False,
     ) -> None:
         """num_lookahead_tokens: KV slots reserved after each decode for proposals (the
-        router's --speculate), within what max_new_tokens leaves."""
+        router's --speculate), within what max_new_tokens leaves. append_generated_tokens:
+        decodes ask the engine to append what it generated last instead of sending it."""
         self.engine = engine
         self.allocator = allocator
         self.num_lookahead_tokens = num_lookahead_tokens
+        self.append_generated_tokens = append_generated_tokens
         self.block_size = engine.info().block_size
         self.steps: list[StepRecord] = []
 
@@ -165,6 +172,10 @@ class EngineDriver:
         self.allocator.extend(request.block_table, num_tokens + num_lookahead, self.block_size)
         new_token_ids = tuple(request.generated_ids[request.num_generated_sent :])
         request.num_generated_sent = len(request.tokens)
+        if self.append_generated_tokens:
+            return replace(
+                self._running(request, (), 1, num_lookahead), append_generated_tokens=True
+            )
         return self._running(request, new_token_ids, 1, num_lookahead)
 
     @staticmethod

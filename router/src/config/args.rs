@@ -85,6 +85,13 @@ pub struct RouterArgs {
     #[arg(long, default_value_t = 0)]
     pub speculate: usize,
 
+    /// Plan and send each step while the shard still computes the one before (the shard
+    /// appends the tokens it sampled itself), hiding the router's work and the gRPC round trip
+    /// behind the forward; outputs are unchanged. Off with `--speculate` (a verify step's
+    /// token count is only known when it ends).
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    pub async_scheduling: Switch,
+
     /// Most distinct LoRA adapters among the requests of one step; a request of another
     /// adapter waits until one of them has no request left (the base model does not count).
     #[arg(long, default_value_t = 8)]

@@ -94,6 +94,8 @@ pub struct BatchLimits {
     pub num_speculative_tokens: usize,
     /// Most distinct LoRA adapters among one step's requests (`--max-loras-per-batch`).
     pub max_loras_per_batch: usize,
+    /// `--async-scheduling`: the next step is sent while the shard computes the current one.
+    pub async_scheduling: bool,
 }
 
 impl RouterConfig {
@@ -109,6 +111,7 @@ impl RouterConfig {
             prefix_caching: self.batching.prefix_caching,
             num_speculative_tokens: self.batching.num_speculative_tokens,
             max_loras_per_batch: self.batching.max_loras_per_batch,
+            async_scheduling: self.batching.async_scheduling,
         }
     }
 }

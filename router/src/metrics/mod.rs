@@ -317,6 +317,11 @@ fn render_scheduler(out: &mut PrometheusText, stats: &SchedulerStats) {
             stats.prefix_cache_evicted_blocks_total,
         ),
         (
+            "ferrite_steps_sent_ahead_total",
+            "Steps sent while the shard still computed the step before (asynchronous scheduling)",
+            stats.steps_sent_ahead_total,
+        ),
+        (
             "ferrite_shard_recoveries_total",
             "Times the shards came back after being unreachable",
             stats.shard_recoveries_total,
@@ -391,6 +396,7 @@ mod tests {
             prefix_cache_hit_tokens_total: 16,
             prompt_tokens_computed_total: 24,
             preemptions_total: 2,
+            steps_sent_ahead_total: 9,
             ..Default::default()
         };
         let text = metrics.render(&stats);
@@ -410,6 +416,7 @@ mod tests {
             "ferrite_prefix_cache_queries_tokens_total 40",
             "ferrite_prefix_cache_hits_tokens_total 16",
             "ferrite_prompt_tokens_computed_total 24",
+            "ferrite_steps_sent_ahead_total 9",
             "# TYPE tgi_request_duration histogram",
         ] {
             assert!(

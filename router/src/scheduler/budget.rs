@@ -179,6 +179,7 @@ mod tests {
             prefix_caching: true,
             num_speculative_tokens: 0,
             max_loras_per_batch: 8,
+            async_scheduling: true,
         }
     }
 

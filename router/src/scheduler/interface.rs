@@ -122,6 +122,8 @@ pub struct SchedulerStats {
     /// Prompt tokens sent to be computed (chunks), cached ones excluded.
     pub prompt_tokens_computed_total: u64,
     pub preemptions_total: u64,
+    /// Steps sent while the shard still computed the step before (asynchronous scheduling).
+    pub steps_sent_ahead_total: u64,
     /// The shards could not be reached; the scheduler waits for them to come back.
     pub shards_unreachable: bool,
     /// Times the shards came back after being unreachable, and requests replayed on them.
@@ -174,6 +176,9 @@ pub struct SchedulerConfig {
     pub num_speculative_tokens: usize,
     /// Most distinct LoRA adapters among a step's requests; requests of another adapter wait.
     pub max_loras_per_batch: usize,
+    /// Plan and send step n+1 while the shard computes step n (ignored with speculation,
+    /// whose verify steps produce a number of tokens known only when they end).
+    pub async_scheduling: bool,
 }
 
 impl SchedulerConfig {

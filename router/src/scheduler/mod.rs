@@ -50,6 +50,8 @@ pub fn spawn_scheduler<C: ShardClient>(client: Arc<C>, config: SchedulerConfig) 
         command_receiver,
         stats.clone(),
         config.warmup_request(),
+        // A verify step's token count is known only when it ends: nothing to plan ahead on.
+        config.async_scheduling && config.num_speculative_tokens == 0,
     );
     tokio::spawn(step_loop.run());
     SchedulerHandle::new(commands, gate, stats, config)

@@ -8,12 +8,17 @@ use super::batcher::{RunningView, WaitingView};
 use super::kv_cache_manager::{BlockHash, KvCacheManager, PrefixHit};
 use super::sequence::Sequence;
 
-/// Views of the running requests, oldest first.
+/// Views of the running requests, oldest first, except those whose last token a step in
+/// flight generates (no later step needs them).
 pub fn running_views(running: &[Sequence], kv: &KvCacheManager) -> Vec<RunningView> {
-    let ids: Vec<u64> = running.iter().map(|sequence| sequence.request_id).collect();
-    let released = kv.blocks_released_newest_first(&ids);
-    running
+    let needed: Vec<&Sequence> = running
         .iter()
+        .filter(|sequence| !sequence.is_finishing())
+        .collect();
+    let ids: Vec<u64> = needed.iter().map(|sequence| sequence.request_id).collect();
+    let released = kv.blocks_released_newest_first(&ids);
+    needed
+        .into_iter()
         .zip(released)
         .map(|(sequence, num_blocks_released)| RunningView {
             request_id: sequence.request_id,
@@ -44,11 +49,12 @@ pub fn waiting_views<'a>(
     kv: &KvCacheManager,
 ) -> Vec<WaitingView> {
     let block_size = kv.block_size();
-    // Blocks some request computes now or will if admitted ahead: nobody behind it should
-    // compute the same block too.
+    // Blocks some request computes now (a step in flight, or the next one) or will if
+    // admitted ahead: nobody behind it should compute the same block too. Until a step's
+    // answer confirms them they are not in the prefix cache.
     let mut pending: HashSet<BlockHash> = HashSet::new();
-    for sequence in running.iter().filter(|sequence| !sequence.is_decoding()) {
-        let first = sequence.num_computed_tokens() / block_size;
+    for sequence in running {
+        let first = sequence.num_confirmed_tokens() / block_size;
         pending.extend(uncomputed_hashes(sequence, first, block_size));
     }
     let mut reused_free_blocks: HashSet<u32> = HashSet::new();

@@ -30,6 +30,13 @@ impl StepRequest {
             StepRequest::Decode(_) => StepMethod::Decode,
         }
     }
+
+    /// Numbers the step, and names the step the shard must have started first (0: none).
+    pub fn number(&mut self, step_id: u64, after_step_id: u64) {
+        let (StepRequest::Prefill(step) | StepRequest::Decode(step)) = self;
+        step.step_id = step_id;
+        step.after_step_id = after_step_id;
+    }
 }
 
 /// A planned step ready to send: the request plus who is in it.
@@ -97,12 +104,14 @@ impl SchedulerState {
             })
             .collect();
         for ((request_id, chunk, position), num_lookahead) in granted.into_iter().zip(lookaheads) {
-            let entry = self.running[position].step_entry(
+            let sequence = &mut self.running[position];
+            let entry = sequence.step_entry(
                 chunk.as_ref(),
                 self.kv.block_table(request_id),
                 num_lookahead,
                 now,
             );
+            sequence.expect_step(chunk.as_ref());
             let num_entry_tokens = match &entry {
                 StepEntry::New(new) => new.num_scheduled_tokens,
                 StepEntry::Running(running) => running.num_scheduled_tokens,

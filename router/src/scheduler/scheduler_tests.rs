@@ -13,6 +13,7 @@ use super::interface::{
 use super::{spawn_scheduler, SchedulerHandle};
 use crate::proto;
 
+mod async_scheduling;
 mod deadlines;
 mod prefix_caching;
 mod shard_restart;
@@ -51,6 +52,7 @@ fn config(
         prefix_caching: true,
         num_speculative_tokens: 0,
         max_loras_per_batch: 8,
+        async_scheduling: true,
     }
 }
 

@@ -58,8 +58,11 @@ fn generation(token_ids: &[u32], prompt_logprobs: Vec<f32>, finish: i32) -> prot
     }
 }
 
+/// The request's entry in a step that is then sent (`expect_step`).
 fn new_entry(sequence: &mut Sequence, chunk: &ChunkPlan, block_table: &[u32]) -> proto::NewRequest {
-    match sequence.step_entry(Some(chunk), block_table, 0, Instant::now()) {
+    let entry = sequence.step_entry(Some(chunk), block_table, 0, Instant::now());
+    sequence.expect_step(Some(chunk));
+    match entry {
         StepEntry::New(new) => new,
         other => panic!("expected a new request, got {other:?}"),
     }
@@ -70,7 +73,9 @@ fn running_entry(
     chunk: Option<&ChunkPlan>,
     block_table: &[u32],
 ) -> proto::RunningRequest {
-    match sequence.step_entry(chunk, block_table, 0, Instant::now()) {
+    let entry = sequence.step_entry(chunk, block_table, 0, Instant::now());
+    sequence.expect_step(chunk);
+    match entry {
         StepEntry::Running(running) => running,
         other => panic!("expected a running request, got {other:?}"),
     }
@@ -118,6 +123,7 @@ fn chunks_concatenate_prompt_logprobs_and_prefill_done_comes_once() {
             new_block_ids: vec![1],
             num_scheduled_tokens: 2,
             num_lookahead_tokens: 0,
+            append_generated_tokens: false,
         },
         "later steps carry only what changed"
     );
@@ -297,4 +303,73 @@ fn shard_errors_and_dropped_receivers_end_the_request() {
             needs_release: true
         }
     );
+}
+
+/// Asynchronous scheduling: steps are entered before the answers of the ones before them
+/// come; the shard appends the tokens the router has not seen, and the answers then fill
+/// them in, in order.
+#[test]
+fn steps_planned_ahead_of_their_predecessors_answers_let_the_shard_append_its_tokens() {
+    let (mut sequence, mut receiver) = sequence(vec![1, 2, 3], false);
+    let whole = chunk(0, 3, true);
+    new_entry(&mut sequence, &whole, &[0]);
+    // The prompt's step is in flight: one pending token, counted but unknown.
+    assert_eq!(
+        (
+            sequence.num_tokens(),
+            sequence.num_computed_tokens(),
+            sequence.num_confirmed_tokens()
+        ),
+        (4, 3, 0)
+    );
+    let second = running_entry(&mut sequence, None, &[0]);
+    assert_eq!(
+        (
+            second.new_token_ids.clone(),
+            second.append_generated_tokens,
+            second.num_scheduled_tokens
+        ),
+        (vec![], true, 1),
+        "the shard appends the token it sampled in the prompt's step"
+    );
+    assert_eq!(sequence.num_tokens(), 5, "two pending tokens");
+    assert_eq!(
+        sequence.apply_generation(Some(&whole), Some(generation(&[4], vec![], 0))),
+        SequenceOutcome::Running
+    );
+    assert_eq!(sequence.num_confirmed_tokens(), 3);
+    let third = running_entry(&mut sequence, None, &[0, 1]);
+    assert_eq!(
+        (
+            third.new_token_ids.clone(),
+            third.append_generated_tokens,
+            third.new_block_ids.clone()
+        ),
+        (vec![], true, vec![1])
+    );
+    assert_eq!(
+        sequence.apply_generation(None, Some(generation(&[5], vec![], 0))),
+        SequenceOutcome::Running
+    );
+    assert_eq!(sequence.generated_token_ids(), &[4, 5]);
+    assert_eq!(sequence.num_confirmed_tokens(), 4);
+    // The third step's answer: nothing is pending any more.
+    assert_eq!(
+        sequence.apply_generation(None, Some(generation(&[6], vec![], 0))),
+        SequenceOutcome::Running
+    );
+    let fourth = running_entry(&mut sequence, None, &[0, 1]);
+    assert_eq!(
+        (fourth.new_token_ids.clone(), fourth.append_generated_tokens),
+        (vec![6], false),
+        "with every answer in, the router sends the token itself"
+    );
+    let tokens: Vec<u32> = drain(&mut receiver)
+        .into_iter()
+        .filter_map(|event| match event {
+            GenerationEvent::Token { token, .. } => Some(token.id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(tokens, vec![4, 5, 6]);
 }

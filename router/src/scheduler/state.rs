@@ -149,6 +149,8 @@ impl SchedulerState {
                 index += 1;
                 continue;
             };
+            // Members that already left (finished by an earlier step's answer, cancelled,
+            // timed out) are not in `running`: their answers are dropped below.
             let generation = generations.remove(&request_id);
             if let Some(generation) = &generation {
                 if generation.num_proposed_tokens > 0 {
@@ -176,10 +178,12 @@ impl SchedulerState {
             }
         }
         for request_id in generations.into_keys() {
-            tracing::warn!(
-                request_id,
-                "the shard answered for a request not in the step"
-            );
+            if !members.contains_key(&request_id) {
+                tracing::warn!(
+                    request_id,
+                    "the shard answered for a request not in the step"
+                );
+            }
         }
         tally
     }
@@ -192,7 +196,7 @@ impl SchedulerState {
             sequence.request_id,
             sequence.token_ids(),
             sequence.block_hashes(),
-            sequence.num_computed_tokens(),
+            sequence.num_confirmed_tokens(),
         );
     }
 

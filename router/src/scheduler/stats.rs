@@ -19,6 +19,8 @@ pub struct StepRecord {
     /// Of num_tokens, those of prompt chunks.
     pub num_prompt_tokens: usize,
     pub num_preempted: usize,
+    /// Sent before the step ahead of it had answered.
+    pub was_sent_ahead: bool,
     pub forward_ns: u64,
     pub sampling_ns: u64,
     pub step_wall_ns: u64,
@@ -82,6 +84,7 @@ impl StatsCell {
         stats.last_batch_size = record.batch_size;
         stats.last_batch_tokens = record.num_tokens;
         stats.preemptions_total += record.num_preempted as u64;
+        stats.steps_sent_ahead_total += u64::from(record.was_sent_ahead);
         stats.prompt_tokens_computed_total += record.num_prompt_tokens as u64;
         stats.forward_ns_total += record.forward_ns;
         stats.step_wall_ns_total += record.step_wall_ns;
@@ -161,6 +164,7 @@ mod tests {
             num_tokens: 9,
             num_prompt_tokens: 8,
             num_preempted: 1,
+            was_sent_ahead: false,
             forward_ns: 100,
             sampling_ns: 10,
             step_wall_ns: 150,
@@ -171,12 +175,14 @@ mod tests {
             batch_size: 1,
             num_tokens: 1,
             num_prompt_tokens: 0,
+            was_sent_ahead: true,
             ..step
         });
         let stats = cell.snapshot(&gate);
         assert_eq!(stats.steps_total, 2);
         assert_eq!((stats.last_batch_size, stats.last_batch_tokens), (1, 1));
         assert_eq!(stats.preemptions_total, 2);
+        assert_eq!(stats.steps_sent_ahead_total, 1);
         assert_eq!(
             (stats.forward_ns_total, stats.step_wall_ns_total),
             (200, 300)

@@ -1,6 +1,16 @@
 //! The scheduler task: take in submitted requests, plan a step, call the shard, dispatch the
 //! results; repeat while there is work, and sleep on the command channel when there is none.
 //!
+//! Asynchronous scheduling (`--async-scheduling`, as vLLM v1 does it): the loop sends step n+1
+//! as soon as it is planned and only then waits for step n's answer, so the shard starts the
+//! next forward the moment it finishes one, while the router applies the last answer,
+//! streams it and plans again. Step n+1 is planned on the expected outcome of step n (each
+//! request's prompt chunk computed, one pending token each), and the shard appends the tokens
+//! it sampled itself (`RunningRequest.append_generated_tokens`). What cannot be planned ahead
+//! waits for the answer: a plan that would preempt, and an empty one. A request that step n
+//! finishes (EOS) is in step n+1 too; the shard rejects it as unknown and that answer is
+//! dropped, so outputs are those of synchronous scheduling.
+//!
 //! When a step fails and the shards do not answer a health check either, they are gone (a
 //! crashed process, which the launcher restarts): the running requests are requeued with
 //! their tokens, and once the shards answer again they are warmed up and the requests
@@ -10,12 +20,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use super::prepare::{PreparedStep, StepRequest};
 use super::sequence::Sequence;
-use super::state::SchedulerState;
+use super::state::{SchedulerState, StepMembers};
 use super::stats::{StateGauges, StatsCell, StepRecord};
+use crate::metrics::steps::StepMethod;
 use crate::proto;
 use crate::shard_client::{ShardClient, ShardError, ShardResult};
 
@@ -30,6 +42,25 @@ pub struct StepLoop<C: ShardClient> {
     stats: Arc<StatsCell>,
     /// Sent again to shards that come back after a crash.
     warmup: proto::WarmupRequest,
+    /// Send the next step before the current one answered.
+    is_async: bool,
+    /// The number the next step gets (`Step.step_id`).
+    next_step_id: u64,
+}
+
+/// A step sent to the shards whose answer is not applied yet.
+struct SentStep {
+    step_id: u64,
+    answer: JoinHandle<ShardResult<proto::StepResponse>>,
+    members: StepMembers,
+    method: StepMethod,
+    num_tokens: usize,
+    num_prompt_tokens: usize,
+    num_preempted: usize,
+    /// Sent while the step before it was still in flight.
+    was_sent_ahead: bool,
+    span: Option<tracing::Span>,
+    sent_at: Instant,
 }
 
 impl<C: ShardClient> StepLoop<C> {
@@ -39,6 +70,7 @@ impl<C: ShardClient> StepLoop<C> {
         commands: mpsc::UnboundedReceiver<Sequence>,
         stats: Arc<StatsCell>,
         warmup: proto::WarmupRequest,
+        is_async: bool,
     ) -> Self {
         Self {
             client,
@@ -46,6 +78,8 @@ impl<C: ShardClient> StepLoop<C> {
             commands,
             stats,
             warmup,
+            is_async,
+            next_step_id: 1,
         }
     }
 
@@ -53,9 +87,13 @@ impl<C: ShardClient> StepLoop<C> {
     pub async fn run(mut self) {
         self.publish_gauges();
         let mut is_stalled = false;
+        // With asynchronous scheduling: the step whose answer is still to come.
+        let mut in_flight: Option<SentStep> = None;
         loop {
             // Block on the channel only when there is nothing to step (no busy spinning).
-            if self.state.is_idle() || is_stalled {
+            if in_flight.is_none() && (self.state.is_idle() || is_stalled) {
+                self.flush_releases().await;
+                self.publish_gauges();
                 match self.commands.recv().await {
                     Some(sequence) => self.state.accept(sequence),
                     None => break,
@@ -66,6 +104,21 @@ impl<C: ShardClient> StepLoop<C> {
             }
             self.state.drop_cancelled_and_expired(Instant::now());
             let plan = self.state.plan();
+            if let Some(previous) = in_flight.take() {
+                if plan.is_empty() || !plan.preempted_ids.is_empty() {
+                    // Preempting a request whose token is still being generated, or waiting
+                    // with an answer pending: both wait for that answer and plan again.
+                    self.finish(previous, None).await;
+                    self.publish_gauges();
+                    continue;
+                }
+                let step = self.state.prepare(&plan, Instant::now());
+                let next = self.send(step, Some(previous.step_id));
+                in_flight = self.finish(previous, Some(next)).await;
+                self.publish_gauges();
+                tokio::task::yield_now().await;
+                continue;
+            }
             if plan.is_empty() {
                 // Nothing can run: normally because everything left was cancelled. A
                 // non-idle state here would be a planning bug; waiting for the next command
@@ -80,7 +133,12 @@ impl<C: ShardClient> StepLoop<C> {
             }
             is_stalled = false;
             let step = self.state.prepare(&plan, Instant::now());
-            self.run_step(step).await;
+            let sent = self.send(step, None);
+            if self.is_async {
+                in_flight = Some(sent);
+            } else {
+                self.finish(sent, None).await;
+            }
             self.publish_gauges();
             // Let HTTP tasks on this runtime run between steps even if the shard answered
             // without ever yielding (in-process fakes do).
@@ -89,22 +147,57 @@ impl<C: ShardClient> StepLoop<C> {
         tracing::info!("scheduler stopped: every handle was dropped");
     }
 
-    async fn run_step(&mut self, step: PreparedStep) {
-        let started_at = Instant::now();
+    /// Sends `step` on its own task (numbered; to run after `after_step_id` when that one
+    /// has not answered yet) and returns at once.
+    fn send(&mut self, step: PreparedStep, after_step_id: Option<u64>) -> SentStep {
         let PreparedStep {
-            request,
+            mut request,
             members,
             num_tokens,
             num_prompt_tokens,
             num_preempted,
             trace,
         } = step;
-        let batch_size = members.len();
+        let step_id = self.next_step_id;
+        self.next_step_id += 1;
+        request.number(step_id, after_step_id.unwrap_or(0));
         let method = request.method();
-        let step_span = trace.span(method.as_str(), batch_size, num_tokens);
-        let result = match &step_span {
-            Some(span) => self.send(request).instrument(span.clone()).await,
-            None => self.send(request).await,
+        let span = trace.span(method.as_str(), members.len(), num_tokens);
+        let client = Arc::clone(&self.client);
+        let call = async move {
+            match request {
+                StepRequest::Prefill(request) => client.prefill(request).await,
+                StepRequest::Decode(request) => client.decode(request).await,
+            }
+        };
+        let answer = match &span {
+            Some(span) => tokio::spawn(call.instrument(span.clone())),
+            None => tokio::spawn(call),
+        };
+        SentStep {
+            step_id,
+            answer,
+            members,
+            method,
+            num_tokens,
+            num_prompt_tokens,
+            num_preempted,
+            was_sent_ahead: after_step_id.is_some(),
+            span,
+            sent_at: Instant::now(),
+        }
+    }
+
+    /// Waits for `step`'s answer and applies it. `behind` is the step sent after it, still
+    /// in flight: returned for its own turn when `step` succeeded; when `step` failed, its
+    /// answer (computed on a shard state the failure broke, or not at all) is awaited and
+    /// dropped, and the failure handled as if it had never been sent.
+    async fn finish(&mut self, step: SentStep, behind: Option<SentStep>) -> Option<SentStep> {
+        let result = match step.answer.await {
+            Ok(result) => result,
+            Err(error) => Err(ShardError::Transport(format!(
+                "the step's task ended: {error}"
+            ))),
         };
         let (forward_ns, sampling_ns) = match &result {
             Ok(proto::StepResponse {
@@ -113,40 +206,48 @@ impl<C: ShardClient> StepLoop<C> {
             }) => (timings.forward_ns, timings.sampling_ns),
             _ => (0, 0),
         };
-        if let Some(span) = step_span {
+        if let Some(span) = step.span {
             span.record("forward_ns", forward_ns as i64);
             span.record("sampling_ns", sampling_ns as i64);
             // Ends here: applying the results may close the phase span it is a child of.
             drop(span);
         }
         let succeeded = result.is_ok();
+        let batch_size = step.members.len();
+        let mut behind = behind;
         match result {
             Ok(response) => {
-                let tally = self.state.complete(&members, response);
+                let tally = self.state.complete(&step.members, response);
                 self.stats.record_speculation(&tally);
             }
-            Err(error) if self.client.health().await.is_err() => {
-                self.recover_shards(&error).await;
-            }
             Err(error) => {
-                tracing::error!(%error, batch_size, "shard step failed; failing its requests");
-                self.state.fail_step(&members, &error);
-                if let Err(error) = self.client.clear().await {
-                    tracing::error!(%error, "clearing the shard after a failed step failed");
+                if let Some(behind) = behind.take() {
+                    let _ = behind.answer.await;
+                }
+                if self.client.health().await.is_err() {
+                    self.recover_shards(&error).await;
+                } else {
+                    tracing::error!(%error, batch_size, "shard step failed; failing its requests");
+                    self.state.fail_step(&step.members, &error);
+                    if let Err(error) = self.client.clear().await {
+                        tracing::error!(%error, "clearing the shard after a failed step failed");
+                    }
                 }
             }
         }
         self.stats.record_step(&StepRecord {
-            method,
+            method: step.method,
             succeeded,
             batch_size,
-            num_tokens,
-            num_prompt_tokens,
-            num_preempted,
+            num_tokens: step.num_tokens,
+            num_prompt_tokens: step.num_prompt_tokens,
+            num_preempted: step.num_preempted,
+            was_sent_ahead: step.was_sent_ahead,
             forward_ns,
             sampling_ns,
-            step_wall_ns: started_at.elapsed().as_nanos() as u64,
+            step_wall_ns: step.sent_at.elapsed().as_nanos() as u64,
         });
+        behind
     }
 
     /// Requeues every running request, waits until the shards answer again, warms them up
@@ -182,13 +283,6 @@ impl<C: ShardClient> StepLoop<C> {
             num_replayed,
             "the shards are back: replaying the interrupted requests"
         );
-    }
-
-    async fn send(&self, request: StepRequest) -> ShardResult<proto::StepResponse> {
-        match request {
-            StepRequest::Prefill(request) => self.client.prefill(request).await,
-            StepRequest::Decode(request) => self.client.decode(request).await,
-        }
     }
 
     /// Tells the shard to forget released requests when no step will carry them soon.

@@ -55,6 +55,7 @@ pub fn test_config() -> RouterConfig {
             prefix_caching: true,
             num_speculative_tokens: 0,
             max_loras_per_batch: 8,
+            async_scheduling: true,
         },
     }
 }

@@ -60,6 +60,9 @@ struct RunningSpec {
     id: u64,
     #[serde(default)]
     sampled: bool,
+    /// The shard appends what it generated for the request in its previous step.
+    #[serde(default)]
+    generated: bool,
     #[serde(default)]
     new_blocks: Vec<u32>,
     scheduled: u32,
@@ -174,12 +177,14 @@ fn build_step(spec: &ScenarioStep, generated: &HashMap<u64, Vec<u32>>) -> proto:
             new_block_ids: running.new_blocks.clone(),
             num_scheduled_tokens: running.scheduled,
             num_lookahead_tokens: 0,
+            append_generated_tokens: running.generated,
         })
         .collect();
     proto::Step {
         new_requests,
         running_requests,
         release_request_ids: spec.release.clone(),
+        ..Default::default()
     }
 }
 

@@ -1,10 +1,12 @@
 """Per-request state the shard keeps between steps, and the set of live requests.
 
 The router owns every request's tokens and KV blocks. The shard holds a copy of what it was
-sent (a new request's whole history, then each step's appended tokens and block ids) and
-never adds to it on its own: a token it samples becomes part of the history when the router
-sends it back. Beside that copy it keeps only what computing needs: how many tokens are in the
-KV cache, the parameters and the resolved seed.
+sent (a new request's whole history, then each step's appended tokens and block ids). A token
+it samples becomes part of the history when the router sends it back, or, with asynchronous
+scheduling, when the router tells it to append it itself (RunningRequest.append_generated_tokens:
+the router planned the step before it saw that token); the shard never appends unasked.
+Beside that copy it keeps only what computing needs: how many tokens are in the KV cache, the
+parameters, the resolved seed and the tokens the request's most recent step generated.
 """
 
 from __future__ import annotations
@@ -39,6 +41,11 @@ class RequestState:
     # Draft-model speculation: the draft's K/V was written for positions below this one
     # (speculative/draft.py; rejected proposals' slots among them are stale).
     draft_written_end: int = 0
+    # Tokens the request's most recent step generated (its Generation.tokens; () for a prompt
+    # chunk that was not the last). Set when the engine commits a step, cleared when the next
+    # step of the request is planned: a step that says append_generated_tokens appends them,
+    # so a request with none to append (or whose tokens were already appended) is rejected.
+    last_generated_ids: tuple[int, ...] = ()
 
     @property
     def prompt_ids(self) -> list[int]:

@@ -342,7 +342,8 @@ class Engine:
         prompt_logprobs: tuple[float, ...] | None,
     ) -> Generation:
         """Record the step's progress in the request's state; stop it if it finished. The
-        produced tokens are only reported: the router appends them and sends them back."""
+        produced tokens are reported and kept aside (last_generated_ids), not appended: the
+        router sends them back, or tells the next step to append them (step_plan.py)."""
         state = sequence.state
         grammar_error = state.grammar.error() if state.grammar is not None else None
         if grammar_error is not None:  # this step's token was not chosen by the grammar
@@ -362,6 +363,7 @@ class Engine:
                 tokens = tokens[: index + 1]
                 self._batch.forget(state.request_id)
                 break
+        state.last_generated_ids = tuple(token.token_id for token in tokens)
         return Generation(
             request_id=state.request_id,
             tokens=tokens,

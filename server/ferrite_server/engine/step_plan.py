@@ -6,8 +6,13 @@ or pointing outside the cache, a sequence longer than the model's positions) is 
 per request: a bad request gets a `Generation(error=...)` and is forgotten; the rest of the
 step runs. Only a step that is malformed as a whole (the same request twice) raises.
 
-Only the router's diffs (appended tokens and blocks) are applied here; the engine commits a
-sequence's progress (computed tokens) only after its forward and sampling succeeded.
+Only a running request's diffs are applied here: the tokens and blocks the router appended
+or, when it says `append_generated_tokens` (asynchronous scheduling: the router planned this
+step before it saw the request's previous generation), the tokens that generation produced,
+which the shard kept for this (RequestState.last_generated_ids). Either way the request then
+holds exactly the sequence the router will hold, so penalties, grammar, seeded sampling,
+n-gram proposals and stop checks see the same history. The engine commits a sequence's
+progress (computed tokens) only after its forward and sampling succeeded.
 """
 
 from __future__ import annotations
@@ -98,8 +103,9 @@ def plan_step(
     """Validate each new and running request of `step` against the live requests.
 
     Requests the step names are released first by the caller. A rejected request that the
-    shard knew is forgotten here. A running request's appended tokens and blocks are facts
-    from the router and are applied here; its progress is committed after the forward.
+    shard knew is forgotten here. A running request's appended tokens (the router's, or its
+    own previous generation when the router asks for that) and blocks are applied here; its
+    progress is committed after the forward.
     """
     _refuse_duplicate_ids(step)
     sequences: list[ScheduledSequence] = []
@@ -158,8 +164,12 @@ def _plan_running(
     state = batch.get(running.request_id)
     if state is None:
         raise _Rejected("unknown request (finished, released or never sent as new)")
-    _check_token_ids(running.new_token_ids, limits)
-    state.token_ids.extend(running.new_token_ids)
+    appended_ids = _appended_token_ids(running, state)
+    _check_token_ids(appended_ids, limits)
+    # Consumed now, whatever follows: this step either commits its own generation in their
+    # place or fails and the request is forgotten.
+    state.last_generated_ids = ()
+    state.token_ids.extend(appended_ids)
     state.block_table.extend(running.new_block_ids)
     num_lookahead = _lookahead_slots(state, running, limits)
     proposed = propose(state, num_lookahead) if propose is not None and num_lookahead > 0 else ()
@@ -167,6 +177,23 @@ def _plan_running(
         state, running.num_scheduled_tokens, is_new=False, limits=limits, proposed=proposed
     )
     return replace(sequence, num_lookahead_slots=num_lookahead)
+
+
+def _appended_token_ids(running: RunningRequest, state: RequestState) -> tuple[int, ...]:
+    """The tokens this step appends to the request's sequence before computing."""
+    if not running.append_generated_tokens:
+        return running.new_token_ids
+    if running.new_token_ids:
+        raise _Rejected(
+            "append_generated_tokens with new_token_ids: the router either sends the tokens "
+            "or asks the shard to append its own, not both"
+        )
+    if not state.last_generated_ids:
+        raise _Rejected(
+            "append_generated_tokens, but the request's previous step generated no tokens "
+            "(a prompt chunk that was not the last, or they were appended already)"
+        )
+    return state.last_generated_ids
 
 
 def _lookahead_slots(state: RequestState, running: RunningRequest, limits: StepLimits) -> int:

@@ -77,6 +77,9 @@ class RunningRequest:
     num_scheduled_tokens: int  # computed now, continuing where the previous step stopped
     # KV slots reserved after them for proposed tokens (speculative decoding); 0: none.
     num_lookahead_tokens: int = 0
+    # Asynchronous scheduling: the router planned this step before it saw the request's
+    # previous generation; the shard appends those tokens itself (new_token_ids is empty).
+    append_generated_tokens: bool = False
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,7 @@ fn stack(step_delay: Duration) -> Stack {
             prefix_caching: true,
             num_speculative_tokens: 0,
             max_loras_per_batch: 8,
+            async_scheduling: true,
         },
     );
     let state = test_state(&test_config(), Arc::clone(&tokenizer), Arc::new(scheduler));

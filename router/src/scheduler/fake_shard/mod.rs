@@ -11,7 +11,13 @@
 //! carry parameters and are not live, running ones are, scheduled tokens are known and
 //! covered by the block table, cached tokens are really in the blocks given (the fake records
 //! what each KV slot holds), nobody writes into a block another live request holds, and a
-//! block is only in two tables as a computed shared prefix.
+//! block is only in two tables as a computed shared prefix. Under asynchronous scheduling a
+//! step may name a request the fake finished or rejected in an earlier step (the router had
+//! not seen that answer yet): rejected as unknown, like the real shard does, but not a
+//! violation.
+//!
+//! Steps run one at a time in the order the router numbered them (`after_step_id`), however
+//! their calls interleave.
 
 mod model;
 
@@ -53,6 +59,8 @@ pub struct StepSummary {
     pub num_chunks: usize,
     pub num_prefill_tokens: usize,
     pub num_decodes: usize,
+    /// Running requests the step told to append their generated tokens (async scheduling).
+    pub num_appending: usize,
     /// Tokens in the cache over all live requests after the step.
     pub num_resident_tokens: usize,
     pub num_blocks_in_use: usize,
@@ -62,6 +70,12 @@ pub struct StepSummary {
 pub struct FakeShard {
     config: FakeShardConfig,
     state: Mutex<FakeState>,
+    /// Held through a whole step (delay included); tokio's mutex queues in arrival order.
+    step_turn: tokio::sync::Mutex<()>,
+    /// The highest step_id that took its turn.
+    started_step_id: tokio::sync::watch::Sender<u64>,
+    /// Step calls received and not answered yet, now and at most.
+    steps_in_flight: Mutex<(usize, usize)>,
 }
 
 /// The tokens the fake produces for `prompt` with `max_new_tokens` and `eos_token_ids`.
@@ -97,6 +111,9 @@ impl FakeShard {
         Self {
             config,
             state: Mutex::default(),
+            step_turn: tokio::sync::Mutex::new(()),
+            started_step_id: tokio::sync::watch::Sender::new(0),
+            steps_in_flight: Mutex::new((0, 0)),
         }
     }
 
@@ -160,7 +177,44 @@ impl FakeShard {
         self.lock().steps.clone()
     }
 
+    /// The most step calls that were in flight at once (2 when the router sent a step before
+    /// the previous one answered).
+    pub fn max_steps_in_flight(&self) -> usize {
+        self.lock_steps_in_flight().1
+    }
+
+    fn lock_steps_in_flight(&self) -> MutexGuard<'_, (usize, usize)> {
+        self.steps_in_flight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     async fn step(&self, step: proto::Step) -> ShardResult<proto::StepResponse> {
+        {
+            let mut in_flight = self.lock_steps_in_flight();
+            in_flight.0 += 1;
+            in_flight.1 = in_flight.1.max(in_flight.0);
+        }
+        let answer = self.step_in_order(step).await;
+        self.lock_steps_in_flight().0 -= 1;
+        answer
+    }
+
+    /// Steps that overtook the one they must follow wait for it to take its turn first.
+    async fn step_in_order(&self, step: proto::Step) -> ShardResult<proto::StepResponse> {
+        if step.after_step_id != 0 {
+            let mut started = self.started_step_id.subscribe();
+            let _ = started
+                .wait_for(|&started_id| started_id >= step.after_step_id)
+                .await;
+        }
+        let _turn = self.step_turn.lock().await;
+        self.started_step_id
+            .send_modify(|started_id| *started_id = (*started_id).max(step.step_id));
+        self.run_step(step).await
+    }
+
+    async fn run_step(&self, step: proto::Step) -> ShardResult<proto::StepResponse> {
         if !self.config.step_delay.is_zero() {
             tokio::time::sleep(self.config.step_delay).await;
         }
@@ -180,7 +234,8 @@ impl FakeShard {
             return Err(ShardError::Status("injected step failure".to_string()));
         }
         for request_id in step.release_request_ids {
-            if state.requests.remove(&request_id).is_none() {
+            let was_forgotten = state.forgotten_ids.contains(&request_id);
+            if state.requests.remove(&request_id).is_none() && !was_forgotten {
                 state
                     .violations
                     .push(format!("release of unknown request {request_id}"));
@@ -188,13 +243,17 @@ impl FakeShard {
             state.released_ids.push(request_id);
         }
         // A running request that was handed new tokens decodes; the others compute prompt.
-        let (decodes, chunks): (Vec<_>, Vec<_>) = step
-            .running_requests
-            .into_iter()
-            .partition(|running| !running.new_token_ids.is_empty());
+        let (decodes, chunks): (Vec<_>, Vec<_>) =
+            step.running_requests.into_iter().partition(|running| {
+                !running.new_token_ids.is_empty() || running.append_generated_tokens
+            });
         let mut summary = StepSummary {
             num_chunks: step.new_requests.len() + chunks.len(),
             num_decodes: decodes.len(),
+            num_appending: decodes
+                .iter()
+                .filter(|running| running.append_generated_tokens)
+                .count(),
             num_prefill_tokens: step
                 .new_requests
                 .iter()

@@ -1,7 +1,8 @@
 //! The fake shard's per-request state machine and its checks of what the router sends.
 //!
 //! Like the real shard it keeps a copy of each request's tokens and block table as the router
-//! sent them (new requests whole, running ones as diffs) and never appends a token itself. It
+//! sent them (new requests whole, running ones as diffs) and appends a token itself only when
+//! a step says so (`append_generated_tokens`: the tokens of the request's previous step). It
 //! also records which token each KV slot holds, so a prefix-cache hit that points at blocks
 //! holding other tokens, or a write into a block another live request holds, is caught.
 
@@ -20,11 +21,15 @@ pub(super) struct FakeRequest {
     pub(super) top_n_tokens: usize,
     pub(super) wants_prompt_logprobs: bool,
     pub(super) block_table: Vec<u32>,
+    /// What its most recent step generated (for `append_generated_tokens`); emptied when used.
+    pub(super) last_generated: Vec<u32>,
 }
 
 #[derive(Debug, Default)]
 pub(super) struct FakeState {
     pub(super) requests: HashMap<u64, FakeRequest>,
+    /// Requests the fake finished (EOS / length) or rejected, and forgot.
+    pub(super) forgotten_ids: std::collections::HashSet<u64>,
     /// block id -> the token written into each of its slots.
     pub(super) block_slots: HashMap<u32, Vec<Option<u32>>>,
     pub(super) violations: Vec<String>,
@@ -95,6 +100,7 @@ fn start_request(config: &FakeShardConfig, new: &proto::NewRequest) -> Result<Fa
         top_n_tokens: parameters.top_n_tokens as usize,
         wants_prompt_logprobs: parameters.prompt_logprobs,
         block_table: new.block_ids.clone(),
+        last_generated: Vec::new(),
     })
 }
 
@@ -137,8 +143,37 @@ pub(super) fn run_running(
         return reject(state, request_id, problem);
     }
     let Some(request) = state.requests.get_mut(&request_id) else {
-        return reject(state, request_id, "running request is unknown".to_string());
+        let problem = "running request is unknown".to_string();
+        if running.append_generated_tokens && state.forgotten_ids.contains(&request_id) {
+            // Planned before the router saw the answer that finished or rejected it.
+            return proto::Generation {
+                request_id,
+                error: problem,
+                ..Default::default()
+            };
+        }
+        return reject(state, request_id, problem);
     };
+    if running.append_generated_tokens {
+        if !running.new_token_ids.is_empty() {
+            return reject(
+                state,
+                request_id,
+                "generated tokens to append and new tokens in one step".to_string(),
+            );
+        }
+        if request.last_generated.is_empty() {
+            return reject(
+                state,
+                request_id,
+                "no generated tokens to append: its previous step sampled nothing".to_string(),
+            );
+        }
+        let generated = std::mem::take(&mut request.last_generated);
+        request.token_ids.extend(generated);
+    } else if !running.new_token_ids.is_empty() {
+        request.last_generated.clear();
+    }
     request.token_ids.extend_from_slice(&running.new_token_ids);
     request
         .block_table
@@ -326,14 +361,21 @@ fn sample(
         }
     }
     generation.finish_reason = finish as i32;
+    request.last_generated = generation
+        .tokens
+        .iter()
+        .map(|token| token.token_id)
+        .collect();
     if finish != proto::FinishReason::Unspecified {
         state.requests.remove(&request_id);
+        state.forgotten_ids.insert(request_id);
     }
 }
 
 /// Records `problem`, forgets the request and answers a per-request error.
 pub(super) fn reject(state: &mut FakeState, request_id: u64, problem: String) -> proto::Generation {
     state.requests.remove(&request_id);
+    state.forgotten_ids.insert(request_id);
     state
         .violations
         .push(format!("request {request_id}: {problem}"));

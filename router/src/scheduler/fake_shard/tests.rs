@@ -35,6 +35,7 @@ fn decode_of(request_id: u64, token_id: u32) -> proto::Step {
             new_block_ids: vec![],
             num_scheduled_tokens: 1,
             num_lookahead_tokens: 0,
+            append_generated_tokens: false,
         }],
         ..Default::default()
     }

@@ -99,7 +99,7 @@ async fn no_lookahead_past_max_new_tokens() {
 async fn speculation_under_memory_pressure_never_deadlocks_or_leaks() {
     let mut num_preemptions = 0;
     for seed in 1..=12 {
-        let (preemptions, _) = run_configuration(seed, NUM_SPECULATIVE_TOKENS).await;
+        let (preemptions, _) = run_configuration(seed, NUM_SPECULATIVE_TOKENS, true).await;
         num_preemptions += preemptions;
     }
     assert!(num_preemptions > 0, "the cache must be under pressure");

@@ -30,9 +30,14 @@ async fn run_case(receiver: EventReceiver, cancel_after_tokens: Option<usize>) -
     None // dropped here: cancelled (or already finished)
 }
 
-/// Runs one configuration, with `num_speculative_tokens` lookahead slots per decode; returns
-/// (preemptions, releases of cancelled requests).
-pub(super) async fn run_configuration(seed: u64, num_speculative_tokens: usize) -> (u64, usize) {
+/// Runs one configuration, with `num_speculative_tokens` lookahead slots per decode and
+/// synchronous or asynchronous scheduling; returns (preemptions, releases of cancelled
+/// requests).
+pub(super) async fn run_configuration(
+    seed: u64,
+    num_speculative_tokens: usize,
+    async_scheduling: bool,
+) -> (u64, usize) {
     let mut rng = Lcg(seed);
     let block_size = 1 + rng.below(4) as usize;
     let num_blocks = 6 + rng.below(10) as usize;
@@ -44,6 +49,7 @@ pub(super) async fn run_configuration(seed: u64, num_speculative_tokens: usize) 
         max_batch_total_tokens: capacity_tokens - rng.below(block_size as u64 + 1) as usize,
         max_batch_size: 1 + rng.below(8) as usize,
         num_speculative_tokens,
+        async_scheduling,
         ..super::config(&fake, 1, 1)
     };
     let max_total_tokens = config.max_batch_total_tokens;
@@ -91,11 +97,22 @@ pub(super) async fn run_configuration(seed: u64, num_speculative_tokens: usize) 
     )
 }
 
+/// Every configuration runs with both kinds of scheduling: each request gets exactly its
+/// tokens (the fake's are a function of the prompt), so both give the same outputs.
 #[tokio::test]
-async fn small_random_configurations_never_deadlock_or_leak() {
+async fn small_random_configurations_never_deadlock_or_leak_with_async_scheduling() {
+    check_random_configurations(true).await;
+}
+
+#[tokio::test]
+async fn small_random_configurations_never_deadlock_or_leak_with_sync_scheduling() {
+    check_random_configurations(false).await;
+}
+
+async fn check_random_configurations(async_scheduling: bool) {
     let (mut num_preemptions, mut num_cancel_releases) = (0, 0);
     for seed in 1..=12 {
-        let (preemptions, cancel_releases) = run_configuration(seed, 0).await;
+        let (preemptions, cancel_releases) = run_configuration(seed, 0, async_scheduling).await;
         num_preemptions += preemptions;
         num_cancel_releases += cancel_releases;
     }

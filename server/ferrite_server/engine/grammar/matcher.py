@@ -1,6 +1,9 @@
-"""One constrained request's grammar state. It follows the tokens the router appends (the
-router owns the sequence, see batch_state.py), so a recomputed request after a preemption or a
-shard restart replays its generated tokens into a fresh matcher and lands where it was."""
+"""One constrained request's grammar state. It follows the request's sequence, not its
+sampling: a token it allowed is consumed only once it is in the sequence (sent back by the
+router, or appended by the shard when the router says append_generated_tokens; see
+batch_state.py), just before the next token is chosen (token_choice.py). So both ways of
+appending land in the same state, and a recomputed request after a preemption or a shard
+restart replays its generated tokens into a fresh matcher and lands where it was."""
 
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ class RequestGrammar:
         new_ids = list(generated_ids[self._num_consumed_tokens :])
         self._num_consumed_tokens = len(generated_ids)
         if new_ids and not self._matcher.is_error():
-            # A refused token (only a router that appended its own tokens could send one)
+            # A refused token (only a router that appended tokens of its own could send one)
             # leaves the matcher in error: fill_mask then allows EOS only, and the engine
             # fails the request with error().
             self._matcher.consume_tokens(new_ids)
