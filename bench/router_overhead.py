@@ -3,17 +3,24 @@ token against the shard's forward and sampling time per decode step (issue 22's 
 overhead per token"). Starts the real launcher, streams greedy requests one at a time and reads
 the router's step counters from /metrics before and after each request.
 
-    python bench/router_overhead.py [--requests 5] [--new-tokens 64] [-- LAUNCHER FLAGS...]
+    python bench/router_overhead.py [--requests 5] [--new-tokens 64] [--setting NAME=FLAGS ...]
+
+Each setting (default: one with the launcher's defaults) runs its own server, all started
+first; requests then alternate between them, so the settings share the machine's state.
 
 Per request: TPOT = (last token - first token) / (tokens - 1) seen by the client; the shard's
 forward and sampling per decode step (tgi_batch_forward_duration, ferrite_step_sampling_seconds);
-the router's step wall (tgi_batch_inference_duration: send, gRPC, shard, reply); overhead = TPOT
-- forward - sampling (router planning, gRPC, the shard's host work, detokenizing, streaming).
+the router's step wall (tgi_batch_inference_duration: send, gRPC, shard, reply; with
+asynchronous scheduling it includes the wait behind the step sent before); overhead = TPOT -
+forward - sampling (router planning, gRPC, the shard's host work, detokenizing, streaming; what
+asynchronous scheduling hides behind the forward is not counted).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import shlex
 import statistics
 import sys
 import time
@@ -61,19 +68,8 @@ def one_request(client: Client, base_url: str, new_tokens: int) -> dict[str, flo
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=5)
-    parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("launcher_flags", nargs="*")
-    args = parser.parse_args()
-    with running_ferrite(args.launcher_flags) as server:
-        client = Client(server.base_url, timeout=600)
-        client.generate(PROMPT, max_new_tokens=8)  # warm
-        rows = [one_request(client, server.base_url, args.new_tokens) for _ in range(args.requests)]
-    print(f"cpu: {cpu_model()}")
-    print(f"launcher flags: {' '.join(args.launcher_flags) or '(defaults)'}; {args.requests} requests "
-          f"of {args.new_tokens} tokens, batch 1")
+def report(name: str, rows: list[dict[str, float]]) -> None:
+    print(f"== {name}")
     for key in ("tpot_ms", "step_wall_ms", "forward_ms", "sampling_ms"):
         values = [row[key] for row in rows]
         print(f"{key:14s} median {statistics.median(values):7.2f}  ({', '.join(f'{v:.2f}' for v in values)})")
@@ -83,6 +79,30 @@ def main() -> None:
           f"(TPOT - forward - sampling: {', '.join(f'{v:.2f}' for v in overheads)})")
     print(f"{'between_ms':14s} median {statistics.median(outside):7.2f}  "
           f"(TPOT - router step wall: time outside the step RPC, {', '.join(f'{v:.2f}' for v in outside)})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=5, help="per setting")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--setting", action="append", default=None, metavar="NAME=FLAGS",
+                        help="launcher flags of one server, e.g. 'sync=--async-scheduling off'")
+    args = parser.parse_args()
+    settings = [setting.partition("=") for setting in args.setting or ["defaults="]]
+    rows: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in settings}
+    with contextlib.ExitStack() as stack:
+        servers = {name: stack.enter_context(running_ferrite(shlex.split(flags)))
+                   for name, _, flags in settings}
+        clients = {name: Client(server.base_url, timeout=600) for name, server in servers.items()}
+        for client in clients.values():
+            client.generate(PROMPT, max_new_tokens=8)  # warm
+        for _ in range(args.requests):
+            for name, client in clients.items():
+                rows[name].append(one_request(client, servers[name].base_url, args.new_tokens))
+    print(f"cpu: {cpu_model()}")
+    print(f"{args.requests} requests of {args.new_tokens} tokens per setting, batch 1, settings alternating")
+    for name, _, flags in settings:
+        report(f"{name}: {flags or '(defaults)'}", rows[name])
 
 
 if __name__ == "__main__":
