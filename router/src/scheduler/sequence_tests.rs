@@ -5,7 +5,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::scheduler::interface::EventReceiver;
+use crate::scheduler::interface::{EventReceiver, ShardFinish};
 
 fn parameters(max_new_tokens: u32, prompt_logprobs: bool) -> proto::RequestParameters {
     proto::RequestParameters {
