@@ -248,6 +248,10 @@ impl Sequence {
         if chunk.is_some() {
             self.first_scheduled_at.get_or_insert(now);
             self.trace.scheduled();
+        } else {
+            // A decode step belongs to the decode phase, also when it is sent before the
+            // answer of the prompt's last step (asynchronous scheduling).
+            self.trace.prefill_done();
         }
         // The shard holds the known tokens and those its steps in flight generate.
         let num_shard_tokens = self.token_ids.len() + self.num_pending_tokens;

@@ -57,7 +57,9 @@ impl SequenceTrace {
         }
     }
 
-    /// The whole prompt is computed: tokens come one step at a time from here.
+    /// The whole prompt is computed, or its first decode step is sent (with asynchronous
+    /// scheduling that is before the prompt's last step answered): tokens come one step at
+    /// a time from here.
     pub fn prefill_done(&mut self) {
         if self.phase != Phase::Decode {
             self.open(Phase::Decode, false);
