@@ -18,6 +18,28 @@ impl Switch {
     }
 }
 
+/// `--async-scheduling`: `auto` turns it on where the forward runs on a GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AsyncScheduling {
+    Auto,
+    On,
+    Off,
+}
+
+impl AsyncScheduling {
+    /// Whether steps overlap on shards on `device` ("cpu", "cuda:0"). On a CPU the work the
+    /// router and the shard's event loop overlap with a forward runs on the cores (and under
+    /// the GIL) the forward's threads use, and delays it by about what it hides: measured no
+    /// faster there (bench/RESULTS.md), so `auto` keeps CPU shards synchronous.
+    pub fn is_on_for(self, device: &str) -> bool {
+        match self {
+            AsyncScheduling::On => true,
+            AsyncScheduling::Off => false,
+            AsyncScheduling::Auto => device.starts_with("cuda"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "ferrite-router",
@@ -87,10 +109,10 @@ pub struct RouterArgs {
 
     /// Plan and send each step while the shard still computes the one before (the shard
     /// appends the tokens it sampled itself), hiding the router's work and the gRPC round trip
-    /// behind the forward; outputs are unchanged. Off with `--speculate` (a verify step's
-    /// token count is only known when it ends).
-    #[arg(long, value_enum, default_value_t = Switch::On)]
-    pub async_scheduling: Switch,
+    /// behind the forward; outputs are unchanged. `auto`: on for GPU shards, off for CPU ones.
+    /// Off with `--speculate` (a verify step's token count is only known when it ends).
+    #[arg(long, value_enum, default_value_t = AsyncScheduling::Auto)]
+    pub async_scheduling: AsyncScheduling,
 
     /// Most distinct LoRA adapters among the requests of one step; a request of another
     /// adapter waits until one of them has no request left (the base model does not count).

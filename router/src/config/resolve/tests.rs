@@ -173,3 +173,22 @@ fn shard_sockets_repeat_and_model_id_overrides() {
     assert_eq!(config.model.num_shards, 2);
     assert_eq!(config.server.api_key, None, "an empty key means no key");
 }
+
+#[test]
+fn async_scheduling_is_on_for_gpu_shards_unless_told() {
+    let gpu = info(8192, true);
+    let cpu = proto::InfoResponse {
+        device: "cpu".into(),
+        ..info(8192, true)
+    };
+    let on = |extra: &[&str], info: &proto::InfoResponse| {
+        resolved(extra, info, 1000)
+            .expect("config")
+            .batching
+            .async_scheduling
+    };
+    assert!(on(&[], &gpu));
+    assert!(!on(&[], &cpu), "auto keeps CPU shards synchronous");
+    assert!(on(&["--async-scheduling", "on"], &cpu));
+    assert!(!on(&["--async-scheduling", "off"], &gpu));
+}
