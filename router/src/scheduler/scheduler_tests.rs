@@ -35,6 +35,19 @@ fn fake(block_size: usize, num_blocks: usize) -> Arc<FakeShard> {
     }))
 }
 
+/// A fake whose every step takes `step_delay` (time for tests to act between steps), with
+/// no poisoned prompt.
+fn slow_fake(num_blocks: usize, step_delay: Duration) -> Arc<FakeShard> {
+    Arc::new(FakeShard::new(FakeShardConfig {
+        vocab_size: VOCAB_SIZE,
+        eos_token_ids: vec![EOS_TOKEN_ID],
+        block_size: 4,
+        num_blocks,
+        poison_token_id: None,
+        step_delay,
+    }))
+}
+
 fn config(
     fake: &FakeShard,
     max_batch_prefill_tokens: usize,

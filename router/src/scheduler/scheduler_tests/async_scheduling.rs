@@ -13,22 +13,15 @@ fn scheduling_config(fake: &FakeShard, async_scheduling: bool) -> SchedulerConfi
     }
 }
 
-fn slow_fake() -> Arc<FakeShard> {
-    Arc::new(FakeShard::new(FakeShardConfig {
-        vocab_size: VOCAB_SIZE,
-        eos_token_ids: vec![EOS_TOKEN_ID],
-        block_size: 4,
-        num_blocks: 256,
-        poison_token_id: None,
-        // Long enough that the router plans the next step while this one runs.
-        step_delay: Duration::from_millis(3),
-    }))
+/// Steps long enough that the router plans the next one while one runs.
+fn stepping_fake() -> Arc<FakeShard> {
+    slow_fake(256, Duration::from_millis(3))
 }
 
 #[tokio::test]
 async fn the_next_step_is_sent_while_the_shard_computes_the_previous_one() {
     for async_scheduling in [true, false] {
-        let fake = slow_fake();
+        let fake = stepping_fake();
         let handle = spawn_scheduler(fake.clone(), scheduling_config(&fake, async_scheduling));
         run_all_correct(&handle, &[(prompt(6, 10), 12), (prompt(9, 300), 8)]).await;
         let stats = wait_for_drain(&handle).await;
@@ -55,7 +48,7 @@ async fn the_next_step_is_sent_while_the_shard_computes_the_previous_one() {
 
 #[tokio::test]
 async fn speculation_turns_asynchronous_scheduling_off() {
-    let fake = slow_fake();
+    let fake = stepping_fake();
     let config = SchedulerConfig {
         num_speculative_tokens: 2,
         ..scheduling_config(&fake, true)
@@ -70,7 +63,7 @@ async fn speculation_turns_asynchronous_scheduling_off() {
 /// rejects as unknown; nobody sees that answer and every block comes back.
 #[tokio::test]
 async fn requests_finishing_by_eos_get_exactly_their_tokens() {
-    let fake = slow_fake();
+    let fake = stepping_fake();
     let handle = spawn_scheduler(fake.clone(), scheduling_config(&fake, true));
     let cases: Vec<(Vec<u32>, u32)> = vec![
         (prompt(7, 996), 20),
@@ -93,7 +86,7 @@ async fn requests_finishing_by_eos_get_exactly_their_tokens() {
 #[tokio::test]
 async fn a_block_ending_in_an_uncomputed_eos_is_not_cached() {
     for async_scheduling in [true, false] {
-        let fake = slow_fake();
+        let fake = stepping_fake();
         let handle = spawn_scheduler(fake.clone(), scheduling_config(&fake, async_scheduling));
         // 8 prompt tokens ending at 995: the answer 996, 997, 998, EOS fills block 2.
         let first_prompt = prompt(8, 995);

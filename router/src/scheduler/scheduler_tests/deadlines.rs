@@ -4,17 +4,6 @@
 use super::*;
 use crate::scheduler::interface::TimeoutPhase;
 
-fn slow_fake(step_delay: Duration) -> Arc<FakeShard> {
-    Arc::new(FakeShard::new(FakeShardConfig {
-        vocab_size: VOCAB_SIZE,
-        eos_token_ids: vec![EOS_TOKEN_ID],
-        block_size: 4,
-        num_blocks: 64,
-        poison_token_id: None,
-        step_delay,
-    }))
-}
-
 fn with_deadline(mut request: GenerationRequest, budget: Duration) -> GenerationRequest {
     request.deadline = Some(request.received_at + budget);
     request
@@ -22,7 +11,7 @@ fn with_deadline(mut request: GenerationRequest, budget: Duration) -> Generation
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_request_past_its_deadline_fails_and_frees_its_blocks() {
-    let fake = slow_fake(Duration::from_millis(5));
+    let fake = slow_fake(64, Duration::from_millis(5));
     let handle = spawn_scheduler(fake.clone(), config(&fake, 16, 8));
     // 60 tokens at >= 5 ms a step take >= 300 ms: far past the 60 ms budget.
     let timed = handle
@@ -59,7 +48,7 @@ async fn a_running_request_past_its_deadline_fails_and_frees_its_blocks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_request_past_its_deadline_never_reaches_the_shard() {
-    let fake = slow_fake(Duration::from_millis(5));
+    let fake = slow_fake(64, Duration::from_millis(5));
     // One request at a time: the second waits behind the first's 30 steps.
     let handle = spawn_scheduler(fake.clone(), config(&fake, 16, 1));
     let first = handle
