@@ -91,6 +91,9 @@ class StepOrder:
             outcome.set_result(handed_over)
 
     def _drop_oldest_resolved(self) -> None:
-        excess = len(self._outcomes) - _MAX_REMEMBERED_STEPS
-        for step_id in [s for s, o in self._outcomes.items() if o.done()][: max(excess, 0)]:
+        if len(self._outcomes) <= _MAX_REMEMBERED_STEPS:
+            return
+        # Down to half at once, so that the scan below runs once per many steps.
+        excess = len(self._outcomes) - _MAX_REMEMBERED_STEPS // 2
+        for step_id in [s for s, o in self._outcomes.items() if o.done()][:excess]:
             del self._outcomes[step_id]
