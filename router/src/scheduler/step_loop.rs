@@ -104,41 +104,35 @@ impl<C: ShardClient> StepLoop<C> {
             }
             self.state.drop_cancelled_and_expired(Instant::now());
             let plan = self.state.plan();
-            if let Some(previous) = in_flight.take() {
-                if plan.is_empty() || !plan.preempted_ids.is_empty() {
+            if plan.is_empty() || !plan.preempted_ids.is_empty() {
+                if let Some(previous) = in_flight.take() {
                     // Preempting a request whose token is still being generated, or waiting
                     // with an answer pending: both wait for that answer and plan again.
                     self.finish(previous, None).await;
                     self.publish_gauges();
                     continue;
                 }
-                let step = self.state.prepare(&plan, Instant::now());
-                let next = self.send(step, Some(previous.step_id));
-                in_flight = self.finish(previous, Some(next)).await;
-                self.publish_gauges();
-                tokio::task::yield_now().await;
-                continue;
             }
             if plan.is_empty() {
                 // Nothing can run: normally because everything left was cancelled. A
                 // non-idle state here would be a planning bug; waiting for the next command
-                // (rather than spinning) keeps the process healthy.
+                // (rather than spinning) keeps the process healthy. Releases go out with a
+                // Filter before that wait (top of the loop).
                 is_stalled = !self.state.is_idle();
                 if is_stalled {
                     tracing::error!(num_running = self.state.num_running(), "no step possible");
                 }
-                self.flush_releases().await;
-                self.publish_gauges();
                 continue;
             }
             is_stalled = false;
             let step = self.state.prepare(&plan, Instant::now());
-            let sent = self.send(step, None);
-            if self.is_async {
-                in_flight = Some(sent);
-            } else {
-                self.finish(sent, None).await;
-            }
+            let sent = self.send(step, in_flight.as_ref().map(|previous| previous.step_id));
+            in_flight = match in_flight.take() {
+                // Sent ahead: the previous answer is applied while this step runs.
+                Some(previous) => self.finish(previous, Some(sent)).await,
+                None if self.is_async => Some(sent),
+                None => self.finish(sent, None).await,
+            };
             self.publish_gauges();
             // Let HTTP tasks on this runtime run between steps even if the shard answered
             // without ever yielding (in-process fakes do).
