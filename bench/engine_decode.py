@@ -2,6 +2,7 @@
 
     PYTHONPATH=server python bench/engine_decode.py [--model-dir DIR] [--dtype bfloat16]
         [--new-tokens 100] [--rounds 3] [--threads N] [--quantize int4 [--lm-head-bits 4]]
+        [--single-thread-max-rows 8]
 
 Both run in this process, alternating round by round so machine load hits both alike. Engine:
 one prefill step, then `--new-tokens` decode steps driven through Engine.step (no gRPC);
@@ -116,6 +117,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--quantize", default=None, help="the Engine's --quantize")
     parser.add_argument("--lm-head-bits", default=None, choices=["8", "4", "none"])
+    parser.add_argument("--single-thread-max-rows", type=int, default=0,
+                        help="the shard's --cpu-single-thread-max-rows")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -131,20 +134,24 @@ def main() -> None:
         kv_cache_memory_bytes=256 << 20,
         block_size_tokens=BLOCK_SIZE,
         quantize=args.quantize,
+        cpu_single_thread_max_rows=args.single_thread_max_rows,
     )
     engine = Engine.load(config)
     engine.warmup(max_batch_prefill_tokens=256, max_batch_size=8, max_total_tokens=1024)
     dtype = getattr(torch, args.dtype)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
     engine_rounds, hf_rounds = [], []
+    all_threads = torch.get_num_threads()  # the Engine may run a decode step on fewer
     for _ in range(args.rounds):
         engine_rounds.append(engine_round(engine, prompt_ids, args.new_tokens))
+        torch.set_num_threads(all_threads)
         hf_rounds.append(transformers_round(model, prompt_ids, args.new_tokens))
     best = max(engine_rounds, key=lambda r: r["tokens_per_s"])
     print(
         f"model {model_dir.name}, {args.dtype}, --quantize {args.quantize} (LM head "
         f"{args.lm_head_bits or 'default'}), prompt {len(prompt_ids)} tokens, "
-        f"{args.new_tokens} decode steps, torch threads {torch.get_num_threads()}"
+        f"{args.new_tokens} decode steps, torch threads {all_threads}, "
+        f"single-thread steps up to {args.single_thread_max_rows} rows"
     )
     engine_speeds = ", ".join(f"{r['tokens_per_s']:.1f}" for r in engine_rounds)
     print(f"engine       decode tokens/s: {best['tokens_per_s']:.1f} (rounds: {engine_speeds})")

@@ -55,3 +55,18 @@ def test_cpu_ranks_of_one_node_split_the_threads(monkeypatch) -> None:  # type: 
         assert host_cpu.set_cpu_threads(local_world_size=3) == 2 == torch.get_num_threads()
     finally:
         torch.set_num_threads(previous)
+
+
+def test_small_steps_run_on_one_thread_large_ones_on_all() -> None:
+    threads = host_cpu.StepThreads(all_threads=4, single_thread_max_rows=8)
+    assert [threads.threads_for(rows) for rows in (1, 8, 9, 512)] == [1, 1, 4, 4]
+    never = host_cpu.StepThreads(all_threads=4)
+    assert never.threads_for(1) == 4
+    previous = torch.get_num_threads()
+    try:
+        threads.use_for(3)
+        assert torch.get_num_threads() == 1
+        threads.use_all()
+        assert torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(previous)

@@ -62,6 +62,23 @@ fn omp_wait_policy_reaches_the_shards_unless_left_to_the_runtime() {
 }
 
 #[test]
+fn small_cpu_steps_run_on_one_thread_only_with_sleeping_threads() {
+    let passive = plan(&[]).expect("valid");
+    assert_eq!(
+        flag_value(&passive.shards[0].process, "--cpu-single-thread-max-rows"),
+        Some("8")
+    );
+    for policy in ["spin", "active", "runtime"] {
+        let other = plan(&["--omp-wait-policy", policy]).expect("valid");
+        assert_eq!(
+            flag_value(&other.shards[0].process, "--cpu-single-thread-max-rows"),
+            None,
+            "{policy}"
+        );
+    }
+}
+
+#[test]
 fn shards_get_rank_world_size_and_rendezvous_env() {
     let plan = plan(&["--num-shard", "3", "--master-port", "29600"]).expect("valid");
     assert_eq!(plan.shards.len(), 3);

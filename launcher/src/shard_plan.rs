@@ -81,6 +81,11 @@ impl ShardPlanner<'_> {
             args.tgi.cuda_memory_fraction.as_ref(),
         );
         argv.extend(lora_flags(args));
+        push_opt(
+            &mut argv,
+            "--cpu-single-thread-max-rows",
+            single_thread_max_rows(&args.omp_wait_policy).as_ref(),
+        );
         argv.extend(crate::observability::shard_flags(args));
         if !self.topology.runs_router() {
             // The router on node 0 reaches this node's shards over TCP.
@@ -132,6 +137,17 @@ fn lora_flags(args: &Args) -> Vec<String> {
     let hub_cache = hub_cache.map(|dir| dir.display().to_string());
     push_opt(&mut argv, "--hub-cache-dir", hub_cache.as_ref());
     argv
+}
+
+/// CPU steps of at most this many rows run on one torch thread when idle threads sleep
+/// (passive): waking them at each of a small step's parallel regions costs more than they
+/// save (bench/RESULTS.md: batch 1 to 12 faster on one thread of two, 16 on par). Spinning
+/// threads wake at once, so every step keeps them all.
+fn single_thread_max_rows(policy: &str) -> Option<u32> {
+    const PASSIVE_SINGLE_THREAD_MAX_ROWS: u32 = 8;
+    policy
+        .eq_ignore_ascii_case("passive")
+        .then_some(PASSIVE_SINGLE_THREAD_MAX_ROWS)
 }
 
 /// OpenMP's wait policy for `--omp-wait-policy`, read by the OpenMP runtime when torch loads

@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="logit bias of watermark greenlist tokens")
     serve.add_argument("--cuda-memory-fraction", type=float, default=ShardConfig.cuda_memory_fraction,
                        help="CUDA: share of the GPU's memory the shard may use in total")
+    serve.add_argument("--cpu-single-thread-max-rows", type=int,
+                       default=ShardConfig.cpu_single_thread_max_rows,
+                       help="CPU: steps of at most this many rows run on one torch thread (0: never)")
     serve.add_argument("--otlp-endpoint", default=None,
                        help="OTLP/gRPC collector to export step spans to (default: tracing off)")
     serve.add_argument("--otlp-service-name", default=TracingConfig.otlp_service_name,
@@ -212,6 +215,7 @@ def shard_config_from_args(args: argparse.Namespace) -> ShardConfig:
         cuda_graph_batch_sizes=args.cuda_graphs,
         watermark=WatermarkConfig(gamma=args.watermark_gamma, delta=args.watermark_delta),
         cuda_memory_fraction=args.cuda_memory_fraction,
+        cpu_single_thread_max_rows=args.cpu_single_thread_max_rows,
         trust_remote_code=args.trust_remote_code,
         model_implementation=args.model_implementation,
         rope_override=rope_override_from_args(args),

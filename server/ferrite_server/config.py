@@ -144,6 +144,9 @@ class ShardConfig:
     watermark: WatermarkConfig = WatermarkConfig()
     # CUDA: share of the GPU's memory ferrite may use in total (TGI's --cuda-memory-fraction).
     cuda_memory_fraction: float = 0.9
+    # CPU: steps of at most this many rows run on one torch thread (engine/host_cpu.StepThreads);
+    # 0: every step on all threads. The launcher sets it with passive OpenMP threads.
+    cpu_single_thread_max_rows: int = 0
     # Run a checkpoint's own Python code (`auto_map`) on the transformers fallback.
     trust_remote_code: bool = False
     # None: the RoPE scaling in the checkpoint's config.json.

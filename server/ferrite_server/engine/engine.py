@@ -30,6 +30,7 @@ from ferrite_server.engine.errors import (
 from ferrite_server.engine.grammar import GrammarCompiler, GrammarError
 from ferrite_server.engine.grammar.matcher import RequestGrammar
 from ferrite_server.engine.forward_inputs import ForwardInputs, build_forward_inputs
+from ferrite_server.engine.host_cpu import StepThreads
 from ferrite_server.engine.kv_cache import allocate_kv_cache, kv_cache_bytes
 from ferrite_server.engine.memory import cpu_kv_cache_bytes, cuda_kv_cache_bytes
 from ferrite_server.engine.model_runner import ModelRunner
@@ -67,6 +68,7 @@ class Engine:
         graph_capture: GraphCapture | None = None,
         grammars: GrammarCompiler | None = None,
         draft: DraftModel | None = None,
+        step_threads: StepThreads | None = None,
     ) -> None:
         """`graph_capture`: how decode graphs are captured; None: CUDA graphs on a CUDA device
         (tests on a CPU pass cuda_graphs.EagerReplay to run the same padded-bucket path).
@@ -88,6 +90,7 @@ class Engine:
         self._propose = proposer_for(config.speculative_method)
         self._draft = draft
         self._grammars = grammars
+        self._step_threads = step_threads
         facts = runner.facts
         self._stop = StopCriteria(
             eos_token_ids=frozenset(facts.eos_token_ids),
@@ -109,7 +112,10 @@ class Engine:
         draft = None
         if config.speculative_method == "draft":
             draft = DraftModel.load(config, runner.facts, Watermark(config.watermark))
-        return cls(runner, config, grammars=grammars, draft=draft)
+        step_threads = None
+        if runner.facts.device.type == "cpu":
+            step_threads = StepThreads(torch.get_num_threads(), config.cpu_single_thread_max_rows)
+        return cls(runner, config, grammars=grammars, draft=draft, step_threads=step_threads)
 
     @property
     def grammars(self) -> GrammarCompiler | None:
@@ -289,6 +295,9 @@ class Engine:
     ) -> tuple[list[Generation], int, int, int]:
         """(generations, forward start (perf_counter ns), forward ns, sampling ns)"""
         device = self._runner.facts.device
+        if self._step_threads is not None:  # the rows the forward will have, proposals included
+            rows = sum(len(s.input_ids) + s.num_lookahead_slots for s in sequences)
+            self._step_threads.use_for(rows)
         if self._draft is not None:
             sequences = self._draft.propose(sequences)
         inputs = build_forward_inputs(sequences, self._block_size, device)
@@ -296,6 +305,8 @@ class Engine:
         clock.start()
         hidden = self._forward(inputs, kv_caches)  # [T, H]
         clock.forward_done()  # no device synchronize: sampling is queued behind the forward
+        if self._step_threads is not None:  # the LM head reads the most bytes of all products
+            self._step_threads.use_all()
         sampled = choose_tokens(  # per sequence: its choices
             sequences, inputs, self._runner.compute_logits, hidden, self._watermark
         )

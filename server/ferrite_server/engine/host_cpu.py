@@ -7,6 +7,7 @@ import functools
 import logging
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -74,3 +75,36 @@ def set_cpu_threads(local_world_size: int) -> int:
     torch.set_num_threads(threads)
     logger.info("torch runs %d thread(s) on %d usable core(s)", threads, cores)
     return threads
+
+
+@dataclass
+class StepThreads:
+    """How many torch threads one CPU step runs on: all of them for a step of many rows
+    (prefill, large batches: arithmetic the threads split), one for a step of at most
+    `single_thread_max_rows` rows. A small step is bound by reading the weights, and with
+    sleeping idle threads (`--omp-wait-policy passive`, the default) each of its ~400 parallel
+    regions pays a wake-up that costs more than the second thread saves: measured here, a
+    batch-1 int4 forward took 16-19 ms on one thread and 26-32 ms on two (bench/RESULTS.md),
+    and the core left idle runs the router and the shard's host work meanwhile. The LM head
+    and sampling (few regions, the largest product) run on all threads."""
+
+    all_threads: int
+    single_thread_max_rows: int = 0  # 0: every step runs on all threads
+
+    def threads_for(self, rows: int) -> int:
+        return 1 if rows <= self.single_thread_max_rows else self.all_threads
+
+    def use_for(self, rows: int) -> None:
+        """Set this thread's torch thread count for a forward of `rows` rows (OpenMP's count is
+        per calling thread: call it on the thread that runs the step)."""
+        _set_torch_threads(self.threads_for(rows))
+
+    def use_all(self) -> None:
+        _set_torch_threads(self.all_threads)
+
+
+def _set_torch_threads(threads: int) -> None:
+    import torch
+
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
