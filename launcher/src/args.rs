@@ -196,6 +196,10 @@ pub struct Args {
     #[arg(long, env, default_value = "passive", value_parser = ["passive", "spin", "active", "runtime"], ignore_case = true)]
     pub omp_wait_policy: String,
 
+    /// CPU shards run the forward of a step of at most this many rows on one torch thread (0: every step on all threads); default 8 with `--omp-wait-policy passive`, else 0
+    #[arg(long, env)]
+    pub cpu_single_thread_max_rows: Option<u32>,
+
     /// KV cache storage; fp8 halves its memory per token
     #[arg(long, env, value_enum, default_value_t = KvCacheDtype::Auto)]
     pub kv_cache_dtype: KvCacheDtype,

@@ -76,6 +76,11 @@ fn small_cpu_steps_run_on_one_thread_only_with_sleeping_threads() {
             "{policy}"
         );
     }
+    let chosen = plan(&["--cpu-single-thread-max-rows", "0"]).expect("valid");
+    assert_eq!(
+        flag_value(&chosen.shards[0].process, "--cpu-single-thread-max-rows"),
+        Some("0")
+    );
 }
 
 #[test]

@@ -84,7 +84,7 @@ impl ShardPlanner<'_> {
         push_opt(
             &mut argv,
             "--cpu-single-thread-max-rows",
-            single_thread_max_rows(&args.omp_wait_policy).as_ref(),
+            single_thread_max_rows(args).as_ref(),
         );
         argv.extend(crate::observability::shard_flags(args));
         if !self.topology.runs_router() {
@@ -139,15 +139,17 @@ fn lora_flags(args: &Args) -> Vec<String> {
     argv
 }
 
-/// CPU steps of at most this many rows run on one torch thread when idle threads sleep
-/// (passive): waking them at each of a small step's parallel regions costs more than they
-/// save (bench/RESULTS.md: batch 1 to 12 faster on one thread of two, 16 on par). Spinning
-/// threads wake at once, so every step keeps them all.
-fn single_thread_max_rows(policy: &str) -> Option<u32> {
+/// `--cpu-single-thread-max-rows`, else by the wait policy: CPU steps of at most 8 rows run on
+/// one torch thread when idle threads sleep (passive), because waking them at each of a small
+/// step's parallel regions costs more than they save (bench/RESULTS.md: batch 1 to 12 faster
+/// on one thread of two, 16 on par); spinning threads wake at once, so every step keeps them.
+fn single_thread_max_rows(args: &Args) -> Option<u32> {
     const PASSIVE_SINGLE_THREAD_MAX_ROWS: u32 = 8;
-    policy
-        .eq_ignore_ascii_case("passive")
-        .then_some(PASSIVE_SINGLE_THREAD_MAX_ROWS)
+    args.cpu_single_thread_max_rows.or_else(|| {
+        args.omp_wait_policy
+            .eq_ignore_ascii_case("passive")
+            .then_some(PASSIVE_SINGLE_THREAD_MAX_ROWS)
+    })
 }
 
 /// OpenMP's wait policy for `--omp-wait-policy`, read by the OpenMP runtime when torch loads
