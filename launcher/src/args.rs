@@ -240,7 +240,7 @@ pub struct Args {
     #[arg(long, env, default_value = "on", value_parser = ["on", "off"])]
     pub prefix_caching: String,
 
-    /// Plan and send each step while the shard still computes the previous one (vLLM's asynchronous scheduling): auto (on for GPU shards, off for CPU ones, where it measured no faster), on or off; outputs are the same either way, and --speculate turns it off
+    /// Plan and send each step while the shard still computes the previous one (vLLM's asynchronous scheduling): auto (= on), on or off (CPU shards whose every step uses every core, e.g. with --omp-wait-policy spin, may run faster off); outputs are the same either way, and --speculate turns it off
     #[arg(long, env, default_value = "auto", value_parser = ["auto", "on", "off"])]
     pub async_scheduling: String,
 

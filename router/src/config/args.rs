@@ -18,7 +18,8 @@ impl Switch {
     }
 }
 
-/// `--async-scheduling`: `auto` turns it on where the forward runs on a GPU.
+/// `--async-scheduling`: `auto` is `on` (kept as the default's name so a later rule, e.g. per
+/// device, can change it without changing the command line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AsyncScheduling {
     Auto,
@@ -27,16 +28,12 @@ pub enum AsyncScheduling {
 }
 
 impl AsyncScheduling {
-    /// Whether steps overlap on shards on `device` ("cpu", "cuda:0"). On a CPU the work the
-    /// router and the shard's event loop overlap with a forward runs on the cores (and under
-    /// the GIL) the forward's threads use, and delays it by about what it hides: measured no
-    /// faster there (bench/RESULTS.md), so `auto` keeps CPU shards synchronous.
-    pub fn is_on_for(self, device: &str) -> bool {
-        match self {
-            AsyncScheduling::On => true,
-            AsyncScheduling::Off => false,
-            AsyncScheduling::Auto => device.starts_with("cuda"),
-        }
+    /// Whether steps overlap. On a GPU the forward runs on the device meanwhile; a CPU shard
+    /// runs the forward of small steps (batch-1 decode) on one thread and leaves a core to the
+    /// overlapped work: measured faster there too (bench/RESULTS.md). A CPU shard whose every
+    /// step uses every core (`--omp-wait-policy spin`) gains nothing: its users may turn it off.
+    pub fn is_on(self) -> bool {
+        self != AsyncScheduling::Off
     }
 }
 
@@ -109,7 +106,7 @@ pub struct RouterArgs {
 
     /// Plan and send each step while the shard still computes the one before (the shard
     /// appends the tokens it sampled itself), hiding the router's work and the gRPC round trip
-    /// behind the forward; outputs are unchanged. `auto`: on for GPU shards, off for CPU ones.
+    /// behind the forward; outputs are unchanged. `auto`: on.
     /// Off with `--speculate` (a verify step's token count is only known when it ends).
     #[arg(long, value_enum, default_value_t = AsyncScheduling::Auto)]
     pub async_scheduling: AsyncScheduling,

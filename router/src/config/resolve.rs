@@ -237,7 +237,7 @@ pub fn resolve(
             prefix_caching: args.prefix_caching.is_on(),
             num_speculative_tokens: args.speculate,
             max_loras_per_batch: args.max_loras_per_batch,
-            async_scheduling: args.async_scheduling.is_on_for(&info.device),
+            async_scheduling: args.async_scheduling.is_on(),
         },
     })
 }

@@ -175,7 +175,7 @@ fn shard_sockets_repeat_and_model_id_overrides() {
 }
 
 #[test]
-fn async_scheduling_is_on_for_gpu_shards_unless_told() {
+fn async_scheduling_is_on_for_every_shard_unless_told() {
     let gpu = info(8192, true);
     let cpu = proto::InfoResponse {
         device: "cpu".into(),
@@ -188,7 +188,10 @@ fn async_scheduling_is_on_for_gpu_shards_unless_told() {
             .async_scheduling
     };
     assert!(on(&[], &gpu));
-    assert!(!on(&[], &cpu), "auto keeps CPU shards synchronous");
-    assert!(on(&["--async-scheduling", "on"], &cpu));
+    assert!(
+        on(&[], &cpu),
+        "CPU shards leave a core to the overlapped work"
+    );
+    assert!(!on(&["--async-scheduling", "off"], &cpu));
     assert!(!on(&["--async-scheduling", "off"], &gpu));
 }
