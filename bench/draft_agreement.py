@@ -24,7 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speculative import LOOKUP_TASKS, sharegpt_prompts  # noqa: E402
 
-from ferrite_server.cli import DEFAULT_MODEL_CACHE_DIR  # noqa: E402
+from ferrite_server.cli_flags import DEFAULT_MODEL_CACHE_DIR  # noqa: E402
 from ferrite_server.model_prep.default_model import ensure_default_model  # noqa: E402
 
 

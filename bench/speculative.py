@@ -40,7 +40,7 @@ from tests.support.draft_models import write_truncated_model  # noqa: E402
 from machine import cpu_model  # noqa: E402
 
 from ferrite_benchmark.sharegpt import bundled_dataset_path, parse_entries  # noqa: E402
-from ferrite_server.cli import DEFAULT_MODEL_CACHE_DIR  # noqa: E402
+from ferrite_server.cli_flags import DEFAULT_MODEL_CACHE_DIR  # noqa: E402
 from ferrite_server.model_prep.default_model import ensure_default_model  # noqa: E402
 
 COMMON = ["--dtype", "float32", "--max-input-tokens", "1500", "--max-total-tokens", "2000"]

@@ -103,7 +103,7 @@ def test_cos_sin_per_token_follow_each_sequence_length() -> None:
 
 
 def test_tgi_rope_flags_replace_the_scaling_and_keep_each_base() -> None:
-    from ferrite_server.cli import build_parser, rope_override_from_args
+    from ferrite_server.cli_flags import build_parser, rope_override_from_args
     from ferrite_server.config import RopeOverride
     from ferrite_server.models.rope_config import with_rope_override
 

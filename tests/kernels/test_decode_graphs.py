@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ferrite_server.cli import build_parser, shard_config_from_args
+from ferrite_server.cli_flags import build_parser, shard_config_from_args
 from ferrite_server.engine.cuda_graphs import (
     PADDING_SLOT,
     DecodeGraphShape,
