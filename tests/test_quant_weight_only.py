@@ -20,6 +20,7 @@ from ferrite_server.layers.linear import ColumnParallelLinear, RowParallelLinear
 from ferrite_server.layers.placement import LayerPlacement
 from ferrite_server.layers.quantization.config import QuantizationConfig, resolve_quantization
 from ferrite_server.layers.quantization.weight_only import WeightOnlyParams
+from ferrite_server.layers.quantization import weight_only_ops
 from ferrite_server.layers.quantization.weight_only_ops import (
     CpuInt4Linear,
     CpuInt8Linear,
@@ -73,7 +74,8 @@ def test_int4_reproduces_a_weight_already_on_a_group_grid() -> None:
     assert torch.allclose(dequantize_int4(quantized, torch.float32), grid, atol=1e-5)
 
 
-@pytest.mark.parametrize("rows", [1, 5, 40])  # 40: int8 takes the dequantize-once path
+# The last: int8 takes the dequantize-and-matmul path.
+@pytest.mark.parametrize("rows", [1, 5, weight_only_ops.CPU_INT8_DEQUANT_MIN_ROWS])
 def test_cpu_kernels_agree_with_the_dequantized_product(rows: int) -> None:
     generator = torch.Generator().manual_seed(rows)
     weight = torch.randn(48, 64, generator=generator)
@@ -89,6 +91,23 @@ def test_cpu_kernels_agree_with_the_dequantized_product(rows: int) -> None:
         got = product(x)
         assert got.dtype == torch.float32 and got.shape == (rows, 48)
         assert _relative_error(got, expected) < BF16_PRODUCT_TOLERANCE
+
+
+def test_a_large_int8_weight_is_dequantized_in_slices_with_the_same_product(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    generator = torch.Generator().manual_seed(9)
+    quantized = quantize_int8(torch.randn(48, 64, generator=generator))
+    x = torch.randn(weight_only_ops.CPU_INT8_SLICED_DEQUANT_MIN_ROWS, 64, generator=generator)
+    whole = weight_only_linear(quantized)(x)
+    monkeypatch.setattr(weight_only_ops, "CPU_INT8_DEQUANT_SLICE_ROWS", 20)  # 20 + 20 + 8 rows
+    dequantized = []
+    real_dequantize = weight_only_ops.dequantize_int8
+    monkeypatch.setattr(
+        weight_only_ops, "dequantize_int8",
+        lambda weight, dtype: dequantized.append(weight.codes.shape[0]) or real_dequantize(weight, dtype),
+    )
+    sliced = weight_only_linear(quantized)(x)
+    assert dequantized == [20, 20, 8]
+    assert sliced.shape == whole.shape and torch.allclose(sliced, whole, rtol=1e-5, atol=1e-5)
 
 
 def test_an_output_size_the_int4_kernel_cannot_block_dequantizes_per_call() -> None:

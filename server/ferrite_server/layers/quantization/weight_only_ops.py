@@ -28,9 +28,15 @@ INT4_LEVELS = 15  # codes 0..15
 INT4_MIDPOINT = 8  # the kernels subtract it from each code
 # aten's CPU int4 packing blocks output features by 16 (it refuses other N).
 CPU_INT4_N_MULTIPLE = 16
-# From this many rows on, dequantizing the int8 weight once + a dense matmul beats the
-# weight-only kernel on the CPU (measured: 32 rows 1.3 vs 1.8 ms, 512 rows 12 vs 35 ms).
-CPU_INT8_DEQUANT_MIN_ROWS = 32
+# From this many rows on, dequantizing the int8 weight + a dense matmul beats the weight-only
+# kernel on the CPU (bench/cpu_int8_rows.py, 2 threads: 3072 x 576 at 64 rows 1.3 vs 1.6 ms).
+CPU_INT8_DEQUANT_MIN_ROWS = 64
+# A weight of more output rows is dequantized in slices of this many (a float32 copy of the
+# whole 49152 x 576 LM head, 113 MB, falls out of the caches), and only from more rows on,
+# since that costs more per element (the head at 64 rows: kernel 42 ms, slices 98 ms; at 128
+# rows 89 vs 51 ms).
+CPU_INT8_DEQUANT_SLICE_ROWS = 4096
+CPU_INT8_SLICED_DEQUANT_MIN_ROWS = 128
 # tinygemm (CUDA int4) tiles K by inner_k_tiles * 16; the largest that divides K is used.
 _CUDA_INNER_K_TILES = (8, 4, 2)
 
@@ -106,10 +112,22 @@ class CpuInt8Linear:
         self.scales_f32 = weight.scales
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:  # [M, K] -> [M, N] in x's dtype
-        if x.shape[0] >= CPU_INT8_DEQUANT_MIN_ROWS:
-            return F.linear(x, dequantize_int8(Int8Weight(self.codes, self.scales_f32), x.dtype))
+        sliced = self.codes.shape[0] > CPU_INT8_DEQUANT_SLICE_ROWS
+        if x.shape[0] >= (CPU_INT8_SLICED_DEQUANT_MIN_ROWS if sliced else CPU_INT8_DEQUANT_MIN_ROWS):
+            return self._dequantized_product(x)
         y = torch.ops.aten._weight_int8pack_mm(_bf16_rows(x), self.codes, self.scales)
         return _in_dtype(y, x.dtype)
+
+    def _dequantized_product(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.codes.shape[0]
+        if n <= CPU_INT8_DEQUANT_SLICE_ROWS:
+            return F.linear(x, dequantize_int8(Int8Weight(self.codes, self.scales_f32), x.dtype))
+        parts = []
+        for start in range(0, n, CPU_INT8_DEQUANT_SLICE_ROWS):
+            rows = slice(start, start + CPU_INT8_DEQUANT_SLICE_ROWS)
+            weight = Int8Weight(self.codes[rows], self.scales_f32[rows])
+            parts.append(F.linear(x, dequantize_int8(weight, x.dtype)))
+        return torch.cat(parts, dim=1)
 
     def memory_tensors(self) -> tuple[torch.Tensor, ...]:
         return self.codes, self.scales, self.scales_f32
