@@ -449,5 +449,8 @@ fn probe_host(hostname: &str) -> String {
 }
 
 #[cfg(test)]
+#[path = "plan_checks_tests.rs"]
+mod checks_tests;
+#[cfg(test)]
 #[path = "plan_tests.rs"]
 mod tests;
