@@ -28,8 +28,10 @@ INT4_LEVELS = 15  # codes 0..15
 INT4_MIDPOINT = 8  # the kernels subtract it from each code
 # aten's CPU int4 packing blocks output features by 16 (it refuses other N).
 CPU_INT4_N_MULTIPLE = 16
-# From this many rows on, dequantizing the int8 weight + a dense matmul beats the weight-only
-# kernel on the CPU (bench/cpu_int8_rows.py, 2 threads: 3072 x 576 at 64 rows 1.3 vs 1.6 ms).
+# From this many rows on, dequantizing the int8 weight + a dense matmul instead of the
+# weight-only kernel on the CPU (bench/cpu_int8_rows.py, 2 threads, the body's shapes: the
+# kernel wins up to 32 rows, runs disagree at 64, dequantizing wins from 128 and at 512 rows
+# 12 vs 35 ms).
 CPU_INT8_DEQUANT_MIN_ROWS = 64
 # A weight of more output rows is dequantized in slices of this many (a float32 copy of the
 # whole 49152 x 576 LM head, 113 MB, falls out of the caches), and only from more rows on,
