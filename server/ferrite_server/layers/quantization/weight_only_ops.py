@@ -121,15 +121,13 @@ class CpuInt8Linear:
         return _in_dtype(y, x.dtype)
 
     def _dequantized_product(self, x: torch.Tensor) -> torch.Tensor:
-        n = self.codes.shape[0]
-        if n <= CPU_INT8_DEQUANT_SLICE_ROWS:
-            return F.linear(x, dequantize_int8(Int8Weight(self.codes, self.scales_f32), x.dtype))
+        """Dequantized slice by slice (one slice: the whole weight)."""
+        step = CPU_INT8_DEQUANT_SLICE_ROWS
         parts = []
-        for start in range(0, n, CPU_INT8_DEQUANT_SLICE_ROWS):
-            rows = slice(start, start + CPU_INT8_DEQUANT_SLICE_ROWS)
-            weight = Int8Weight(self.codes[rows], self.scales_f32[rows])
+        for start in range(0, self.codes.shape[0], step):
+            weight = Int8Weight(self.codes[start : start + step], self.scales_f32[start : start + step])
             parts.append(F.linear(x, dequantize_int8(weight, x.dtype)))
-        return torch.cat(parts, dim=1)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     def memory_tensors(self) -> tuple[torch.Tensor, ...]:
         return self.codes, self.scales, self.scales_f32
