@@ -54,3 +54,25 @@ def test_torch_backend_matches_attention_by_hand(case: PagedCase) -> None:
     # A second layer with the same step metadata reuses the decode plan and still agrees.
     again = backend.forward(batch.query, batch.key_cache, batch.value_cache, batch.metadata, batch.scale)
     assert torch.equal(again, got)
+
+
+@pytest.mark.parametrize(
+    "query_lens, seq_lens",
+    [
+        ((1, 1, 1, 1), (40, 7, 23, 1)),  # decodes only: one padded, masked batch
+        ((1, 4, 1, 1), (30, 4, 9, 17)),  # decodes beside a prompt: rows picked from the step
+    ],
+)
+def test_bfloat16_decode_rows_attended_by_kv_head_group_match_attention_by_hand(
+    query_lens: tuple[int, ...], seq_lens: tuple[int, ...]
+) -> None:
+    # bfloat16 decode rows take the grouped path (each KV head's 3 query heads as 3 query rows);
+    # a wrong head-to-group order or mask broadcast would put whole heads off, not one ulp.
+    case = PagedCase(query_lens=query_lens, seq_lens=seq_lens, num_kv_heads=3, queries_per_kv=3,
+                     head_dim=16, block_size=8, dtype=torch.bfloat16)
+    batch = build_batch(case, seed=11)
+    got = TorchAttentionBackend().forward(
+        batch.query, batch.key_cache, batch.value_cache, batch.metadata, batch.scale
+    )
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.double(), attention_by_hand(batch), atol=2e-2, rtol=2e-2)
