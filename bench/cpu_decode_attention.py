@@ -1,4 +1,5 @@
-"""Decode attention on CPU: SDPA with `enable_gqa` against each KV head's query heads as rows.
+"""Decode attention on CPU: SDPA with `enable_gqa` against each KV head's query heads as rows,
+and contexts of different lengths padded all together against in groups of similar length.
 
     OMP_WAIT_POLICY=PASSIVE PYTHONPATH=server python bench/cpu_decode_attention.py
         [--contexts 1x128,1x2048,32x128,32x1024] [--engine-contexts 1x1024,32x512]
@@ -6,11 +7,13 @@
 Part 1, one layer's attention as the torch backend runs it (the bundled model's 9 query heads
 over 3 KV heads of 64, all torch threads, best of 5, times 30 layers): S sequences of contexts
 spread between L/2 and L keys (padded to L and masked, as a decode batch is; S = 1: exactly L),
-bfloat16 and float32, with `enable_gqa` (before) and grouped (after), and the largest difference.
+bfloat16 and float32, SDPA with `enable_gqa` (before) and grouped (after, the path bfloat16 and
+float16 take; float32 keeps `enable_gqa`), and the largest difference between them.
 Part 2, through the Engine (bundled model, bfloat16, `--quantize int4`, one process, no gRPC):
 S requests whose contexts are spread between L/4 and L tokens (sharing their prompt's cached
-blocks, so one prefill builds them all), median of 8 decode steps, before and after,
-alternating twice. "Before" is the grouped path switched off in this process only.
+blocks, so one prefill builds them all), median of 8 decode steps in three settings, alternating
+twice: `enable_gqa` and one padded batch (before), query heads grouped by KV head and one padded
+batch, and both grouped (now). The settings are switched in this process only.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from transformers import AutoTokenizer
 
 from engine_decode import BLOCK_SIZE, PROMPT
@@ -34,18 +38,26 @@ from ferrite_server.engine.types import (
     StepInput,
     StoppingParams,
 )
-from ferrite_server.layers.attention import torch_attention_math
+from ferrite_server.layers.attention import torch_attention_math, torch_decode_batch
 from ferrite_server.model_prep import ensure_default_model
 from machine import cpu_model
 
 NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, NUM_LAYERS = 9, 3, 64, 30
 DECODE_STEPS = 8
 GROUPED_ATTENTION = torch_attention_math._same_for_every_head
+MIN_PADDING_SAVED_KEYS = torch_decode_batch.MIN_PADDING_SAVED_KEYS
+# name -> (query heads grouped by KV head, contexts in groups of similar length)
+SETTINGS = {"before": (False, False), "heads grouped": (True, False), "both (now)": (True, True)}
 
 
 def grouped(enabled: bool) -> None:
     """Switch the grouped path on or off in this process (the benchmark's before / after)."""
     torch_attention_math._same_for_every_head = GROUPED_ATTENTION if enabled else (lambda mask: False)
+
+
+def length_groups(enabled: bool) -> None:
+    """Contexts in groups of similar length, or all in one padded batch (a cut never pays)."""
+    torch_decode_batch.MIN_PADDING_SAVED_KEYS = MIN_PADDING_SAVED_KEYS if enabled else 1 << 30
 
 
 def best_ms(fn: Callable[[], object]) -> float:
@@ -75,13 +87,14 @@ def one_layer(contexts: list[tuple[int, int]]) -> None:
                 lens = torch.randint(max_len // 2, max_len + 1, (num_seqs,))
                 mask = (torch.arange(max_len)[None, :] < lens[:, None])[:, None, None, :]
 
-            def attend() -> torch.Tensor:
-                return torch_attention_math.attend(q, k, v, mask, 0.125, None)
+            def with_gqa() -> torch.Tensor:
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.125, enable_gqa=True)
 
-            grouped(False)
-            before, reference = best_ms(attend) * NUM_LAYERS, attend()
-            grouped(True)
-            after, result = best_ms(attend) * NUM_LAYERS, attend()
+            def by_group() -> torch.Tensor:
+                return torch_attention_math._attend_one_query_by_group(q, k, v, mask, 0.125)
+
+            before, reference = best_ms(with_gqa) * NUM_LAYERS, with_gqa()
+            after, result = best_ms(by_group) * NUM_LAYERS, by_group()
             diff = (result.float() - reference.float()).abs().max().item()
             print(f"| {str(dtype).removeprefix('torch.')} | {num_seqs} x {max_len} | {before:.1f} | "
                   f"{after:.1f} | {before / after:.2f} | {diff:.2g} |", flush=True)
@@ -123,23 +136,27 @@ def engine_steps(contexts: list[tuple[int, int]]) -> None:
         kv_cache_memory_bytes=1 << 30, block_size_tokens=BLOCK_SIZE, quantize="int4",
     ))
     engine.warmup(max_batch_prefill_tokens=2048, max_batch_size=64, max_total_tokens=4096)
-    print("| S x L (contexts L/4..L) | before: median decode step ms | after | before / after |")
-    print("| --- | --- | --- | --- |")
+    print("| S x L (contexts L/4..L) | " + " | ".join(f"{name}: median step ms" for name in SETTINGS)
+          + " | before / now |")
+    print("| --- " * (len(SETTINGS) + 2) + "|")
     for num_seqs, max_len in contexts:
-        times: dict[bool, list[float]] = {False: [], True: []}
+        times: dict[str, list[float]] = {name: [] for name in SETTINGS}
         for _ in range(2):
-            for enabled in (False, True):
-                grouped(enabled)
-                times[enabled] += decode_step_ms(engine, prompt_ids, num_seqs, max_len)
-        before, after = statistics.median(times[False]), statistics.median(times[True])
-        print(f"| {num_seqs} x {max_len} | {before:.1f} | {after:.1f} | {before / after:.2f} |", flush=True)
+            for name, (heads, lengths) in SETTINGS.items():
+                grouped(heads)
+                length_groups(lengths)
+                times[name] += decode_step_ms(engine, prompt_ids, num_seqs, max_len)
+        medians = [statistics.median(times[name]) for name in SETTINGS]
+        print(f"| {num_seqs} x {max_len} | " + " | ".join(f"{ms:.1f}" for ms in medians)
+              + f" | {medians[0] / medians[-1]:.2f} |", flush=True)
     grouped(True)
+    length_groups(True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--contexts", type=parse_contexts, default=parse_contexts("1x128,1x2048,32x128,32x1024"))
-    parser.add_argument("--engine-contexts", type=parse_contexts, default=parse_contexts("1x1024,32x512"))
+    parser.add_argument("--engine-contexts", type=parse_contexts, default=parse_contexts("1x1024,32x512,32x1024"))
     args = parser.parse_args()
     print(f"cpu: {cpu_model()}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")

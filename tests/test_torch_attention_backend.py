@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from ferrite_server.layers.attention.torch_backend import TorchAttentionBackend
+from ferrite_server.layers.attention.torch_decode_batch import DecodeBatch
 from tests.kernels.paged_cases import PagedBatch, PagedCase, build_batch
 
 
@@ -76,3 +77,30 @@ def test_bfloat16_decode_rows_attended_by_kv_head_group_match_attention_by_hand(
     )
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.double(), attention_by_hand(batch), atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize(
+    "query_lens, seq_lens, expected_groups",
+    [
+        # Contexts of 700 and 650 share a group; 300 and 20 (+ 9) each start one.
+        ((1, 1, 1, 1, 1), (700, 20, 300, 9, 650), [[0, 4], [2], [1, 3]]),
+        # The same beside a prompt chunk, which is attended on its own.
+        ((1, 5, 1, 1), (700, 5, 40, 300), [[0], [3], [2]]),
+    ],
+)
+def test_decode_contexts_of_different_lengths_are_attended_in_groups(
+    query_lens: tuple[int, ...], seq_lens: tuple[int, ...], expected_groups: list[list[int]]
+) -> None:
+    case = PagedCase(query_lens=query_lens, seq_lens=seq_lens, num_kv_heads=2, queries_per_kv=2,
+                     head_dim=8, block_size=16)
+    batch = build_batch(case, seed=5)
+    plan = DecodeBatch.plan(batch.metadata, block_size=16)
+    assert plan is not None
+    starts = batch.metadata.query_start_loc_cpu
+    rows = {starts[s]: s for s in range(len(seq_lens))}
+    assert [[rows[int(r)] for r in g.query_rows] for g in plan.groups] == expected_groups
+    assert [g.max_len for g in plan.groups] == [max(seq_lens[s] for s in g) for g in expected_groups]
+    got = TorchAttentionBackend().forward(
+        batch.query, batch.key_cache, batch.value_cache, batch.metadata, batch.scale
+    )
+    torch.testing.assert_close(got.double(), attention_by_hand(batch), atol=1e-5, rtol=1e-5)
