@@ -110,6 +110,25 @@ def test_a_large_int8_weight_is_dequantized_in_slices_with_the_same_product(monk
     assert sliced.shape == whole.shape and torch.allclose(sliced, whole, rtol=1e-5, atol=1e-5)
 
 
+def test_many_int4_rows_unpack_the_weight_through_the_kernel_then_multiply_densely() -> None:
+    generator = torch.Generator().manual_seed(4)
+    quantized = quantize_int4(torch.randn(48, 64, generator=generator), group_size=32)
+    product = weight_only_linear(quantized)
+    assert isinstance(product, CpuInt4Linear)
+    kernel_rows: list[int] = []
+    real_kernel = product._kernel
+    product._kernel = lambda x: kernel_rows.append(x.shape[0]) or real_kernel(x)  # type: ignore[method-assign]
+    reference = dequantize_int4(quantized, torch.float32)
+    few = weight_only_ops.CPU_INT4_DENSE_MIN_ROWS_PER_INPUT * 64 - 1
+    for rows in (few, few + 1):
+        x = torch.randn(rows, 64, generator=generator)
+        got = product(x)
+        assert got.dtype == torch.float32 and got.shape == (rows, 48)
+        assert _relative_error(got, F.linear(x, reference)) < BF16_PRODUCT_TOLERANCE
+    # Below 2K rows the kernel multiplies the rows; from 2K on it only unpacks (K identity rows).
+    assert kernel_rows == [few, 64]
+
+
 def test_an_output_size_the_int4_kernel_cannot_block_dequantizes_per_call() -> None:
     weight = torch.randn(20, 64, generator=torch.Generator().manual_seed(3))  # 20 % 16 != 0
     quantized = quantize_int4(weight, group_size=32)

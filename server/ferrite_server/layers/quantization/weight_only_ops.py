@@ -10,7 +10,8 @@ This is the convention of PyTorch's own weight-only kernels (`_weight_int8pack_m
 - CPU: measured on an AVX-512 EPYC (bench/RESULTS.md) these kernels are fast only with bfloat16
   activations (float32 ones take a scalar path, 10-50x slower), so activations are cast to
   bfloat16 for the product and the result back: the weight's own rounding dominates anyway;
-  for many rows (prefill) dequantizing int8 once and a dense matmul is ~2-3x faster;
+  for many rows (prefill) dequantizing int8 once and a dense matmul is ~2-3x faster, and
+  from 2K rows on so is unpacking int4 through its kernel (CPU_INT4_DENSE_MIN_ROWS_PER_INPUT);
 - CUDA (NOT RUN in this project's tests, no GPU was available): `_weight_int4pack_mm` (tinygemm,
   bfloat16, packed by `_convert_weight_to_int4pack`) and `_weight_int8pack_mm`; a layer whose
   shape or device the kernel refuses at load falls back to dequantizing per call.
@@ -39,6 +40,13 @@ CPU_INT8_DEQUANT_MIN_ROWS = 64
 # rows 89 vs 51 ms).
 CPU_INT8_DEQUANT_SLICE_ROWS = 4096
 CPU_INT8_SLICED_DEQUANT_MIN_ROWS = 128
+# From this many rows per input feature (M >= 2K) on, the CPU int4 product unpacks its weight
+# (aten's kernel times the identity: W^T, K rows of kernel work) and runs a dense bfloat16
+# matmul, which is ~2.6x faster per row than the kernel from 512 rows on (bench/cpu_int4_rows.py):
+# at M = 2K the unpacking is paid back ~1.2x, at a 4096-row prefill step 1.3x (K = 1536) to
+# 1.9x (K = 576). aten's packed layout depends on the CPU's vector width, so the kernel is the
+# one portable way to read it back.
+CPU_INT4_DENSE_MIN_ROWS_PER_INPUT = 2
 # tinygemm (CUDA int4) tiles K by inner_k_tiles * 16; the largest that divides K is used.
 _CUDA_INNER_K_TILES = (8, 4, 2)
 
@@ -144,10 +152,20 @@ class CpuInt4Linear:
         self.scales_and_zeros = weight.scales_and_zeros.to(torch.bfloat16)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:  # [M, K] -> [M, N] in x's dtype
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(
-            _bf16_rows(x), self.packed, self.group_size, self.scales_and_zeros
+        rows, inputs = x.shape
+        if rows >= CPU_INT4_DENSE_MIN_ROWS_PER_INPUT * inputs:
+            return _in_dtype(torch.mm(_bf16_rows(x), self._unpacked_transposed(inputs)), x.dtype)
+        return _in_dtype(self._kernel(_bf16_rows(x)), x.dtype)
+
+    def _kernel(self, x: torch.Tensor) -> torch.Tensor:  # bfloat16 [M, K] -> [M, N]
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(
+            x, self.packed, self.group_size, self.scales_and_zeros
         )
-        return _in_dtype(y, x.dtype)
+
+    def _unpacked_transposed(self, inputs: int) -> torch.Tensor:  # bfloat16 [K, N] = W^T
+        """Each weight as the kernel reads it, rounded to bfloat16; made per call (keeping it
+        would undo the int4 memory saving)."""
+        return self._kernel(torch.eye(inputs, dtype=torch.bfloat16))
 
     def memory_tensors(self) -> tuple[torch.Tensor, ...]:
         return self.packed, self.scales_and_zeros
