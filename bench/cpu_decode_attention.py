@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -41,6 +40,7 @@ from ferrite_server.engine.types import (
 from ferrite_server.layers.attention import torch_attention_math, torch_decode_batch
 from ferrite_server.model_prep import ensure_default_model
 from machine import cpu_model
+from timing import best_ms
 
 NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, NUM_LAYERS = 9, 3, 64, 30
 DECODE_STEPS = 8
@@ -58,16 +58,6 @@ def grouped(enabled: bool) -> None:
 def length_groups(enabled: bool) -> None:
     """Contexts in groups of similar length, or all in one padded batch (a cut never pays)."""
     torch_decode_batch.MIN_PADDING_SAVED_KEYS = MIN_PADDING_SAVED_KEYS if enabled else 1 << 30
-
-
-def best_ms(fn: Callable[[], object]) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best * 1e3
 
 
 def parse_contexts(text: str) -> list[tuple[int, int]]:  # "32x1024,1x128" -> [(32, 1024), (1, 128)]
@@ -93,8 +83,8 @@ def one_layer(contexts: list[tuple[int, int]]) -> None:
             def by_group() -> torch.Tensor:
                 return torch_attention_math._attend_one_query_by_group(q, k, v, mask, 0.125)
 
-            before, reference = best_ms(with_gqa) * NUM_LAYERS, with_gqa()
-            after, result = best_ms(by_group) * NUM_LAYERS, by_group()
+            before, reference = best_ms(with_gqa, repeats=5) * NUM_LAYERS, with_gqa()
+            after, result = best_ms(by_group, repeats=5) * NUM_LAYERS, by_group()
             diff = (result.float() - reference.float()).abs().max().item()
             print(f"| {str(dtype).removeprefix('torch.')} | {num_seqs} x {max_len} | {before:.1f} | "
                   f"{after:.1f} | {before / after:.2f} | {diff:.2g} |", flush=True)

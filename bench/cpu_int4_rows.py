@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -30,21 +29,12 @@ from ferrite_server.engine.types import NewRequest, RequestParams, StepInput, St
 from ferrite_server.layers.quantization import weight_only_ops as ops
 from ferrite_server.model_prep import ensure_default_model
 from machine import cpu_model
+from timing import best_ms
 
 SHAPES = ((1536, 576), (576, 1536), (576, 576), (192, 576))  # (N, K): gate / up, down, q / o, k / v
 GROUP_SIZE = 32
 PROMPT_TOKENS = 512
 DENSE_RULE = ops.CPU_INT4_DENSE_MIN_ROWS_PER_INPUT
-
-
-def best_ms(fn: Callable[[], object], repeats: int = 3) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best * 1e3
 
 
 def parse_ints(text: str) -> list[int]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -30,19 +29,10 @@ from ferrite_server.engine.engine import Engine
 from ferrite_server.layers.quantization import weight_only_ops as ops
 from ferrite_server.model_prep import ensure_default_model
 from machine import cpu_model
+from timing import best_ms
 
 SHAPES = ((49152, 576), (3072, 576), (576, 1536))  # (N, K): LM head, gate_up, down
 BEFORE_MIN_ROWS = 32  # the rule before: whole weight, from 32 rows
-
-
-def best_ms(fn) -> float:  # type: ignore[no-untyped-def]
-    fn()
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best * 1e3
 
 
 def whole_dequantized(product: ops.CpuInt8Linear, x: torch.Tensor) -> torch.Tensor:
