@@ -4,9 +4,13 @@ overhead per token"). Starts the real launcher, streams greedy requests one at a
 the router's step counters from /metrics before and after each request.
 
     python bench/router_overhead.py [--requests 5] [--new-tokens 64] [--setting NAME=FLAGS ...]
+        [--shard-source NAME=DIR ...]
 
 Each setting (default: one with the launcher's defaults) runs its own server, all started
 first; requests then alternate between them, so the settings share the machine's state.
+`--shard-source NAME=DIR` runs setting NAME's shard from the `ferrite_server` package under DIR
+(PYTHONPATH), e.g. the `server/` of a `git worktree` of the previous commit: an A/B of shard
+code in one run.
 
 Per request: TPOT = (last token - first token) / (tokens - 1) seen by the client; the shard's
 forward and sampling per decode step (tgi_batch_forward_duration, ferrite_step_sampling_seconds);
@@ -87,11 +91,19 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--setting", action="append", default=None, metavar="NAME=FLAGS",
                         help="launcher flags of one server, e.g. 'sync=--async-scheduling off'")
+    parser.add_argument("--shard-source", action="append", default=[], metavar="NAME=DIR",
+                        help="run setting NAME's shard from the ferrite_server package in DIR")
     args = parser.parse_args()
     settings = [setting.partition("=") for setting in args.setting or ["defaults="]]
+    sources = dict(source.split("=", 1) for source in args.shard_source)
+    unknown = set(sources) - {name for name, _, _ in settings}
+    if unknown:
+        parser.error(f"--shard-source names no setting: {', '.join(sorted(unknown))}")
     rows: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in settings}
     with contextlib.ExitStack() as stack:
-        servers = {name: stack.enter_context(running_ferrite(shlex.split(flags)))
+        servers = {name: stack.enter_context(running_ferrite(
+                       shlex.split(flags),
+                       env={"PYTHONPATH": str(Path(sources[name]).resolve())} if name in sources else None))
                    for name, _, flags in settings}
         clients = {name: Client(server.base_url, timeout=600) for name, server in servers.items()}
         for client in clients.values():
@@ -102,7 +114,8 @@ def main() -> None:
     print(f"cpu: {cpu_model()}")
     print(f"{args.requests} requests of {args.new_tokens} tokens per setting, batch 1, settings alternating")
     for name, _, flags in settings:
-        report(f"{name}: {flags or '(defaults)'}", rows[name])
+        source = f" (shard from {sources[name]})" if name in sources else ""
+        report(f"{name}: {flags or '(defaults)'}{source}", rows[name])
 
 
 if __name__ == "__main__":

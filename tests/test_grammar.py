@@ -163,26 +163,21 @@ class _SlowCompiler(GrammarCompiler):
 
 
 def test_compile_rpc_answers_errors_and_time_limit(compiler: GrammarCompiler) -> None:
-    import asyncio
-
     from ferrite_server.grammar_service import GrammarService
     from ferrite_server.proto import shard_pb2 as pb
 
     def request(kind: int, value: str) -> pb.CompileGrammarRequest:
         return pb.CompileGrammarRequest(grammar=pb.Grammar(kind=kind, value=value))
 
-    async def calls() -> list[pb.CompileGrammarResponse]:
-        service = GrammarService(compiler, compile_timeout_s=5.0)
-        slow = GrammarService(_SlowCompiler(compiler, 2.0), compile_timeout_s=0.2)
-        return [
-            await service.compile(request(pb.GRAMMAR_KIND_REGEX, "[0-9]+x")),
-            await service.compile(request(pb.GRAMMAR_KIND_REGEX, "[0-9]+x")),
-            await service.compile(request(pb.GRAMMAR_KIND_REGEX, "((")),
-            await service.compile(request(pb.GRAMMAR_KIND_UNSPECIFIED, "a")),
-            await slow.compile(request(pb.GRAMMAR_KIND_JSON_SCHEMA, "{}")),
-        ]
-
-    fresh, cached, invalid, unknown, timed_out = asyncio.run(calls())
+    service = GrammarService(compiler, compile_timeout_s=5.0)
+    slow = GrammarService(_SlowCompiler(compiler, 2.0), compile_timeout_s=0.2)
+    fresh, cached, invalid, unknown, timed_out = (
+        service.compile(request(pb.GRAMMAR_KIND_REGEX, "[0-9]+x")),
+        service.compile(request(pb.GRAMMAR_KIND_REGEX, "[0-9]+x")),
+        service.compile(request(pb.GRAMMAR_KIND_REGEX, "((")),
+        service.compile(request(pb.GRAMMAR_KIND_UNSPECIFIED, "a")),
+        slow.compile(request(pb.GRAMMAR_KIND_JSON_SCHEMA, "{}")),
+    )
     assert not fresh.error and not fresh.cache_hit and fresh.compile_ns > 0
     assert not cached.error and cached.cache_hit
     assert "unclosed group" in invalid.error

@@ -148,20 +148,23 @@ async def _serve_loaded(
             return 1
     failures: list[Exception] = []
 
-    def on_fatal_error(error: Exception) -> None:
+    def on_fatal_error(error: Exception) -> None:  # on the event loop
         failures.append(error)
         stop.set()
 
-    def on_group_lost(reason: str) -> None:  # called on the watchdog's thread
+    def on_fatal_error_from_thread(error: Exception) -> None:  # a call's or the watchdog's
+        loop.call_soon_threadsafe(on_fatal_error, error)
+
+    def on_group_lost(reason: str) -> None:
         lost = CollectiveError(f"lost contact with the tensor-parallel group: {reason}")
-        loop.call_soon_threadsafe(on_fatal_error, lost)
+        on_fatal_error_from_thread(lost)
 
     watchdog = GroupWatchdog(group.heartbeat_group, on_group_lost) if group.is_parallel else None
     if watchdog is not None:
         watchdog.start()
     tracer = build_tracer(config.tracing, config.distributed.rank)
     service = ShardService(
-        engine, info, worker, on_fatal_error, tracer=tracer,
+        engine, info, worker, on_fatal_error_from_thread, tracer=tracer,
         grammars=GrammarService(engine.grammars, config.grammar_limits.compile_timeout_s),
     )
     try:

@@ -6,7 +6,6 @@ is then cached but the request was already refused."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
@@ -26,16 +25,14 @@ class GrammarService:
         self._compile_timeout_s = compile_timeout_s
         self._threads = ThreadPoolExecutor(_NUM_COMPILE_THREADS, thread_name_prefix="grammar")
 
-    async def compile(self, request: pb.CompileGrammarRequest) -> pb.CompileGrammarResponse:
+    def compile(self, request: pb.CompileGrammarRequest) -> pb.CompileGrammarResponse:
+        """Called on the call's thread, which waits for the compile threads' answer."""
         if self._compiler is None:
             return pb.CompileGrammarResponse(error="this shard has no grammar engine")
         grammar = convert.grammar_from_proto(request.grammar)
-        compiler = self._compiler
-        work = asyncio.get_running_loop().run_in_executor(
-            self._threads, compiler.compile, grammar
-        )
+        work = self._threads.submit(self._compiler.compile, grammar)
         try:
-            result: CompileResult = await asyncio.wait_for(work, self._compile_timeout_s)
+            result: CompileResult = work.result(timeout=self._compile_timeout_s)
         except TimeoutError:
             logger.warning("grammar compilation passed %.1f s", self._compile_timeout_s)
             return pb.CompileGrammarResponse(

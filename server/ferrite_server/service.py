@@ -1,15 +1,22 @@
-"""The gRPC face of the shard: a grpc.aio servicer that converts proto <-> engine types and
-runs every engine call on ONE dedicated worker thread.
+"""The gRPC face of the shard: a servicer that converts proto <-> engine types and runs every
+engine call on ONE dedicated worker thread.
 
-Why one thread: steps must never overlap (the engine owns one KV cache and one batch), and
-the asyncio loop must stay free so Health / Info answer while a long step runs. A step's
-proto conversions run on the event loop, before and after its turn on the worker, so with
+Why one thread: steps must never overlap (the engine owns one KV cache and one batch). Each
+call runs on a thread of gRPC's pool, so Health / Info answer while a long step runs. A step's
+proto conversions run on its call's thread, before and after its turn on the worker, so with
 asynchronous scheduling (the router sends step n+1 while step n computes) they overlap the
 other step's forward; step_order.py keeps overlapped steps in the router's order. Typed
 errors become gRPC status codes in `_abort_with_status` (`status_for_error` is the one
-mapping); no exception escapes to take the process down. The one exception is deliberate: a failed tensor-parallel
-collective (`CollectiveError`) leaves the ranks out of step, so the service reports it through
-`on_fatal_error` and the shard exits (the launcher then reports it and stops the rest).
+mapping); no exception escapes to take the process down. The one exception is deliberate: a
+failed tensor-parallel collective (`CollectiveError`) leaves the ranks out of step, so the
+service reports it through `on_fatal_error` (called on a call's thread) and the shard exits
+(the launcher then reports it and stops the rest).
+
+Why gRPC's synchronous server and not grpc.aio: the worker's forward needs the GIL between
+its ~1,500 operator calls, and grpc.aio handles each call's completions in Cython on the event
+loop while holding the GIL (~0.75 ms per step, measured with py-spy --gil), so every step
+waited behind the previous step's reply. The synchronous server makes its core calls without
+the GIL; bench/RESULTS.md ("The shard's gRPC server without asyncio") has the figures.
 """
 
 from __future__ import annotations
@@ -17,8 +24,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import NoReturn, Protocol, TypeVar
 
@@ -47,6 +54,9 @@ ResultT = TypeVar("ResultT")
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 # How long in-flight calls may finish after a stop signal.
 SHUTDOWN_GRACE_S = 5.0
+# Threads that run calls: two overlapped steps, Health / Info, grammar compilations (each
+# waits up to its time limit) and Filter / Clear. Started on demand; idle ones cost nothing.
+MAX_CALL_THREADS = 32
 
 
 class ShardEngine(Protocol):
@@ -95,14 +105,14 @@ class ShardService(shard_pb2_grpc.ShardServicer):
         self._on_fatal_error = on_fatal_error
         self._tracer: StepTracer = tracer if tracer is not None else NoTracing()
 
-    async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.InfoResponse:
+    def Info(self, request: pb.InfoRequest, context: grpc.ServicerContext) -> pb.InfoResponse:
         return self._info
 
-    async def Health(self, request: pb.HealthRequest, context: grpc.aio.ServicerContext) -> pb.HealthResponse:
+    def Health(self, request: pb.HealthRequest, context: grpc.ServicerContext) -> pb.HealthResponse:
         # Serving starts only after Engine.load returned, so answering at all means healthy.
         return pb.HealthResponse()
 
-    async def Warmup(self, request: pb.WarmupRequest, context: grpc.aio.ServicerContext) -> pb.WarmupResponse:
+    def Warmup(self, request: pb.WarmupRequest, context: grpc.ServicerContext) -> pb.WarmupResponse:
         def work() -> pb.WarmupResponse:
             result = self._engine.warmup(
                 max_batch_prefill_tokens=request.max_batch_prefill_tokens,
@@ -113,52 +123,52 @@ class ShardService(shard_pb2_grpc.ShardServicer):
             logger.info("warmup: %s", result)
             return convert.warmup_to_proto(result)
 
-        return await self._engine_call(context, work)
+        return self._engine_call(context, work)
 
-    async def Prefill(self, request: pb.Step, context: grpc.aio.ServicerContext) -> pb.StepResponse:
-        return await self._step(context, "prefill", request)
+    def Prefill(self, request: pb.Step, context: grpc.ServicerContext) -> pb.StepResponse:
+        return self._step(context, "prefill", request)
 
-    async def Decode(self, request: pb.Step, context: grpc.aio.ServicerContext) -> pb.StepResponse:
-        return await self._step(context, "decode", request)
+    def Decode(self, request: pb.Step, context: grpc.ServicerContext) -> pb.StepResponse:
+        return self._step(context, "decode", request)
 
-    async def Filter(self, request: pb.FilterRequest, context: grpc.aio.ServicerContext) -> pb.FilterResponse:
+    def Filter(self, request: pb.FilterRequest, context: grpc.ServicerContext) -> pb.FilterResponse:
         keep_request_ids = tuple(request.keep_request_ids)
 
         def work() -> pb.FilterResponse:
             self._engine.filter(keep_request_ids)
             return pb.FilterResponse()
 
-        return await self._engine_call(context, work)
+        return self._engine_call(context, work)
 
-    async def Clear(self, request: pb.ClearRequest, context: grpc.aio.ServicerContext) -> pb.ClearResponse:
+    def Clear(self, request: pb.ClearRequest, context: grpc.ServicerContext) -> pb.ClearResponse:
         def work() -> pb.ClearResponse:
             self._engine.clear()
             return pb.ClearResponse()
 
         self._step_order.forget()  # a restarted router numbers its steps anew
-        return await self._engine_call(context, work)
+        return self._engine_call(context, work)
 
-    async def CompileGrammar(
-        self, request: pb.CompileGrammarRequest, context: grpc.aio.ServicerContext
+    def CompileGrammar(
+        self, request: pb.CompileGrammarRequest, context: grpc.ServicerContext
     ) -> pb.CompileGrammarResponse:
         # Not on the engine thread: steps go on while a grammar compiles.
-        return await self._grammars.compile(request)
+        return self._grammars.compile(request)
 
-    async def _step(
-        self, context: grpc.aio.ServicerContext, name: str, request: pb.Step
+    def _step(
+        self, context: grpc.ServicerContext, name: str, request: pb.Step
     ) -> pb.StepResponse:
         """One Prefill / Decode, in a span under the router's step when it is traced."""
         started_ns = time.perf_counter_ns()
         metadata = context.invocation_metadata() or ()
         with self._tracer.step_span(name, metadata, _step_sizes(request)) as span:
-            output = await self._run_step_in_order(context, request)
-            # On the event loop, while the worker computes the next step (if one waits). The
-            # output is immutable (frozen dataclasses of Python values), so that step cannot
+            output = self._run_step_in_order(context, request)
+            # On this call's thread, while the worker computes the next step (if one waits).
+            # The output is immutable (frozen dataclasses of Python values), so that step cannot
             # change it underneath.
             try:
                 response = convert.step_output_to_proto(output, total_ns=0)
             except Exception as error:  # noqa: BLE001 - every failure becomes a status
-                await self._abort_with_status(context, error)
+                self._abort_with_status(context, error)
             # The whole call inside the shard: conversions, the wait for its turn, the step.
             response.timings.total_ns = max(
                 time.perf_counter_ns() - started_ns, output.timings.total_ns
@@ -166,45 +176,37 @@ class ShardService(shard_pb2_grpc.ShardServicer):
             span.record_timings(output.timings)
         return response
 
-    async def _run_step_in_order(
-        self, context: grpc.aio.ServicerContext, request: pb.Step
+    def _run_step_in_order(
+        self, context: grpc.ServicerContext, request: pb.Step
     ) -> StepOutput:
-        """Convert `request` on the event loop (while the worker may still compute the step
-        before it), wait for the step it must follow to be handed over, then hand it over."""
+        """Convert `request` (while the worker may still compute the step before it), wait for
+        the step it must follow to be handed over, then hand it over."""
         try:
             step = convert.step_from_proto(request)
-            await self._step_order.wait_turn(request.step_id, request.after_step_id)
-            # run_in_executor queues the work before it returns, so the worker runs it before
-            # that of any step that follows this one.
-            running = asyncio.get_running_loop().run_in_executor(
-                self._worker, self._engine.step, step
-            )
-        except BaseException as error:  # cancelled too: its follower must not wait for it
+            # A call cancelled while it waits stops waiting (and its follower fails).
+            context.add_callback(self._step_order.wake_waiters)
+            self._step_order.wait_turn(request.step_id, request.after_step_id, context.is_active)
+            # submit queues the work before it returns, so the worker runs it before that of
+            # any step that follows this one.
+            running = self._worker.submit(self._engine.step, step)
+        except Exception as error:  # noqa: BLE001 - its follower must not wait for it
             self._step_order.abandoned(request.step_id)
-            if not isinstance(error, Exception):
-                raise
-            await self._abort_with_status(context, error)
+            self._abort_with_status(context, error)
         self._step_order.handed_over(request.step_id)
-        return await self._outcome(context, running)
+        return self._outcome(context, running)
 
-    async def _engine_call(
-        self, context: grpc.aio.ServicerContext, work: Callable[[], ResultT]
-    ) -> ResultT:
+    def _engine_call(self, context: grpc.ServicerContext, work: Callable[[], ResultT]) -> ResultT:
         """Run `work` on the engine thread; its failure becomes a gRPC status."""
-        return await self._outcome(
-            context, asyncio.get_running_loop().run_in_executor(self._worker, work)
-        )
+        return self._outcome(context, self._worker.submit(work))
 
-    async def _outcome(
-        self, context: grpc.aio.ServicerContext, call: Awaitable[ResultT]
-    ) -> ResultT:
+    def _outcome(self, context: grpc.ServicerContext, call: Future[ResultT]) -> ResultT:
         try:
-            return await call
+            return call.result()
         except Exception as error:  # noqa: BLE001 - every failure becomes a status
-            await self._abort_with_status(context, error)
+            self._abort_with_status(context, error)
 
-    async def _abort_with_status(
-        self, context: grpc.aio.ServicerContext, error: Exception
+    def _abort_with_status(
+        self, context: grpc.ServicerContext, error: Exception
     ) -> NoReturn:
         """Fail the call with `error`'s status (never re-raise it to grpc, which would hide
         the message behind UNKNOWN)."""
@@ -216,13 +218,13 @@ class ShardService(shard_pb2_grpc.ShardServicer):
             logger.error("engine call failed: %s", message, exc_info=error)
         else:
             logger.warning("rejected call (%s): %s", code.name, message)
-        await context.abort(code, message)  # raises
+        context.abort(code, message)  # raises
         raise AssertionError("context.abort returned")
 
 
 def bind_server(
     uds_path: Path, tcp_listen: TcpListen | None = None
-) -> tuple[grpc.aio.Server, int | None]:
+) -> tuple[grpc.Server, int | None]:
     """A gRPC server bound to unix socket `uds_path` (and `tcp_listen`), not started yet, and
     the TCP port it got (None without TCP). Binding first lets a rank learn its port (0: any
     free port) and tell the others before it answers anything."""
@@ -230,7 +232,8 @@ def bind_server(
         # Left by a killed predecessor; binding would fail with "address in use".
         logger.warning("removing stale socket %s", uds_path)
         uds_path.unlink()
-    server = grpc.aio.server(
+    server = grpc.server(
+        ThreadPoolExecutor(MAX_CALL_THREADS, thread_name_prefix="grpc-call"),
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -253,16 +256,17 @@ async def serve_until_stopped(service: ShardService, uds_path: Path, stop: async
 
 
 async def serve_bound_until_stopped(
-    server: grpc.aio.Server, service: ShardService, uds_path: Path, stop: asyncio.Event
+    server: grpc.Server, service: ShardService, uds_path: Path, stop: asyncio.Event
 ) -> None:
     """Start `server` (from bind_server) with `service`, until `stop` is set."""
     shard_pb2_grpc.add_ShardServicer_to_server(service, server)
-    await server.start()
+    server.start()
     logger.info("serving on unix://%s", uds_path)
     try:
         await stop.wait()
         logger.info("stopping (grace %.0f s)", SHUTDOWN_GRACE_S)
-        await server.stop(SHUTDOWN_GRACE_S)
+        stopped = server.stop(SHUTDOWN_GRACE_S)  # a threading.Event, set once calls ended
+        await asyncio.to_thread(stopped.wait)
     finally:
         uds_path.unlink(missing_ok=True)
 
