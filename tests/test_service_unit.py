@@ -16,6 +16,7 @@ import pytest
 
 from ferrite_server import proto_convert as convert
 from ferrite_server.engine.errors import InvalidStepError, NotWarmedUpError
+from ferrite_server.engine.grammar import GrammarError
 from ferrite_server.engine.types import (
     EngineInfo,
     FinishReason,
@@ -28,6 +29,7 @@ from ferrite_server.engine.types import (
 )
 from ferrite_server.proto import shard_pb2 as pb
 from ferrite_server.proto import shard_pb2_grpc
+from ferrite_server.grammar_service import GrammarService
 from ferrite_server.service import ShardService, serve_until_stopped
 
 INFO = EngineInfo(
@@ -105,7 +107,7 @@ def _first_request_id(step: StepInput) -> int:
     return ids[0] if ids else 0
 
 
-async def _with_server(tmp_path: Path, engine: FakeEngine, body, **service_options: float) -> None:
+async def _with_server(tmp_path: Path, engine: FakeEngine, body, **service_options: object) -> None:
     uds_path = tmp_path / "shard.sock"
     stop = asyncio.Event()
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
@@ -312,3 +314,30 @@ def test_conversions_run_on_the_calls_thread_beside_the_running_step(
     assert order.index(("converted in", 1)) < order.index(("step ends", SLOW_ID))
     assert engine.steps[1].running_requests[0].append_generated_tokens
     assert engine.steps[1].running_requests[0].new_token_ids == ()
+
+
+class _SlowFailingCompiler:
+    def compile(self, grammar: object) -> None:
+        time.sleep(1.0)
+        raise GrammarError("not this one")
+
+
+def test_a_step_is_answered_while_many_grammar_compilations_wait(tmp_path: Path) -> None:
+    """Every waiting CompileGrammar holds a call thread: a burst of them must not leave a
+    step waiting for one."""
+    engine = FakeEngine()
+    grammars = GrammarService(_SlowFailingCompiler(), compile_timeout_s=2.0)  # type: ignore[arg-type]
+    grammar = pb.Grammar(kind=pb.GRAMMAR_KIND_REGEX, value="[0-9]+")
+
+    async def body(stub: shard_pb2_grpc.ShardStub) -> None:
+        await stub.Warmup(pb.WarmupRequest(max_total_tokens=64))
+        compiles = [asyncio.ensure_future(stub.CompileGrammar(pb.CompileGrammarRequest(grammar=grammar)))
+                    for _ in range(64)]
+        await asyncio.sleep(0.3)  # all of them in the shard, two compiling, the rest waiting
+        response = await stub.Decode(_decode(1), timeout=1.0)
+        assert response.generations[0].request_id == 1
+        assert not all(call.done() for call in compiles)
+        answers = await asyncio.gather(*compiles)
+        assert all(answer.error for answer in answers)  # refused or timed out, every one
+
+    asyncio.run(_with_server(tmp_path, engine, body, grammars=grammars))

@@ -54,9 +54,13 @@ ResultT = TypeVar("ResultT")
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 # How long in-flight calls may finish after a stop signal.
 SHUTDOWN_GRACE_S = 5.0
-# Threads that run calls: two overlapped steps, Health / Info, grammar compilations (each
-# waits up to its time limit) and Filter / Clear. Started on demand; idle ones cost nothing.
-MAX_CALL_THREADS = 32
+# Threads that run calls (gRPC's synchronous server gives each call one): two overlapped
+# steps, Health / Info, Filter / Clear, and every CompileGrammar in flight, which holds its
+# thread while it waits for the two compile threads (up to its time limit). The router
+# compiles a request's grammar before admitting it, so a burst of constrained requests means
+# as many calls at once; a call that finds no free thread waits, steps included. Threads are
+# started only when no idle one is left, so a high bound costs nothing until it is used.
+MAX_CALL_THREADS = 1024
 
 
 class ShardEngine(Protocol):
