@@ -187,8 +187,8 @@ class ShardService(shard_pb2_grpc.ShardServicer):
         the step it must follow to be handed over, then hand it over."""
         try:
             step = convert.step_from_proto(request)
-            # A call cancelled while it waits stops waiting (and its follower fails).
-            context.add_callback(self._step_order.wake_waiters)
+            if request.after_step_id:  # a cancelled call stops waiting (its follower fails)
+                context.add_callback(self._step_order.wake_waiters)
             self._step_order.wait_turn(request.step_id, request.after_step_id, context.is_active)
             # submit queues the work before it returns, so the worker runs it before that of
             # any step that follows this one.

@@ -312,13 +312,7 @@ async fn cancellation_frees_blocks_and_releases_the_request() {
     );
     assert_eq!(fake.num_live_requests(), 0);
     // The scheduler keeps serving.
-    let next = collect(
-        handle
-            .submit(request(prompt(5, 20), 4, false))
-            .expect("admitted"),
-    )
-    .await;
-    assert_correct(&next, &prompt(5, 20), 4);
+    run_all_correct(&handle, &[(prompt(5, 20), 4)]).await;
     assert_eq!(fake.violations(), Vec::<String>::new());
 }
 

@@ -31,13 +31,7 @@ async fn shard_step_failure_fails_its_requests_and_the_next_succeeds() {
         "the shard is cleared after a failed step"
     );
     wait_for_drain(&handle).await;
-    let next = collect(
-        handle
-            .submit(request(prompt(6, 30), 5, false))
-            .expect("admitted"),
-    )
-    .await;
-    assert_correct(&next, &prompt(6, 30), 5);
+    run_all_correct(&handle, &[(prompt(6, 30), 5)]).await;
     assert_eq!(fake.violations(), Vec::<String>::new());
 }
 
@@ -119,11 +113,5 @@ async fn request_larger_than_the_cache_fails_immediately() {
     }
     assert_eq!(received.num_prefill_done, 0);
     // Exactly the whole cache is fine.
-    let fits = collect(
-        handle
-            .submit(request(prompt(40, 5), 8, false))
-            .expect("admitted"),
-    )
-    .await;
-    assert_correct(&fits, &prompt(40, 5), 8);
+    run_all_correct(&handle, &[(prompt(40, 5), 8)]).await;
 }
