@@ -64,9 +64,80 @@ def test_small_steps_run_on_one_thread_large_ones_on_all() -> None:
     assert never.threads_for(1) == 4
     previous = torch.get_num_threads()
     try:
-        threads.use_for(3)
-        assert torch.get_num_threads() == 1
-        threads.use_all()
+        assert threads.use_for(3) == 1 == torch.get_num_threads()
+        threads.use_for_logits(3, 1)  # the LM head of a fixed rule's small step: all threads
         assert torch.get_num_threads() == 4
     finally:
         torch.set_num_threads(previous)
+
+
+def test_measured_small_steps_take_the_faster_count_and_large_steps_all() -> None:
+    threads = host_cpu.step_threads_for(4, 8, measured=True, dtype=torch.bfloat16)
+    assert threads.measured is not None
+    seconds_by_count = {1: 0.020, 4: 0.012}
+    for rows in (1, 2):
+        count = threads.threads_for(rows)
+        threads.record_step(rows, count, seconds_by_count[count])
+    assert threads.threads_for(1) == 4 == threads.measured.in_use
+    threads.record_step(512, 4, 5.0)  # a prefill's time says nothing about small steps
+    assert threads.measured.in_use == 4
+    assert threads.threads_for(512) == 4
+    previous = torch.get_num_threads()
+    try:  # a measured small step's LM head keeps the step's count
+        threads.use_for_logits(1, 1)
+        assert torch.get_num_threads() == 1
+        threads.use_for_logits(512, 1)
+        assert torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_float32_small_steps_stay_on_one_thread_even_when_measured_is_asked() -> None:
+    # float32 attention rounds differently on 1 and 2 threads: a greedy answer must not
+    # depend on the load, so only bfloat16 measures.
+    for dtype, measured in ((torch.float32, True), (torch.bfloat16, False)):
+        threads = host_cpu.step_threads_for(2, 8, measured=measured, dtype=dtype)
+        assert threads.measured is None
+        assert threads.threads_for(1) == 1
+    one_core = host_cpu.step_threads_for(1, 8, measured=True, dtype=torch.bfloat16)
+    assert one_core.measured is None
+
+
+def test_bfloat16_decode_products_and_attention_round_the_same_on_any_thread_count() -> None:
+    """What lets the measured choice change thread counts mid-request: a bfloat16 step's
+    products and its decode attention give the same bits on one thread and on two."""
+    from ferrite_server.layers.attention.torch_attention_math import attend
+    from ferrite_server.layers.quantization.weight_only_ops import (
+        CpuInt4Linear,
+        CpuInt8Linear,
+        quantize_int4,
+        quantize_int8,
+    )
+
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(96, 64, generator=generator)
+    int4, int8 = CpuInt4Linear(quantize_int4(weight, 32)), CpuInt8Linear(quantize_int8(weight))
+    rows = torch.randn(3, 64, generator=generator).to(torch.bfloat16)
+    query = torch.randn(2, 6, 1, 64, generator=generator).to(torch.bfloat16)
+    keys = torch.randn(2, 2, 300, 64, generator=generator).to(torch.bfloat16)
+    values = torch.randn(2, 2, 300, 64, generator=generator).to(torch.bfloat16)
+    mask = (torch.arange(300)[None, :] < torch.tensor([[300], [123]]))[:, None, None, :]
+
+    def step_results() -> list[torch.Tensor]:
+        return [
+            torch.nn.functional.linear(rows, weight.to(torch.bfloat16)),
+            int4(rows),
+            int8(rows),
+            attend(query, keys, values, mask, 0.125, None),
+            attend(query, keys, values, None, 0.125, 30.0),
+        ]
+
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = step_results()
+        torch.set_num_threads(2)
+        two = step_results()
+    finally:
+        torch.set_num_threads(previous)
+    assert all(torch.equal(a, b) for a, b in zip(one, two, strict=True))

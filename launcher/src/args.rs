@@ -192,11 +192,11 @@ pub struct Args {
     #[arg(long, env, value_enum, default_value_t = ModelImplementation::Auto)]
     pub model_implementation: ModelImplementation,
 
-    /// How idle OpenMP (torch) threads of CPU shards wait: passive sleeps at once, so a shard sharing its cores with a busy process keeps its speed (and steps of up to 8 rows run on one thread, which is faster than waking another); spin spins ~10k iterations first (faster decode on dedicated cores, collapses when another process competes); active spins; runtime leaves it to the OpenMP runtime
-    #[arg(long, env, default_value = "passive", value_parser = ["passive", "spin", "active", "runtime"], ignore_case = true)]
+    /// How idle OpenMP (torch) threads of CPU shards wait: adaptive spins ~10k iterations first, and a bfloat16 shard runs each step of up to 8 rows on one thread or on all, whichever its step times measure faster at the time (fast on free cores, keeps its speed beside a busy process); passive sleeps at once and runs steps of up to 8 rows on one thread; spin spins ~10k iterations first and runs every step on all threads (collapses when another process competes); active spins; runtime leaves it to the OpenMP runtime
+    #[arg(long, env, default_value = "adaptive", value_parser = ["adaptive", "passive", "spin", "active", "runtime"], ignore_case = true)]
     pub omp_wait_policy: String,
 
-    /// CPU shards run the forward of a step of at most this many rows on one torch thread (0: every step on all threads); default 8 with `--omp-wait-policy passive`, else 0
+    /// CPU shards run the forward of a step of at most this many rows on one torch thread (0: every step on all threads); default 8 with `--omp-wait-policy adaptive` or `passive`, else 0
     #[arg(long, env)]
     pub cpu_single_thread_max_rows: Option<u32>,
 

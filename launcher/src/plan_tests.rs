@@ -63,11 +63,15 @@ fn omp_wait_policy_reaches_the_shards_unless_left_to_the_runtime() {
 
 #[test]
 fn small_cpu_steps_run_on_one_thread_only_with_sleeping_threads() {
-    let passive = plan(&[]).expect("valid");
+    let passive = plan(&["--omp-wait-policy", "passive"]).expect("valid");
     assert_eq!(
         flag_value(&passive.shards[0].process, "--cpu-single-thread-max-rows"),
         Some("8")
     );
+    assert!(!has_flag(
+        &passive.shards[0].process,
+        "--cpu-measured-step-threads"
+    ));
     for policy in ["spin", "active", "runtime"] {
         let other = plan(&["--omp-wait-policy", policy]).expect("valid");
         assert_eq!(
@@ -75,12 +79,30 @@ fn small_cpu_steps_run_on_one_thread_only_with_sleeping_threads() {
             None,
             "{policy}"
         );
+        assert!(!has_flag(
+            &other.shards[0].process,
+            "--cpu-measured-step-threads"
+        ));
     }
     let chosen = plan(&["--cpu-single-thread-max-rows", "0"]).expect("valid");
     assert_eq!(
         flag_value(&chosen.shards[0].process, "--cpu-single-thread-max-rows"),
         Some("0")
     );
+}
+
+#[test]
+fn by_default_small_cpu_steps_measure_their_thread_count_with_spinning_threads() {
+    let default = plan(&[]).expect("valid");
+    let shard = &default.shards[0].process;
+    assert_eq!(env_value(shard, "GOMP_SPINCOUNT"), Some("10000"));
+    assert_eq!(env_value(shard, "OMP_WAIT_POLICY"), None);
+    assert_eq!(flag_value(shard, "--cpu-single-thread-max-rows"), Some("8"));
+    assert!(has_flag(shard, "--cpu-measured-step-threads"));
+}
+
+fn has_flag(spec: &ProcessSpec, flag: &str) -> bool {
+    spec.args.iter().any(|arg| arg == flag)
 }
 
 #[test]
@@ -96,10 +118,7 @@ fn shards_get_rank_world_size_and_rendezvous_env() {
         assert_eq!(env_value(&shard.process, "LOCAL_WORLD_SIZE"), Some("3"));
         assert_eq!(env_value(&shard.process, "MASTER_ADDR"), Some("127.0.0.1"));
         assert_eq!(env_value(&shard.process, "MASTER_PORT"), Some("29600"));
-        assert_eq!(
-            env_value(&shard.process, "OMP_WAIT_POLICY"),
-            Some("PASSIVE")
-        );
+        assert_eq!(env_value(&shard.process, "GOMP_SPINCOUNT"), Some("10000"));
         assert_eq!(
             shard.uds_path,
             PathBuf::from(format!("/tmp/ferrite-server-42-{rank}"))

@@ -86,6 +86,9 @@ impl ShardPlanner<'_> {
             "--cpu-single-thread-max-rows",
             single_thread_max_rows(args).as_ref(),
         );
+        if measured_step_threads(args) {
+            argv.push("--cpu-measured-step-threads".to_string());
+        }
         argv.extend(crate::observability::shard_flags(args));
         if !self.topology.runs_router() {
             // The router on node 0 reaches this node's shards over TCP.
@@ -142,26 +145,34 @@ fn lora_flags(args: &Args) -> Vec<String> {
 /// `--cpu-single-thread-max-rows`, else by the wait policy: CPU steps of at most 8 rows run on
 /// one torch thread when idle threads sleep (passive), because waking them at each of a small
 /// step's parallel regions costs more than they save (bench/RESULTS.md: batch 1 to 12 faster
-/// on one thread of two, 16 on par); spinning threads wake at once, so every step keeps them.
+/// on one thread of two, 16 on par); with `adaptive` those steps choose one thread or all by
+/// measurement (`measured_step_threads`); spinning threads wake at once, so every step keeps them.
 fn single_thread_max_rows(args: &Args) -> Option<u32> {
-    const PASSIVE_SINGLE_THREAD_MAX_ROWS: u32 = 8;
+    const SMALL_STEP_MAX_ROWS: u32 = 8;
     args.cpu_single_thread_max_rows.or_else(|| {
-        args.omp_wait_policy
-            .eq_ignore_ascii_case("passive")
-            .then_some(PASSIVE_SINGLE_THREAD_MAX_ROWS)
+        let policy = args.omp_wait_policy.to_ascii_lowercase();
+        matches!(policy.as_str(), "passive" | "adaptive").then_some(SMALL_STEP_MAX_ROWS)
     })
 }
 
+/// `--omp-wait-policy adaptive`: the shard times its small steps on one thread and on all, and
+/// runs them on the faster (a busy neighbour process turns two spinning threads ~5x slower,
+/// free cores make them ~15% faster than one: bench/RESULTS.md).
+fn measured_step_threads(args: &Args) -> bool {
+    args.omp_wait_policy.eq_ignore_ascii_case("adaptive")
+}
+
 /// OpenMP's wait policy for `--omp-wait-policy`, read by the OpenMP runtime when torch loads
-/// (measured with bench/contention.py and bench/engine_decode.py on 2 cores): idle threads
+/// (measured with bench/contention.py and bench/router_overhead.py on 2 cores): idle threads
 /// that sleep at once (passive) keep a shard's speed when another busy process shares its
-/// cores; a short spin (GNU OpenMP's GOMP_SPINCOUNT) decodes ~1.6x faster on idle cores but
-/// collapses to a fifth under contention.
+/// cores but make two threads slower than one for a small step; a short spin (GNU OpenMP's
+/// GOMP_SPINCOUNT; `spin`, and `adaptive`, which also picks the thread count by measurement)
+/// makes them faster on idle cores, and always using both collapses under contention.
 fn omp_wait_env(policy: &str) -> Vec<(String, String)> {
     const SPIN_ITERATIONS: &str = "10000";
     match policy.to_ascii_lowercase().as_str() {
         "runtime" => Vec::new(),
-        "spin" => vec![("GOMP_SPINCOUNT".to_string(), SPIN_ITERATIONS.to_string())],
+        "spin" | "adaptive" => vec![("GOMP_SPINCOUNT".to_string(), SPIN_ITERATIONS.to_string())],
         other => vec![("OMP_WAIT_POLICY".to_string(), other.to_ascii_uppercase())],
     }
 }

@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--cpu-single-thread-max-rows", type=int,
                        default=ShardConfig.cpu_single_thread_max_rows,
                        help="CPU: steps of at most this many rows run on one torch thread (0: never)")
+    serve.add_argument("--cpu-measured-step-threads", action="store_true",
+                       help="CPU, bfloat16 models: those small steps run on one or all threads, "
+                            "whichever measures faster at the time")
     serve.add_argument("--otlp-endpoint", default=None,
                        help="OTLP/gRPC collector to export step spans to (default: tracing off)")
     serve.add_argument("--otlp-service-name", default=TracingConfig.otlp_service_name,
@@ -183,6 +186,7 @@ def shard_config_from_args(args: argparse.Namespace) -> ShardConfig:
         watermark=WatermarkConfig(gamma=args.watermark_gamma, delta=args.watermark_delta),
         cuda_memory_fraction=args.cuda_memory_fraction,
         cpu_single_thread_max_rows=args.cpu_single_thread_max_rows,
+        cpu_measured_step_threads=args.cpu_measured_step_threads,
         trust_remote_code=args.trust_remote_code,
         model_implementation=args.model_implementation,
         rope_override=rope_override_from_args(args),

@@ -145,8 +145,12 @@ class ShardConfig:
     # CUDA: share of the GPU's memory ferrite may use in total (TGI's --cuda-memory-fraction).
     cuda_memory_fraction: float = 0.9
     # CPU: steps of at most this many rows run on one torch thread (engine/host_cpu.StepThreads);
-    # 0: every step on all threads. The launcher sets it with passive OpenMP threads.
+    # 0: every step on all threads. The launcher sets it (8) with passive or adaptive threads.
     cpu_single_thread_max_rows: int = 0
+    # CPU, bfloat16 models: those small steps run on one or all threads, whichever their
+    # measured times say is faster now (engine/step_thread_choice.py); the launcher sets it
+    # with briefly spinning OpenMP threads (`--omp-wait-policy adaptive`).
+    cpu_measured_step_threads: bool = False
     # Run a checkpoint's own Python code (`auto_map`) on the transformers fallback.
     trust_remote_code: bool = False
     # None: the RoPE scaling in the checkpoint's config.json.

@@ -30,7 +30,7 @@ from ferrite_server.engine.errors import (
 from ferrite_server.engine.grammar import GrammarCompiler, GrammarError
 from ferrite_server.engine.grammar.matcher import RequestGrammar
 from ferrite_server.engine.forward_inputs import ForwardInputs, build_forward_inputs
-from ferrite_server.engine.host_cpu import StepThreads
+from ferrite_server.engine.host_cpu import StepThreads, step_threads_for
 from ferrite_server.engine.kv_cache import allocate_kv_cache, kv_cache_bytes
 from ferrite_server.engine.memory import cpu_kv_cache_bytes, cuda_kv_cache_bytes
 from ferrite_server.engine.model_runner import ModelRunner
@@ -114,7 +114,12 @@ class Engine:
             draft = DraftModel.load(config, runner.facts, Watermark(config.watermark))
         step_threads = None
         if runner.facts.device.type == "cpu":
-            step_threads = StepThreads(torch.get_num_threads(), config.cpu_single_thread_max_rows)
+            step_threads = step_threads_for(
+                torch.get_num_threads(),
+                config.cpu_single_thread_max_rows,
+                config.cpu_measured_step_threads,
+                runner.facts.dtype,
+            )
         return cls(runner, config, grammars=grammars, draft=draft, step_threads=step_threads)
 
     @property
@@ -295,9 +300,8 @@ class Engine:
     ) -> tuple[list[Generation], int, int, int]:
         """(generations, forward start (perf_counter ns), forward ns, sampling ns)"""
         device = self._runner.facts.device
-        if self._step_threads is not None:  # the rows the forward will have, proposals included
-            rows = sum(len(s.input_ids) + s.num_lookahead_slots for s in sequences)
-            self._step_threads.use_for(rows)
+        rows = sum(len(s.input_ids) + s.num_lookahead_slots for s in sequences)  # proposals too
+        threads = self._step_threads.use_for(rows) if self._step_threads is not None else 0
         if self._draft is not None:
             sequences = self._draft.propose(sequences)
         inputs = build_forward_inputs(sequences, self._block_size, device)
@@ -306,12 +310,14 @@ class Engine:
         hidden = self._forward(inputs, kv_caches)  # [T, H]
         clock.forward_done()  # no device synchronize: sampling is queued behind the forward
         if self._step_threads is not None:  # the LM head reads the most bytes of all products
-            self._step_threads.use_all()
+            self._step_threads.use_for_logits(rows, threads)
         sampled = choose_tokens(  # per sequence: its choices
             sequences, inputs, self._runner.compute_logits, hidden, self._watermark
         )
         prompt_logprobs = self._prompt_logprobs(sequences, inputs, hidden)
         forward_ns, sampling_ns = clock.split()
+        if self._step_threads is not None:
+            self._step_threads.record_step(rows, threads, (forward_ns + sampling_ns) / 1e9)
         generations = [
             self._commit(sequence, sampled.get(index), prompt_logprobs.get(index))
             for index, sequence in enumerate(sequences)

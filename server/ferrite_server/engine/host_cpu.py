@@ -7,8 +7,15 @@ import functools
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ferrite_server.engine.step_thread_choice import MeasuredThreadChoice
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -80,27 +87,61 @@ def set_cpu_threads(local_world_size: int) -> int:
 @dataclass
 class StepThreads:
     """How many torch threads one CPU step runs on: all of them for a step of many rows
-    (prefill, large batches: arithmetic the threads split), one for a step of at most
-    `single_thread_max_rows` rows. A small step is bound by reading the weights, and with
-    sleeping idle threads (`--omp-wait-policy passive`, the default) each of its ~400 parallel
-    regions pays a wake-up that costs more than the second thread saves: measured here, a
-    batch-1 int4 forward took 16-19 ms on one thread and 26-32 ms on two (bench/RESULTS.md),
-    and the core left idle runs the router and the shard's host work meanwhile. The LM head
-    and sampling (few regions, the largest product) run on all threads."""
+    (prefill, large batches: arithmetic the threads split); for a small step of at most
+    `single_thread_max_rows` rows either one, or, with `measured`, whichever of one and all
+    the step times measure faster now (step_thread_choice.py).
+
+    A small step is bound by reading the weights. With sleeping idle threads
+    (`--omp-wait-policy passive`) each of its ~400 parallel regions pays a wake-up that costs
+    more than the second thread saves: a batch-1 int4 forward took 16-19 ms on one thread and
+    26-32 ms on two (bench/RESULTS.md), and the core left idle runs the router and the shard's
+    host work meanwhile. With briefly spinning threads (`adaptive`) two threads are ~15% faster
+    on free cores and ~5x slower beside a busy process, hence the measurement (of the whole
+    step: forward, LM head and sampling on the chosen count). Otherwise the LM head and
+    sampling (few regions, the largest product) run on all threads."""
 
     all_threads: int
     single_thread_max_rows: int = 0  # 0: every step runs on all threads
+    measured: MeasuredThreadChoice | None = None
 
     def threads_for(self, rows: int) -> int:
-        return 1 if rows <= self.single_thread_max_rows else self.all_threads
+        if rows > self.single_thread_max_rows:
+            return self.all_threads
+        return self.measured.choose(time.monotonic()) if self.measured is not None else 1
 
-    def use_for(self, rows: int) -> None:
-        """Set this thread's torch thread count for a forward of `rows` rows (OpenMP's count is
-        per calling thread: call it on the thread that runs the step)."""
-        _set_torch_threads(self.threads_for(rows))
+    def use_for(self, rows: int) -> int:
+        """Set this thread's torch thread count for a forward of `rows` rows and return it
+        (OpenMP's count is per calling thread: call it on the thread that runs the step)."""
+        threads = self.threads_for(rows)
+        _set_torch_threads(threads)
+        return threads
 
-    def use_all(self) -> None:
-        _set_torch_threads(self.all_threads)
+    def use_for_logits(self, rows: int, forward_threads: int) -> None:
+        """The thread count for the LM head and sampling of a step whose forward ran on
+        `forward_threads`: all threads, except that a measured small step keeps its count (two
+        spinning threads beside a busy process slow the head down as they do the forward)."""
+        measured_small = self.measured is not None and rows <= self.single_thread_max_rows
+        _set_torch_threads(forward_threads if measured_small else self.all_threads)
+
+    def record_step(self, rows: int, threads: int, seconds: float) -> None:
+        """How long the forward, LM head and sampling of a step of `rows` rows on `threads`
+        threads took (small steps feed the measured choice)."""
+        if self.measured is not None and rows <= self.single_thread_max_rows:
+            self.measured.record(threads, seconds, time.monotonic())
+
+
+def step_threads_for(
+    all_threads: int, single_thread_max_rows: int, measured: bool, dtype: torch.dtype
+) -> StepThreads:
+    """`measured` only for a model that computes in bfloat16: its products and attention round
+    the same on any thread count (checked op by op), where float32 attention does not, and a
+    greedy float32 answer must not depend on the machine's load."""
+    import torch
+
+    choice = None
+    if measured and dtype == torch.bfloat16 and all_threads > 1 and single_thread_max_rows > 0:
+        choice = MeasuredThreadChoice(counts=(1, all_threads))
+    return StepThreads(all_threads, single_thread_max_rows, choice)
 
 
 def _set_torch_threads(threads: int) -> None:
