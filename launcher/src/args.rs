@@ -129,9 +129,18 @@ impl AttentionBackend {
     }
 }
 
+/// `--version`: the package version, marked when this is an unoptimized (debug) build, whose
+/// router spends ~5x the CPU time per token of a release build (bench/RESULTS.md): benchmarks
+/// print it, and `pip install .` makes release builds.
+const VERSION: &str = if cfg!(debug_assertions) {
+    concat!(env!("CARGO_PKG_VERSION"), " (debug build)")
+} else {
+    env!("CARGO_PKG_VERSION")
+};
+
 /// Start ferrite: prepare the model, spawn the model shards and the router, supervise them.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "ferrite-launcher", version, max_term_width = 120)]
+#[command(name = "ferrite-launcher", version = VERSION, max_term_width = 120)]
 pub struct Args {
     /// Model to serve: a local directory, a .gguf file or a Hugging Face hub id (default: bundled SmolLM2-135M-Instruct)
     #[arg(long, env)]
@@ -426,6 +435,13 @@ mod tests {
         assert_eq!(args.kv_cache_memory, Some(1 << 30));
         assert_eq!(args.cors_allow_origin, vec!["http://a", "http://b"]);
         assert!(args.json_output);
+    }
+
+    #[test]
+    fn the_version_says_when_the_build_is_unoptimized() {
+        let version = Args::command().render_version();
+        assert!(version.starts_with(concat!("ferrite-launcher ", env!("CARGO_PKG_VERSION"))));
+        assert_eq!(version.contains("(debug build)"), cfg!(debug_assertions));
     }
 
     #[test]
