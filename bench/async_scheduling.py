@@ -25,7 +25,7 @@ from ferrite_benchmark.metrics import compute_metrics
 from ferrite_benchmark.runner import RunSpec, run_workload
 from ferrite_benchmark.tokenizer import load_tokenizer, token_counter
 from ferrite_benchmark.workloads import DatasetSpec, build_requests
-from machine import cpu_model, ferrite_build
+from machine import server_machine
 from router_overhead import PROMPT, one_request, running_ferrite
 
 SETTINGS = {"async": ["--async-scheduling", "on"], "sync": ["--async-scheduling", "off"]}
@@ -64,7 +64,7 @@ def main() -> None:
                 if metrics.failed:
                     raise RuntimeError(f"{name}: {metrics.failed} requests failed")
                 serving[name].append((metrics.output_throughput, metrics.tpot.p50_ms))
-    print(f"cpu: {cpu_model()}\n{ferrite_build()}")
+    print(server_machine())
     print(f"{args.rounds} rounds; batch 1: {args.batch1_requests} x {args.new_tokens} tokens per round; "
           f"serving: {args.num_prompts} ShareGPT prompts x {args.sharegpt_output_len} tokens, "
           f"max concurrency {args.max_concurrency}; launcher flags: {args.launcher_flags or '(defaults)'}")

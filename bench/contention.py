@@ -31,7 +31,7 @@ from ferrite_benchmark.backends import BackendConfig, make_backend  # noqa: E402
 from ferrite_benchmark.peers.ferrite_server import FerriteSettings, running_ferrite  # noqa: E402
 from ferrite_benchmark.peers.server_process import free_port  # noqa: E402
 from ferrite_benchmark.records import BenchRequest  # noqa: E402
-from machine import cpu_model, ferrite_build  # noqa: E402
+from machine import server_machine  # noqa: E402
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 DEFAULT_SETTINGS = ("default=", "runtime-wait=--omp-wait-policy runtime")
@@ -103,7 +103,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--busy", type=int, default=1, help="CPU-bound processes beside it")
     args = parser.parse_args()
-    print(f"cpu: {cpu_model()}\n{ferrite_build()}")
+    print(server_machine())
     print(f"cores usable: {len(os.sched_getaffinity(0))}, load average "
           f"{os.getloadavg()[0]:.2f}; {args.busy} busy process(es); --dtype {args.dtype}")
     results = {}

@@ -38,7 +38,7 @@ from ferrite_benchmark.backends import BackendConfig, make_backend  # noqa: E402
 from ferrite_benchmark.peers.ferrite_server import FerriteSettings, running_ferrite  # noqa: E402
 from ferrite_benchmark.peers.server_process import free_port  # noqa: E402
 from ferrite_benchmark.records import BenchRequest, RequestRecord  # noqa: E402
-from machine import cpu_model, ferrite_build  # noqa: E402
+from machine import cpu_model, server_machine  # noqa: E402
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 DEFAULT_FERRITE = (
@@ -139,7 +139,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--output", type=Path, default=None, help="JSON of every round")
     args = parser.parse_args()
-    print(f"cpu: {cpu_model()}\n{ferrite_build()}\nusable cores {len(os.sched_getaffinity(0))}; "
+    print(f"{server_machine()}\nusable cores {len(os.sched_getaffinity(0))}; "
           f"load average at start {os.getloadavg()[0]:.2f}", flush=True)
     speeds: dict[str, list[float]] = {}
     with started_targets(args) as targets:

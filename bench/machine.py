@@ -19,3 +19,8 @@ def ferrite_build() -> str:
     except OSError:
         return "ferrite-launcher not found"
     return result.stdout.strip() or result.stderr.strip()
+
+
+def server_machine() -> str:
+    """What a benchmark through the launcher prints first: the CPU and the ferrite build."""
+    return f"cpu: {cpu_model()}\n{ferrite_build()}"

@@ -38,7 +38,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "integration-tests"))
 from support.launcher import running_ferrite  # noqa: E402
 
-from machine import cpu_model, ferrite_build  # noqa: E402
+from machine import server_machine  # noqa: E402
 
 PROMPT = "The history of the printing press begins"  # a continuation: no early end of text
 # The router's series for decode steps (prefill steps excluded).
@@ -111,7 +111,7 @@ def main() -> None:
         for _ in range(args.requests):
             for name, client in clients.items():
                 rows[name].append(one_request(client, servers[name].base_url, args.new_tokens))
-    print(f"cpu: {cpu_model()}\n{ferrite_build()}")
+    print(server_machine())
     print(f"{args.requests} requests of {args.new_tokens} tokens per setting, batch 1, settings alternating")
     for name, _, flags in settings:
         source = f" (shard from {sources[name]})" if name in sources else ""

@@ -120,14 +120,17 @@ class StepThreads:
         """The thread count for the LM head and sampling of a step whose forward ran on
         `forward_threads`: all threads, except that a measured small step keeps its count (two
         spinning threads beside a busy process slow the head down as they do the forward)."""
-        measured_small = self.measured is not None and rows <= self.single_thread_max_rows
-        _set_torch_threads(forward_threads if measured_small else self.all_threads)
+        _set_torch_threads(forward_threads if self._is_measured(rows) else self.all_threads)
 
     def record_step(self, rows: int, threads: int, seconds: float) -> None:
         """How long the forward, LM head and sampling of a step of `rows` rows on `threads`
         threads took (small steps feed the measured choice)."""
-        if self.measured is not None and rows <= self.single_thread_max_rows:
+        if self.measured is not None and self._is_measured(rows):
             self.measured.record(threads, seconds, time.monotonic())
+
+    def _is_measured(self, rows: int) -> bool:
+        """A small step whose thread count the measured choice picks."""
+        return self.measured is not None and rows <= self.single_thread_max_rows
 
 
 def step_threads_for(

@@ -33,11 +33,11 @@ class MeasuredThreadChoice:
     explore_every_steps: int = EXPLORE_EVERY_STEPS
     max_explore_every_steps: int = MAX_EXPLORE_EVERY_STEPS
     max_explore_every_s: float = MAX_EXPLORE_EVERY_S
-    _estimate_s: dict[int, float] = field(default_factory=dict)
-    _in_use: int | None = None
-    _steps_since_try: int = 0
-    _last_try_s: float = 0.0
-    _wait_steps: int = 0
+    _estimate_s: dict[int, float] = field(default_factory=dict, init=False)
+    _in_use: int | None = field(default=None, init=False)
+    _steps_since_try: int = field(default=0, init=False)
+    _last_try_s: float = field(default=0.0, init=False)
+    _wait_steps: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         self._wait_steps = self.explore_every_steps
