@@ -44,10 +44,13 @@ RUN --mount=type=cache,id=ferrite-cargo-registry,target=/root/.cargo/registry \
     maturin build --release --strip --out /wheels
 
 FROM ${BASE_IMAGE} AS runtime-deps
+# g++ and the Python headers: a CPU shard compiles its native decode step at first start
+# (server/ferrite_server/kernels/cpu/, for the CPU it runs on); without them it runs the
+# slower Python layers.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        ca-certificates python3 python3-venv \
+        ca-certificates g++ python3 python3-dev python3-venv \
     && rm -rf /var/lib/apt/lists/*
 ENV VIRTUAL_ENV=/opt/ferrite
 ENV PATH=/opt/ferrite/bin:$PATH

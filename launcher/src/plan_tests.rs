@@ -101,6 +101,20 @@ fn by_default_small_cpu_steps_measure_their_thread_count_with_spinning_threads()
     assert!(has_flag(shard, "--cpu-measured-step-threads"));
 }
 
+#[test]
+fn disable_custom_kernels_turns_the_native_cpu_decode_off() {
+    let default = plan(&[]).expect("valid");
+    assert!(!has_flag(
+        &default.shards[0].process,
+        "--no-cpu-native-decode"
+    ));
+    let disabled = plan(&["--disable-custom-kernels"]).expect("valid");
+    assert!(has_flag(
+        &disabled.shards[0].process,
+        "--no-cpu-native-decode"
+    ));
+}
+
 fn has_flag(spec: &ProcessSpec, flag: &str) -> bool {
     spec.args.iter().any(|arg| arg == flag)
 }

@@ -54,6 +54,10 @@ impl ShardPlanner<'_> {
         if args.trust_remote_code {
             argv.push("--trust-remote-code".into());
         }
+        if args.tgi.disable_custom_kernels {
+            // TGI's "no custom kernels": CPU decode steps also leave the native stack.
+            argv.push("--no-cpu-native-decode".into());
+        }
         push_opt(
             &mut argv,
             "--kv-cache-memory",

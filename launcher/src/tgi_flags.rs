@@ -66,7 +66,7 @@ pub struct TgiFlags {
     #[arg(long, env)]
     pub huggingface_hub_cache: Option<PathBuf>,
 
-    /// Use no custom kernels: --attention-backend auto becomes torch (PyTorch reference)
+    /// Use no custom kernels: --attention-backend auto becomes torch (PyTorch reference), and CPU decode steps run the Python layers instead of the native decoder stack
     #[arg(long, env)]
     pub disable_custom_kernels: bool,
 

@@ -110,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--cpu-measured-step-threads", action="store_true",
                        help="CPU, bfloat16 models: those small steps run on one or all threads, "
                             "whichever measures faster at the time")
+    serve.add_argument("--no-cpu-native-decode", dest="cpu_native_decode", action="store_false",
+                       help="CPU: run decode steps through the Python layers, not the native "
+                            "decoder stack")
+    serve.add_argument("--native-kernel-dir", type=Path, default=ShardConfig.native_kernel_dir,
+                       help="where the native CPU kernels are compiled to (once per source, "
+                            "torch and CPU)")
     serve.add_argument("--otlp-endpoint", default=None,
                        help="OTLP/gRPC collector to export step spans to (default: tracing off)")
     serve.add_argument("--otlp-service-name", default=TracingConfig.otlp_service_name,
@@ -187,6 +193,8 @@ def shard_config_from_args(args: argparse.Namespace) -> ShardConfig:
         cuda_memory_fraction=args.cuda_memory_fraction,
         cpu_single_thread_max_rows=args.cpu_single_thread_max_rows,
         cpu_measured_step_threads=args.cpu_measured_step_threads,
+        cpu_native_decode=args.cpu_native_decode,
+        native_kernel_dir=args.native_kernel_dir.expanduser(),
         trust_remote_code=args.trust_remote_code,
         model_implementation=args.model_implementation,
         rope_override=rope_override_from_args(args),

@@ -151,6 +151,12 @@ class ShardConfig:
     # measured times say is faster now (engine/step_thread_choice.py); the launcher sets it
     # with briefly spinning OpenMP threads (`--omp-wait-policy adaptive`).
     cpu_measured_step_threads: bool = False
+    # CPU, bfloat16 Llama-family models: a step of decode tokens runs the whole decoder stack
+    # in one native call (kernels/cpu/decoder_stack.cpp), compiled once per source, torch and
+    # CPU into `native_kernel_dir`. Off: the Python layers (the launcher's
+    # --disable-custom-kernels).
+    cpu_native_decode: bool = True
+    native_kernel_dir: Path = Path("~/.cache/ferrite/native-kernels").expanduser()
     # Run a checkpoint's own Python code (`auto_map`) on the transformers fallback.
     trust_remote_code: bool = False
     # None: the RoPE scaling in the checkpoint's config.json.

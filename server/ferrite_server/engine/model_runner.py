@@ -168,6 +168,10 @@ class ModelRunner:
             _load_weights(model, model_dir, device, quantization)  # type: ignore[arg-type]
         process_weights_after_loading(model)  # type: ignore[arg-type]
         lora_bytes = _attach_lora(model, config, model_config.num_layers)  # type: ignore[arg-type]
+        if config.cpu_native_decode and device.type == "cpu":
+            enable = getattr(model, "enable_native_cpu_decode", None)
+            if enable is not None:  # Llama's stack and the families that reuse it
+                enable(config.native_kernel_dir)
         # Adapters included: weights the KV cache must leave room for.
         weight_bytes = model_memory_bytes(model)  # type: ignore[arg-type]
         # Read by the tests of tensor parallelism (each rank ~1/N of the weights); one line.

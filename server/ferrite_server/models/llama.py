@@ -13,6 +13,8 @@ Module names mirror Hugging Face's so checkpoint tensor names map one to one, ex
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -36,6 +38,7 @@ from ferrite_server.layers.rotary import rotate_fused_query_key, rotate_query_ke
 from ferrite_server.models.config import DecoderConfig, HfConfig, decoder_config_from_hf
 from ferrite_server.models.layer_rotaries import LayerRotaries
 from ferrite_server.models.interface import KVCache
+from ferrite_server.models.native_decode import NATIVE_DECODE_MAX_ROWS, NativeDecodeStack
 from ferrite_server.weights import CheckpointLayout, PackedWeight
 
 PACKED_WEIGHTS = (
@@ -189,6 +192,9 @@ class LlamaModel(nn.Module):
             layer_class(config, backend, placement, index) for index in range(config.num_layers)
         )
         self.norm = hidden_norm(config, placement)
+        # CPU bfloat16: steps of decode tokens in one native call (models/native_decode.py);
+        # set after loading by `enable_native_cpu_decode`, None: the Python layers always.
+        self.native_decode: NativeDecodeStack | None = None
 
     def forward(
         self,
@@ -202,6 +208,9 @@ class LlamaModel(nn.Module):
             hidden = hidden * torch.tensor(self.embedding_multiplier, dtype=hidden.dtype)
         # One cos / sin per distinct RoPE (Gemma 3: global and local), shared by their layers.
         cos_sins = self.rotary_emb.cos_sin_per_layer(positions, hidden.dtype, attn_metadata)
+        native = self.native_decode
+        if native is not None and native.applies(hidden, attn_metadata):
+            return self.norm(native.forward(hidden, cos_sins[0], kv_caches, attn_metadata))
         for layer, cos_sin, kv_cache in zip(self.layers, cos_sins, kv_caches, strict=True):
             hidden = layer(hidden, cos_sin, kv_cache, attn_metadata)
         return self.norm(hidden)
@@ -235,8 +244,18 @@ class LlamaForCausalLM(nn.Module):
     ) -> torch.Tensor:  # [T, H]
         return self.model(input_ids, positions, kv_caches, attn_metadata)
 
+    def enable_native_cpu_decode(self, kernel_dir: Path) -> bool:
+        """Run CPU steps of decode tokens natively where this model allows it (after its
+        weights are loaded and quantized); False: it keeps the Python layers."""
+        self.model.native_decode = NativeDecodeStack.build(self.model, self.lm_head, kernel_dir)
+        return self.model.native_decode is not None
+
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:  # [N, H] -> [N, V] float32
-        logits = self.lm_head(hidden)
+        native = self.model.native_decode
+        if native is not None and hidden.shape[0] <= NATIVE_DECODE_MAX_ROWS:
+            logits = native.logits(hidden)
+        else:
+            logits = self.lm_head(hidden)
         cap = self.config.final_logit_softcap
         if cap is not None:  # Gemma 2: cap * tanh(logits / cap)
             logits = torch.tanh(logits / cap) * cap

@@ -1,0 +1,76 @@
+"""Compiling and loading the native CPU kernels (torch's C++ extension builder).
+
+A shard compiles `decoder_stack.cpp` the first time it starts with a given source, torch and
+CPU (~1 minute on 2 cores) into a directory named by their hash; later starts load it.
+`-march=native`: the elementwise loops and the attention's dot products are only fast when the
+compiler may use the CPU's vector width, and the build never leaves the machine it ran on (the
+CPU's flags are part of the hash).
+
+OpenMP: the source is compiled with `-fopenmp` for `at::parallel_for`, but not linked against
+the system's libgomp, so its OpenMP calls resolve to the runtime torch itself loaded (one
+thread pool, sized by torch.set_num_threads) rather than to a second runtime.
+
+Any failure (no compiler, no ninja, a build error) is reported to the caller, which runs the
+Python layers instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import platform
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+SOURCE_DIR = Path(__file__).parent
+DECODER_STACK_SOURCE = SOURCE_DIR / "decoder_stack.cpp"
+COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp")  # the C++ standard: torch's own
+
+
+class NativeBuildError(RuntimeError):
+    """The native kernels could not be compiled or loaded here."""
+
+
+def _cpu_flags() -> str:
+    """The CPU's feature flags (what -march=native compiles for); the machine name elsewhere."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def build_key() -> str:
+    """What the compiled module depends on: every source here, torch, the CPU, the flags."""
+    digest = hashlib.sha256()
+    sources = [path.read_bytes() for path in sorted(SOURCE_DIR.glob("*.[ch]*"))]
+    for part in (*sources, torch.__version__.encode(), _cpu_flags().encode(),
+                 " ".join(COMPILE_FLAGS).encode()):
+        digest.update(part)
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def load_decoder_stack(kernel_dir: Path) -> ModuleType:
+    """The compiled decoder_stack module (built into `kernel_dir` when not there yet)."""
+    from torch.utils import cpp_extension
+
+    name = f"ferrite_decoder_stack_{build_key()}"
+    build_dir = kernel_dir / name
+    try:
+        build_dir.mkdir(parents=True, exist_ok=True)
+        return cpp_extension.load(
+            name=name,
+            sources=[str(DECODER_STACK_SOURCE)],
+            extra_cflags=list(COMPILE_FLAGS),
+            build_directory=str(build_dir),
+            verbose=False,
+        )
+    except Exception as error:  # noqa: BLE001 (compiler, ninja, linker: all mean "not here")
+        raise NativeBuildError(f"{type(error).__name__}: {error}") from error

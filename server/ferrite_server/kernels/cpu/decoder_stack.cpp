@@ -1,0 +1,386 @@
+// The CPU decode step of a Llama-family decoder stack in one native call.
+//
+// Why: a batch-1 CPU decode step of a small model made ~1,800 aten calls from Python, ~2 us
+// each, about as much time as its weight products (bench/RESULTS.md). Here a step is one call:
+// per layer four weight products through the same aten kernels the Python layers call
+// (dense bf16 `linear`, `_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`), and plain loops
+// for what is elementwise (RMSNorm, RoPE, residual adds, SiLU * up), the paged-cache write and
+// one-query attention over the paged cache.
+//
+// Numerics follow the Python layers' bfloat16 expressions, rounding to bf16 where they do
+// (RMSNorm: float32 statistics, normalized value rounded, then times the weight; RoPE:
+// x * cos and rotate_half(x) * sin each rounded, then their sum; silu(gate) rounded, then
+// times up). Only attention differs in its order of float32 sums (SDPA's kernel blocks keys).
+//
+// Layouts (as layers/attention/backend.py):
+//   hidden [T, H] bf16, one decode token per row, row i belongs to sequence i;
+//   cos, sin [T, D] bf16; slot_mapping [T] int64; block_tables [T, max_blocks] int32;
+//   seq_lens [T] int32 (each context, this step's token included);
+//   key / value cache per layer [num_blocks, block_size, num_kv_heads, D] bf16.
+
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <torch/extension.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "weight_gemv.h"
+
+namespace {
+
+using bf16 = c10::BFloat16;
+
+// Lanes of the float32 partial sums: independent accumulators the compiler maps onto vector
+// registers (a single running sum would be a dependency chain it may not reorder).
+constexpr int64_t kLanes = 16;
+// Up to this many rows a dense or int8 product runs the matrix-vector loops of weight_gemv.h;
+// more rows reuse each weight load across rows, which aten's matrix kernels do.
+constexpr int64_t kGemvMaxRows = 4;
+// Multiply-adds one attention task (one query head of one sequence) should have before the
+// tasks are spread over threads: below it a parallel region costs more than it saves.
+constexpr int64_t kMinParallelAttentionWork = 16384;
+
+inline float to_float(bf16 x) { return static_cast<float>(x); }
+inline bf16 round_bf16(float x) { return bf16(x); }
+
+// One weight product, y = x W^T (+ b), on the kernel its weight was packed for.
+struct Linear {
+  enum Kind : int64_t { kDense = 0, kInt8 = 1, kInt4 = 2 };
+
+  Linear(int64_t kind, at::Tensor weight, c10::optional<at::Tensor> scales, int64_t group_size,
+         c10::optional<at::Tensor> bias)
+      : kind(kind), weight(std::move(weight)), scales(std::move(scales)),
+        group_size(group_size), bias(std::move(bias)) {
+    TORCH_CHECK(kind == kDense || ((kind == kInt8 || kind == kInt4) && this->scales.has_value()),
+                "native decode: linear kind ", kind, " needs its scales");
+    TORCH_CHECK(this->weight.is_contiguous() && this->weight.device().is_cpu(),
+                "native decode: weights must be contiguous CPU tensors");
+    TORCH_CHECK(kind != kDense || this->weight.scalar_type() == at::kBFloat16,
+                "native decode: dense weights must be bf16");
+    TORCH_CHECK(kind != kInt8 || (this->weight.scalar_type() == at::kChar &&
+                                  this->scales->scalar_type() == at::kBFloat16),
+                "native decode: int8 weights take int8 codes and bf16 scales");
+  }
+
+  at::Tensor operator()(const at::Tensor& x) const {  // bf16 [M, K] -> bf16 [M, N]
+    if (x.size(0) <= kGemvMaxRows && kind != kInt4) return gemv(x);
+    if (kind == kDense) return at::linear(x, weight, bias);
+    at::Tensor y = kind == kInt8
+        ? at::_weight_int8pack_mm(x, weight, *scales)
+        : at::_weight_int4pack_mm_for_cpu(x, weight, group_size, *scales);
+    return bias.has_value() ? y.add_(*bias) : y;
+  }
+
+  at::Tensor gemv(const at::Tensor& x) const {
+    TORCH_CHECK(x.scalar_type() == at::kBFloat16 && x.is_contiguous() && x.size(1) == weight.size(1),
+                "native decode: a product's input must be contiguous bf16 [M, K]");
+    const int64_t rows = x.size(0), k = x.size(1), n = weight.size(0);
+    at::Tensor y = at::empty({rows, n}, x.options());
+    if (kind == kDense)
+      ferrite_gemv::gemv(x.data_ptr<bf16>(), rows, k, weight.data_ptr<bf16>(), nullptr, n,
+                         y.data_ptr<bf16>());
+    else
+      ferrite_gemv::gemv(x.data_ptr<bf16>(), rows, k, weight.data_ptr<int8_t>(),
+                         scales->data_ptr<bf16>(), n, y.data_ptr<bf16>());
+    return bias.has_value() ? y.add_(*bias) : y;
+  }
+
+  int64_t kind;
+  at::Tensor weight;  // dense: bf16 [N, K]; int8: codes [N, K]; int4: aten's packed codes
+  c10::optional<at::Tensor> scales;  // int8: bf16 [N]; int4: bf16 scales_and_zeros [K/G, N, 2]
+  int64_t group_size;  // int4 only
+  c10::optional<at::Tensor> bias;  // bf16 [N]
+};
+
+struct LayerWeights {
+  LayerWeights(at::Tensor input_norm, at::Tensor post_attention_norm, Linear qkv, Linear o,
+               Linear gate_up, Linear down)
+      : input_norm(std::move(input_norm)), post_attention_norm(std::move(post_attention_norm)),
+        qkv(std::move(qkv)), o(std::move(o)), gate_up(std::move(gate_up)), down(std::move(down)) {}
+
+  at::Tensor input_norm;  // bf16 [H]
+  at::Tensor post_attention_norm;  // bf16 [H]
+  Linear qkv, o, gate_up, down;
+};
+
+struct AttentionShape {
+  int64_t num_heads;
+  int64_t num_kv_heads;
+  int64_t head_dim;
+  float scale;
+};
+
+float sum_of_squares(const bf16* x, int64_t n) {
+  float lanes[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int64_t j = 0; j < kLanes; ++j) lanes[j] += to_float(x[i + j]) * to_float(x[i + j]);
+  float sum = 0.f;
+  for (; i < n; ++i) sum += to_float(x[i]) * to_float(x[i]);
+  for (float lane : lanes) sum += lane;
+  return sum;
+}
+
+// out = weight * bf16(x * rsqrt(mean(x^2) + eps)), one row of `hidden` features.
+void rms_norm_row(const bf16* x, const bf16* weight, bf16* out, int64_t hidden, float eps) {
+  const float inverse_rms = 1.f / std::sqrt(sum_of_squares(x, hidden) / hidden + eps);
+  for (int64_t i = 0; i < hidden; ++i)
+    out[i] = round_bf16(to_float(weight[i]) * to_float(round_bf16(to_float(x[i]) * inverse_rms)));
+}
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, float eps) {
+  const int64_t rows = x.size(0), hidden = x.size(1);
+  at::Tensor out = at::empty_like(x);
+  for (int64_t r = 0; r < rows; ++r)
+    rms_norm_row(x.data_ptr<bf16>() + r * hidden, weight.data_ptr<bf16>(),
+                 out.data_ptr<bf16>() + r * hidden, hidden, eps);
+  return out;
+}
+
+// residual <- bf16(x + residual) (the next residual); returns the norm of it.
+at::Tensor add_and_norm(const at::Tensor& x, at::Tensor& residual, const at::Tensor& weight,
+                        float eps) {
+  const int64_t count = x.numel();
+  const bf16* added = x.data_ptr<bf16>();
+  bf16* sum = residual.data_ptr<bf16>();
+  for (int64_t i = 0; i < count; ++i) sum[i] = round_bf16(to_float(added[i]) + to_float(sum[i]));
+  return rms_norm(residual, weight, eps);
+}
+
+// "Rotate half" RoPE of `heads` heads of one token in place: x * cos + rotate_half(x) * sin.
+void rotate_heads(bf16* x, int64_t heads, int64_t head_dim, const bf16* cos, const bf16* sin) {
+  const int64_t half = head_dim / 2;
+  for (int64_t h = 0; h < heads; ++h) {
+    bf16* head = x + h * head_dim;
+    for (int64_t i = 0; i < half; ++i) {
+      const float first = to_float(head[i]), second = to_float(head[i + half]);
+      const float c0 = to_float(cos[i]), s0 = to_float(sin[i]);
+      const float c1 = to_float(cos[i + half]), s1 = to_float(sin[i + half]);
+      head[i] = round_bf16(to_float(round_bf16(first * c0)) + to_float(round_bf16(-second * s0)));
+      head[i + half] =
+          round_bf16(to_float(round_bf16(second * c1)) + to_float(round_bf16(first * s1)));
+    }
+  }
+}
+
+float dot(const float* q, const bf16* k, int64_t n) {
+  float lanes[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int64_t j = 0; j < kLanes; ++j) lanes[j] += q[i + j] * to_float(k[i + j]);
+  float sum = 0.f;
+  for (; i < n; ++i) sum += q[i] * to_float(k[i]);
+  for (float lane : lanes) sum += lane;
+  return sum;
+}
+
+// softmax(q K^T * scale) V for one query head over one sequence's paged context.
+struct PagedContext {
+  const bf16* key_cache;
+  const bf16* value_cache;
+  const int32_t* blocks;  // this sequence's block table
+  int64_t length;  // keys in the context
+  int64_t block_size;
+  int64_t token_stride;  // elements between consecutive slots (num_kv_heads * head_dim)
+
+  int64_t offset(int64_t position, int64_t kv_head, int64_t head_dim) const {
+    const int64_t slot = static_cast<int64_t>(blocks[position / block_size]) * block_size +
+                         position % block_size;
+    return slot * token_stride + kv_head * head_dim;
+  }
+};
+
+void attend_head(const bf16* query, const PagedContext& context, int64_t kv_head,
+                 const AttentionShape& shape, bf16* out) {
+  const int64_t d = shape.head_dim;
+  std::vector<float> q(d), acc(d, 0.f), scores(context.length);
+  for (int64_t i = 0; i < d; ++i) q[i] = to_float(query[i]);
+  float max_score = -std::numeric_limits<float>::infinity();
+  for (int64_t t = 0; t < context.length; ++t) {
+    scores[t] = dot(q.data(), context.key_cache + context.offset(t, kv_head, d), d) * shape.scale;
+    max_score = std::max(max_score, scores[t]);
+  }
+  float total = 0.f;
+  for (int64_t t = 0; t < context.length; ++t) {
+    scores[t] = std::exp(scores[t] - max_score);
+    total += scores[t];
+  }
+  for (int64_t t = 0; t < context.length; ++t) {
+    const bf16* value = context.value_cache + context.offset(t, kv_head, d);
+    const float weight = scores[t];
+    for (int64_t i = 0; i < d; ++i) acc[i] += weight * to_float(value[i]);
+  }
+  for (int64_t i = 0; i < d; ++i) out[i] = round_bf16(acc[i] / total);
+}
+
+struct StepInputs {
+  const at::Tensor& cos;
+  const at::Tensor& sin;
+  const at::Tensor& slot_mapping;
+  const at::Tensor& block_tables;
+  const at::Tensor& seq_lens;
+};
+
+// Rotates q and k of `qkv` [T, (heads + 2 kv_heads) D] in place, writes k and v into the
+// cache, and returns the attended heads [T, heads * D].
+at::Tensor self_attention(at::Tensor& qkv, at::Tensor& key_cache, at::Tensor& value_cache,
+                          const StepInputs& step, const AttentionShape& shape) {
+  const int64_t rows = qkv.size(0), d = shape.head_dim;
+  const int64_t q_size = shape.num_heads * d, kv_size = shape.num_kv_heads * d;
+  const int64_t row_stride = qkv.size(1);
+  bf16* qkv_data = qkv.data_ptr<bf16>();
+  bf16* keys = key_cache.data_ptr<bf16>();
+  bf16* values = value_cache.data_ptr<bf16>();
+  const int64_t* slots = step.slot_mapping.data_ptr<int64_t>();
+  for (int64_t r = 0; r < rows; ++r) {
+    bf16* row = qkv_data + r * row_stride;
+    const bf16* cos = step.cos.data_ptr<bf16>() + r * d;
+    const bf16* sin = step.sin.data_ptr<bf16>() + r * d;
+    rotate_heads(row, shape.num_heads + shape.num_kv_heads, d, cos, sin);
+    std::memcpy(keys + slots[r] * kv_size, row + q_size, kv_size * sizeof(bf16));
+    std::memcpy(values + slots[r] * kv_size, row + q_size + kv_size, kv_size * sizeof(bf16));
+  }
+  at::Tensor out = at::empty({rows, q_size}, qkv.options());
+  bf16* out_data = out.data_ptr<bf16>();
+  const int32_t* lens = step.seq_lens.data_ptr<int32_t>();
+  const int32_t* tables = step.block_tables.data_ptr<int32_t>();
+  const int64_t table_stride = step.block_tables.size(1);
+  const int64_t block_size = key_cache.size(1);
+  const int64_t group = shape.num_heads / shape.num_kv_heads;
+  const int64_t longest = *std::max_element(lens, lens + rows);
+  const int64_t grain = std::max<int64_t>(1, kMinParallelAttentionWork / (2 * longest * d));
+  at::parallel_for(0, rows * shape.num_heads, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t r = task / shape.num_heads, h = task % shape.num_heads;
+      const PagedContext context{keys, values, tables + r * table_stride, lens[r], block_size,
+                                 kv_size};
+      attend_head(qkv_data + r * row_stride + h * d, context, h / group, shape,
+                  out_data + r * q_size + h * d);
+    }
+  });
+  return out;
+}
+
+// silu(gate) * up over the fused [gate | up] rows [T, 2I] -> [T, I].
+at::Tensor silu_and_mul(const at::Tensor& gate_up) {
+  const int64_t rows = gate_up.size(0), inner = gate_up.size(1) / 2;
+  at::Tensor out = at::empty({rows, inner}, gate_up.options());
+  const bf16* in = gate_up.data_ptr<bf16>();
+  bf16* result = out.data_ptr<bf16>();
+  for (int64_t r = 0; r < rows; ++r) {
+    const bf16* gate = in + r * 2 * inner;
+    const bf16* up = gate + inner;
+    for (int64_t i = 0; i < inner; ++i) {
+      const float g = to_float(gate[i]);
+      const float activated = to_float(round_bf16(g / (1.f + std::exp(-g))));
+      result[r * inner + i] = round_bf16(activated * to_float(up[i]));
+    }
+  }
+  return out;
+}
+
+void check_bf16_contiguous(const at::Tensor& t, const char* what) {
+  TORCH_CHECK(t.scalar_type() == at::kBFloat16 && t.is_contiguous() && t.device().is_cpu(),
+              "native decode: ", what, " must be a contiguous bfloat16 CPU tensor");
+}
+
+class DecoderStack {
+ public:
+  DecoderStack(std::vector<LayerWeights> layers, int64_t num_heads, int64_t num_kv_heads,
+               int64_t head_dim, double rms_norm_eps, double attention_scale)
+      : layers_(std::move(layers)),
+        shape_{num_heads, num_kv_heads, head_dim, static_cast<float>(attention_scale)},
+        eps_(static_cast<float>(rms_norm_eps)) {
+    TORCH_CHECK(num_heads % num_kv_heads == 0, "native decode: heads not a multiple of kv heads");
+    TORCH_CHECK(head_dim % 2 == 0, "native decode: odd head_dim");
+  }
+
+  // Runs every layer for one step of decode tokens; returns the hidden states before the
+  // final norm.
+  at::Tensor forward(const at::Tensor& hidden, const at::Tensor& cos, const at::Tensor& sin,
+                     std::vector<at::Tensor> key_caches, std::vector<at::Tensor> value_caches,
+                     const at::Tensor& slot_mapping, const at::Tensor& block_tables,
+                     const at::Tensor& seq_lens) {
+    check_inputs(hidden, cos, sin, key_caches, value_caches, slot_mapping, block_tables, seq_lens);
+    const StepInputs step{cos, sin, slot_mapping, block_tables, seq_lens};
+    at::Tensor residual = hidden.clone();
+    for (size_t l = 0; l < layers_.size(); ++l) {
+      const LayerWeights& layer = layers_[l];
+      at::Tensor qkv = layer.qkv(rms_norm(residual, layer.input_norm, eps_));
+      at::Tensor attended = self_attention(qkv, key_caches[l], value_caches[l], step, shape_);
+      at::Tensor normed = add_and_norm(layer.o(attended), residual, layer.post_attention_norm, eps_);
+      at::Tensor mlp_out = layer.down(silu_and_mul(layer.gate_up(normed)));
+      residual.add_(mlp_out);  // bf16 + bf16, rounded once: the Python `hidden + mlp(...)`
+    }
+    return residual;
+  }
+
+ private:
+  void check_inputs(const at::Tensor& hidden, const at::Tensor& cos, const at::Tensor& sin,
+                    const std::vector<at::Tensor>& key_caches,
+                    const std::vector<at::Tensor>& value_caches, const at::Tensor& slot_mapping,
+                    const at::Tensor& block_tables, const at::Tensor& seq_lens) const {
+    const int64_t rows = hidden.size(0), d = shape_.head_dim;
+    check_bf16_contiguous(hidden, "hidden");
+    check_bf16_contiguous(cos, "cos");
+    check_bf16_contiguous(sin, "sin");
+    TORCH_CHECK(cos.size(0) == rows && cos.size(1) == d && sin.sizes() == cos.sizes(),
+                "native decode: cos / sin must be [T, head_dim]");
+    TORCH_CHECK(key_caches.size() == layers_.size() && value_caches.size() == layers_.size(),
+                "native decode: one key and one value cache per layer");
+    for (size_t l = 0; l < layers_.size(); ++l) {
+      check_bf16_contiguous(key_caches[l], "key cache");
+      check_bf16_contiguous(value_caches[l], "value cache");
+      TORCH_CHECK(key_caches[l].dim() == 4 && key_caches[l].size(2) == shape_.num_kv_heads &&
+                      key_caches[l].size(3) == d && value_caches[l].sizes() == key_caches[l].sizes(),
+                  "native decode: cache must be [blocks, block_size, kv_heads, head_dim]");
+    }
+    TORCH_CHECK(slot_mapping.scalar_type() == at::kLong && slot_mapping.is_contiguous() &&
+                    slot_mapping.numel() == rows,
+                "native decode: slot_mapping must be int64 [T]");
+    TORCH_CHECK(block_tables.scalar_type() == at::kInt && block_tables.is_contiguous() &&
+                    block_tables.dim() == 2 && block_tables.size(0) == rows,
+                "native decode: block_tables must be int32 [T, max_blocks]");
+    TORCH_CHECK(seq_lens.scalar_type() == at::kInt && seq_lens.is_contiguous() &&
+                    seq_lens.numel() == rows,
+                "native decode: seq_lens must be int32 [T]");
+    const int32_t* lens = seq_lens.data_ptr<int32_t>();
+    const int64_t block_size = key_caches.empty() ? 1 : key_caches[0].size(1);
+    for (int64_t r = 0; r < rows; ++r)
+      TORCH_CHECK(lens[r] >= 1 && lens[r] <= block_tables.size(1) * block_size,
+                  "native decode: a context longer than its block table");
+  }
+
+  std::vector<LayerWeights> layers_;
+  AttentionShape shape_;
+  float eps_;
+};
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "ferrite's native CPU decode step (kernels/cpu/decoder_stack.cpp)";
+  py::class_<Linear>(m, "Linear")
+      .def(py::init<int64_t, at::Tensor, c10::optional<at::Tensor>, int64_t,
+                    c10::optional<at::Tensor>>(),
+           py::arg("kind"), py::arg("weight"), py::arg("scales"), py::arg("group_size"),
+           py::arg("bias"))
+      .def("__call__", &Linear::operator());
+  py::class_<LayerWeights>(m, "LayerWeights")
+      .def(py::init<at::Tensor, at::Tensor, Linear, Linear, Linear, Linear>(),
+           py::arg("input_norm"), py::arg("post_attention_norm"), py::arg("qkv"), py::arg("o"),
+           py::arg("gate_up"), py::arg("down"));
+  py::class_<DecoderStack>(m, "DecoderStack")
+      .def(py::init<std::vector<LayerWeights>, int64_t, int64_t, int64_t, double, double>(),
+           py::arg("layers"), py::arg("num_heads"), py::arg("num_kv_heads"), py::arg("head_dim"),
+           py::arg("rms_norm_eps"), py::arg("attention_scale"))
+      .def("forward", &DecoderStack::forward, py::call_guard<py::gil_scoped_release>());
+  m.attr("DENSE") = static_cast<int64_t>(Linear::kDense);
+  m.attr("INT8") = static_cast<int64_t>(Linear::kInt8);
+  m.attr("INT4") = static_cast<int64_t>(Linear::kInt4);
+}

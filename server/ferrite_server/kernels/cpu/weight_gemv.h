@@ -1,0 +1,88 @@
+// Weight products for a few rows (decode steps): y = x W^T, W read once from memory.
+//
+// Why not aten's kernels: at one to four rows a product is a matrix-vector product whose time is
+// reading W, and aten's bf16 `linear`, `_weight_int8pack_mm` and `_weight_int4pack_mm_for_cpu`
+// read it at ~6-9 GB/s per core on this project's AVX-512 machine (bench/RESULTS.md). These
+// loops widen W's elements in registers and multiply-add them in float32, row by row.
+//
+// Numerics: float32 sums (other order than aten's), result rounded to bfloat16 as aten's are.
+// int8 weights carry one scale per output row, applied once to the row's sum (as aten does).
+
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+
+#include <cstdint>
+#include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+namespace ferrite_gemv {
+
+using bf16 = c10::BFloat16;
+
+// Output rows per task of the parallel loop: enough work per task (~64 x K multiply-adds)
+// that splitting it over threads pays.
+constexpr int64_t kRowsPerTask = 64;
+
+// The activations as float32 rows (widened once, read once per weight row).
+inline std::vector<float> widen_rows(const bf16* x, int64_t rows, int64_t k) {
+  std::vector<float> out(rows * k);
+  for (int64_t i = 0; i < rows * k; ++i) out[i] = static_cast<float>(x[i]);
+  return out;
+}
+
+#if defined(__AVX512F__)
+inline __m512 load_weights(const bf16* w) {  // 16 bf16 -> float32 (a bf16 is a float's top half)
+  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+inline __m512 load_weights(const int8_t* w) {  // 16 int8 -> float32
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w));
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(raw));
+}
+#endif
+
+inline float weight_value(bf16 w) { return static_cast<float>(w); }
+inline float weight_value(int8_t w) { return static_cast<float>(w); }
+
+// dot(W row, x) over k elements: two accumulators, so consecutive multiply-adds do not wait
+// on each other (a 4-row variant, which keeps four rows' loads in flight, streamed at a fifth
+// of this speed on the reference machine).
+template <typename Weight>
+inline float dot_row(const Weight* w, const float* x, int64_t k) {
+  int64_t i = 0;
+  float sum = 0.f;
+#if defined(__AVX512F__)
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  for (; i + 32 <= k; i += 32) {
+    acc0 = _mm512_fmadd_ps(load_weights(w + i), _mm512_loadu_ps(x + i), acc0);
+    acc1 = _mm512_fmadd_ps(load_weights(w + i + 16), _mm512_loadu_ps(x + i + 16), acc1);
+  }
+  for (; i + 16 <= k; i += 16)
+    acc0 = _mm512_fmadd_ps(load_weights(w + i), _mm512_loadu_ps(x + i), acc0);
+  sum = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+#endif
+  for (; i < k; ++i) sum += weight_value(w[i]) * x[i];
+  return sum;
+}
+
+// y [M, N] (bf16) = x [M, K] (bf16) W^T, W [N, K] row-major (bf16 or int8 codes); int8 rows are
+// scaled by `row_scales` [N] (bf16), bf16 ones not (row_scales null).
+template <typename Weight>
+void gemv(const bf16* x, int64_t rows, int64_t k, const Weight* w, const bf16* row_scales,
+          int64_t n, bf16* y) {
+  const std::vector<float> xf = widen_rows(x, rows, k);
+  at::parallel_for(0, n, kRowsPerTask, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const float scale = row_scales ? static_cast<float>(row_scales[row]) : 1.f;
+      for (int64_t m = 0; m < rows; ++m)  // the weight row stays in L1 across the m rows
+        y[m * n + row] = bf16(dot_row(w + row * k, xf.data() + m * k, k) * scale);
+    }
+  });
+}
+
+}  // namespace ferrite_gemv
