@@ -32,7 +32,11 @@ from ferrite_server.layers.attention.backend import FULL_ATTENTION, AttentionMet
 from ferrite_server.layers.attention.torch_backend import TorchAttentionBackend
 from ferrite_server.layers.quantization.unquantized import UnquantizedMethod
 from ferrite_server.layers.quantization.weight_only import WeightOnlyMethod
-from ferrite_server.layers.quantization.weight_only_ops import CpuInt4Linear, CpuInt8Linear
+from ferrite_server.layers.quantization.weight_only_ops import (
+    CpuInt4Linear,
+    CpuInt8Linear,
+    quantize_int4,
+)
 from ferrite_server.models.interface import KVCache
 from ferrite_server.models.layer_rotaries import CosSin
 
@@ -68,9 +72,14 @@ class NativeDecodeStack:
         except NativeBuildError as error:
             logger.warning("native CPU decode off: the kernel did not build here (%s)", error)
             return None
-        stack = _decoder_stack(native, model)
-        logger.info("native CPU decode on: steps of up to %d decode rows", NATIVE_DECODE_MAX_ROWS)
-        return NativeDecodeStack(stack, _native_product(native, head.weight_only_product, head))
+        kinds = _NativeKinds.of(native)
+        stack = _decoder_stack(kinds, model)
+        logger.info(
+            "native CPU decode on: steps of up to %d decode rows (int4 rows read by %s)",
+            NATIVE_DECODE_MAX_ROWS,
+            "its own loops" if kinds.int4 == native.INT4_BLOCKED64 else "aten's kernel",
+        )
+        return NativeDecodeStack(stack, _native_product(kinds, head.weight_only_product, head))
 
     def applies(self, hidden: torch.Tensor, attn_metadata: AttentionMetadata) -> bool:
         """Whether this step runs natively: decode tokens only, none with a LoRA adapter."""
@@ -168,27 +177,56 @@ def _unsupported_head_reason(head: nn.Module) -> str | None:
     return f"an LM head on {type(product).__name__}"
 
 
-def _native_linear(native: ModuleType, linear: nn.Module) -> Any:
+@dataclass(frozen=True)
+class _NativeKinds:
+    """The extension, and how it reads int4 weights on this machine."""
+
+    native: ModuleType
+    int4: int  # native.INT4_BLOCKED64 where aten's int4 layout is the one its loops read
+
+    @staticmethod
+    def of(native: ModuleType) -> _NativeKinds:
+        blocked = _int4_layout_is_blocked64(native)
+        return _NativeKinds(native, native.INT4_BLOCKED64 if blocked else native.INT4)
+
+
+def _int4_layout_is_blocked64(native: ModuleType) -> bool:
+    """Whether the native loops read aten's int4 packing right here: aten's layout depends on
+    its build and the CPU's vector width, so a product of both on random weights decides."""
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(128, 64, generator=generator)
+    product = CpuInt4Linear(quantize_int4(weight, 32))
+    x = torch.randn(2, 64, generator=generator).to(torch.bfloat16)
+    ours = native.Linear(
+        native.INT4_BLOCKED64, product.packed, product.scales_and_zeros, product.group_size, None
+    )(x).float()
+    expected = product._kernel(x).float()
+    return bool(torch.allclose(ours, expected, rtol=2e-2, atol=2e-2 * expected.abs().max().item()))
+
+
+def _native_linear(kinds: _NativeKinds, linear: nn.Module) -> Any:
     product = linear.weight_only_product if _linear_kind(linear) != "dense" else None
-    return _native_product(native, product, linear)
+    return _native_product(kinds, product, linear)
 
 
-def _native_product(native: ModuleType, product: Any, owner: nn.Module) -> Any:
+def _native_product(kinds: _NativeKinds, product: Any, owner: nn.Module) -> Any:
     """`owner`'s product (None: its dense weight) as the extension's Linear."""
+    native = kinds.native
     bias = owner.bias.data if getattr(owner, "bias", None) is not None else None
     if product is None:
         return native.Linear(native.DENSE, owner.weight.data, None, 0, bias)
     if isinstance(product, CpuInt8Linear):
         return native.Linear(native.INT8, product.codes, product.scales, 0, bias)
     return native.Linear(
-        native.INT4, product.packed, product.scales_and_zeros, product.group_size, bias
+        kinds.int4, product.packed, product.scales_and_zeros, product.group_size, bias
     )
 
 
-def _decoder_stack(native: ModuleType, model: nn.Module) -> Any:
+def _decoder_stack(kinds: _NativeKinds, model: nn.Module) -> Any:
+    native = kinds.native
     layers = []
     for layer in model.layers:
-        qkv, o, gate_up, down = (_native_linear(native, linear) for linear in _linears(layer))
+        qkv, o, gate_up, down = (_native_linear(kinds, linear) for linear in _linears(layer))
         layers.append(
             native.LayerWeights(
                 layer.input_layernorm.weight.data,

@@ -50,13 +50,15 @@ inline bf16 round_bf16(float x) { return bf16(x); }
 
 // One weight product, y = x W^T (+ b), on the kernel its weight was packed for.
 struct Linear {
-  enum Kind : int64_t { kDense = 0, kInt8 = 1, kInt4 = 2 };
+  // kInt4: aten's int4 kernel for every row count; kInt4Blocked64: weights whose aten layout
+  // the caller checked to be weight_gemv.h's, read by its loops for a few rows.
+  enum Kind : int64_t { kDense = 0, kInt8 = 1, kInt4 = 2, kInt4Blocked64 = 3 };
 
   Linear(int64_t kind, at::Tensor weight, c10::optional<at::Tensor> scales, int64_t group_size,
          c10::optional<at::Tensor> bias)
       : kind(kind), weight(std::move(weight)), scales(std::move(scales)),
         group_size(group_size), bias(std::move(bias)) {
-    TORCH_CHECK(kind == kDense || ((kind == kInt8 || kind == kInt4) && this->scales.has_value()),
+    TORCH_CHECK(kind == kDense || (kind >= kInt8 && kind <= kInt4Blocked64 && this->scales.has_value()),
                 "native decode: linear kind ", kind, " needs its scales");
     TORCH_CHECK(this->weight.is_contiguous() && this->weight.device().is_cpu(),
                 "native decode: weights must be contiguous CPU tensors");
@@ -68,11 +70,24 @@ struct Linear {
   }
 
   at::Tensor operator()(const at::Tensor& x) const {  // bf16 [M, K] -> bf16 [M, N]
-    if (x.size(0) <= kGemvMaxRows && kind != kInt4) return gemv(x);
+    if (kind == kInt4 || kind == kInt4Blocked64) return int4_product(x);
+    if (x.size(0) <= kGemvMaxRows) return gemv(x);
     if (kind == kDense) return at::linear(x, weight, bias);
-    at::Tensor y = kind == kInt8
-        ? at::_weight_int8pack_mm(x, weight, *scales)
-        : at::_weight_int4pack_mm_for_cpu(x, weight, group_size, *scales);
+    at::Tensor y = at::_weight_int8pack_mm(x, weight, *scales);
+    return bias.has_value() ? y.add_(*bias) : y;
+  }
+
+  at::Tensor int4_product(const at::Tensor& x) const {
+#if defined(__AVX512F__)
+    const int64_t rows = x.size(0), k = x.size(1), n = scales->size(1);
+    if (kind == kInt4Blocked64 && rows <= kGemvMaxRows && n % ferrite_gemv::kInt4BlockRows == 0) {
+      at::Tensor y = at::empty({rows, n}, x.options());
+      ferrite_gemv::int4_gemv(x.data_ptr<bf16>(), rows, k, weight.data_ptr<uint8_t>(),
+                              scales->data_ptr<bf16>(), n, group_size, y.data_ptr<bf16>());
+      return bias.has_value() ? y.add_(*bias) : y;
+    }
+#endif
+    at::Tensor y = at::_weight_int4pack_mm_for_cpu(x, weight, group_size, *scales);
     return bias.has_value() ? y.add_(*bias) : y;
   }
 
@@ -383,4 +398,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("DENSE") = static_cast<int64_t>(Linear::kDense);
   m.attr("INT8") = static_cast<int64_t>(Linear::kInt8);
   m.attr("INT4") = static_cast<int64_t>(Linear::kInt4);
+  m.attr("INT4_BLOCKED64") = static_cast<int64_t>(Linear::kInt4Blocked64);
 }
