@@ -82,6 +82,12 @@ def test_measured_small_steps_take_the_faster_count_and_large_steps_all() -> Non
     threads.record_step(512, 4, 5.0)  # a prefill's time says nothing about small steps
     assert threads.measured.in_use == 4
     assert threads.threads_for(512) == 4
+    # Nor do the first small steps after it (cold caches): however slow, they are not timed.
+    for _ in range(host_cpu.SETTLING_SMALL_STEPS):
+        threads.record_step(1, 4, 1.0)
+    assert threads.measured.in_use == 4
+    threads.record_step(1, 4, 1.0)  # settled: a 50x slower step is a busy neighbour
+    assert threads.measured.in_use == 1
     previous = torch.get_num_threads()
     try:  # a measured small step's LM head keeps the step's count
         threads.use_for_logits(1, 1)

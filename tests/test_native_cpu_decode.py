@@ -166,3 +166,27 @@ def test_disabled_by_config(tmp_path: Path) -> None:
     model_dir = write_tiny_model(tmp_path / "model", TinyModelSpec(seed=6))
     config = replace(shard_config(model_dir, BLOCK_SIZE, "bfloat16"), cpu_native_decode=False)
     assert ModelRunner.load(config).model.model.native_decode is None
+
+
+def test_native_step_gives_the_same_bits_on_any_thread_count(tmp_path: Path) -> None:
+    """The measured thread choice (engine/step_thread_choice.py) moves bfloat16 steps between
+    one thread and all: each output of the native loops is computed by one thread whatever
+    their number, so the answer must not depend on it."""
+    runner = load_runner(write_tiny_model(tmp_path / "model", TinyModelSpec(seed=8)), "int4")
+    generator = torch.Generator().manual_seed(8)
+    caches = random_caches(runner, 8)
+    metadata = decode_step(CACHED_LENS, generator)
+    tokens = torch.randint(0, TINY_VOCAB_SIZE, (len(CACHED_LENS),), generator=generator)
+    previous = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            step_caches = [(k.clone(), v.clone()) for k, v in caches]
+            hidden = run_step(runner, step_caches, metadata, tokens, native=True)
+            with torch.inference_mode():
+                results.append((hidden, runner.compute_logits(hidden), step_caches[0][0]))
+    finally:
+        torch.set_num_threads(previous)
+    for one, two in zip(*results, strict=True):
+        assert torch.equal(one, two)

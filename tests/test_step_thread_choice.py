@@ -70,6 +70,18 @@ def test_a_single_slow_step_of_the_faster_count_costs_only_until_its_next_try() 
     assert choice.in_use == 2
 
 
+def test_a_step_delayed_twofold_does_not_move_steps_to_the_slower_count() -> None:
+    """A neighbour process's brief burst (the router, the client) delays one step; only a
+    lasting slowdown by more than the margin moves the steps."""
+    choice = MeasuredThreadChoice(counts=(1, 2), explore_every_steps=1000)
+    clock = FakeClock()
+    run_steps(choice, QUIET_S, 10, clock)
+    choice.record(2, 2 * QUIET_S[2], clock.now_s)
+    assert choice.in_use == 2
+    choice.record(2, 5 * QUIET_S[2], clock.now_s)  # a busy neighbour: at once
+    assert choice.in_use == 1
+
+
 def test_a_losing_count_is_still_tried_every_few_seconds() -> None:
     """Step counts alone would wait up to 1024 steps (~20 s on one thread) after a long busy
     spell; the time limit brings two threads back within seconds of the neighbour leaving."""

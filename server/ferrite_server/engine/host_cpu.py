@@ -8,7 +8,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -84,6 +84,13 @@ def set_cpu_threads(local_world_size: int) -> int:
     return threads
 
 
+# Small steps right after a large one (a prompt's prefill) are not timed for the measured
+# choice: through the server the first two decode steps of a request took 2-4x the others on
+# either thread count (the prefill has just evicted the weights from the caches), and such a
+# time made the choice give up the faster count (bench/RESULTS.md, native decode).
+SETTLING_SMALL_STEPS = 2
+
+
 @dataclass
 class StepThreads:
     """How many torch threads one CPU step runs on: all of them for a step of many rows
@@ -103,6 +110,7 @@ class StepThreads:
     all_threads: int
     single_thread_max_rows: int = 0  # 0: every step runs on all threads
     measured: MeasuredThreadChoice | None = None
+    _small_steps_in_a_row: int = field(default=SETTLING_SMALL_STEPS, init=False)
 
     def threads_for(self, rows: int) -> int:
         if rows > self.single_thread_max_rows:
@@ -124,8 +132,13 @@ class StepThreads:
 
     def record_step(self, rows: int, threads: int, seconds: float) -> None:
         """How long the forward, LM head and sampling of a step of `rows` rows on `threads`
-        threads took (small steps feed the measured choice)."""
-        if self.measured is not None and self._is_measured(rows):
+        threads took (small steps feed the measured choice, except the first few after a
+        large step, see SETTLING_SMALL_STEPS)."""
+        if not self._is_measured(rows):
+            self._small_steps_in_a_row = 0
+            return
+        self._small_steps_in_a_row += 1
+        if self.measured is not None and self._small_steps_in_a_row > SETTLING_SMALL_STEPS:
             self.measured.record(threads, seconds, time.monotonic())
 
     def _is_measured(self, rows: int) -> bool:

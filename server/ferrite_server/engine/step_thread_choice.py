@@ -7,7 +7,8 @@ fixed count is right for a shared laptop, so the shard times its small steps' fo
 each count and uses the faster one:
 
 - the count in use keeps a moving average of its steps' times, so a busy neighbour that starts
-  shows within a step or two (one 5x-slow step lifts the average past the other count's);
+  shows within a step or two (one 5x-slow step lifts the average past the other count's, by
+  more than SWITCH_MARGIN);
 - every `explore_every_steps` steps one step runs on the other count, whose estimate that one
   fresh time replaces (it is stale otherwise). When the other count loses, the wait before the
   next try doubles, up to `max_explore_every_steps`, so a lasting neighbour costs few slow
@@ -22,6 +23,12 @@ from dataclasses import dataclass, field
 
 # Weight of a new step time in the moving average of the count in use.
 MOVING_AVERAGE_WEIGHT = 0.3
+# The count in use gives way once its average is this much slower than the other count's
+# estimate: a busy neighbour makes two threads ~5x slower, which passes it at once, while a
+# single step delayed by the router or the client sharing the cores (~2x) does not. Without
+# the margin such a spike moved steps to one thread, where they stayed until the next try
+# (through the server, native decode: 9.3 ms per token against 7.7 with two threads always).
+SWITCH_MARGIN = 1.1
 EXPLORE_EVERY_STEPS = 32
 MAX_EXPLORE_EVERY_STEPS = 1024
 MAX_EXPLORE_EVERY_S = 2.0
@@ -83,7 +90,7 @@ class MeasuredThreadChoice:
                 self._wait_steps = min(2 * self._wait_steps, self.max_explore_every_steps)
             return
         other = self._other(count)
-        if self._estimate_s[count] > self._estimate_s[other]:  # the count in use got slower
+        if self._estimate_s[count] > SWITCH_MARGIN * self._estimate_s[other]:  # it got slower
             self._in_use = other
             self._steps_since_try = 0
             self._wait_steps = self.explore_every_steps

@@ -16,9 +16,12 @@ Python layers instead.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
 import platform
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -57,6 +60,24 @@ def build_key() -> str:
     return digest.hexdigest()[:16]
 
 
+@contextlib.contextmanager
+def _ninja_on_path() -> Iterator[None]:
+    """torch's builder runs `ninja` from PATH; the `ninja` package's binary sits in the Python
+    environment's scripts directory, which is not on PATH when the launcher is started by its
+    full path without activating the environment. Added for the build only."""
+    try:
+        import ninja  # the PyPI package (a dependency): its binary's directory
+    except ImportError:
+        yield
+        return
+    previous = os.environ.get("PATH", "")
+    os.environ["PATH"] = os.pathsep.join((ninja.BIN_DIR, previous))
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = previous
+
+
 def load_decoder_stack(kernel_dir: Path) -> ModuleType:
     """The compiled decoder_stack module (built into `kernel_dir` when not there yet)."""
     from torch.utils import cpp_extension
@@ -65,12 +86,13 @@ def load_decoder_stack(kernel_dir: Path) -> ModuleType:
     build_dir = kernel_dir / name
     try:
         build_dir.mkdir(parents=True, exist_ok=True)
-        return cpp_extension.load(
-            name=name,
-            sources=[str(DECODER_STACK_SOURCE)],
-            extra_cflags=list(COMPILE_FLAGS),
-            build_directory=str(build_dir),
-            verbose=False,
-        )
+        with _ninja_on_path():
+            return cpp_extension.load(
+                name=name,
+                sources=[str(DECODER_STACK_SOURCE)],
+                extra_cflags=list(COMPILE_FLAGS),
+                build_directory=str(build_dir),
+                verbose=False,
+            )
     except Exception as error:  # noqa: BLE001 (compiler, ninja, linker: all mean "not here")
         raise NativeBuildError(f"{type(error).__name__}: {error}") from error
