@@ -75,7 +75,7 @@ def test_measured_small_steps_take_the_faster_count_and_large_steps_all() -> Non
     threads = host_cpu.step_threads_for(4, 8, measured=True, dtype=torch.bfloat16)
     assert threads.measured is not None
     seconds_by_count = {1: 0.020, 4: 0.012}
-    for rows in (1, 2):
+    for rows in (1, 2, 1, 2):  # two steps on each count (the first after a change untimed)
         count = threads.threads_for(rows)
         threads.record_step(rows, count, seconds_by_count[count])
     assert threads.threads_for(1) == 4 == threads.measured.in_use
@@ -86,7 +86,8 @@ def test_measured_small_steps_take_the_faster_count_and_large_steps_all() -> Non
     for _ in range(host_cpu.SETTLING_SMALL_STEPS):
         threads.record_step(1, 4, 1.0)
     assert threads.measured.in_use == 4
-    threads.record_step(1, 4, 1.0)  # settled: a 50x slower step is a busy neighbour
+    threads.record_step(1, 4, 1.0)  # settled: two 50x slower steps are a busy neighbour
+    threads.record_step(1, 4, 1.0)
     assert threads.measured.in_use == 1
     previous = torch.get_num_threads()
     try:  # a measured small step's LM head keeps the step's count

@@ -33,6 +33,21 @@ def prompt_logits(runner: ModelRunner, token_ids: list[int]) -> torch.Tensor:
     return runner.compute_logits(hidden).float().cpu()
 
 
+@torch.inference_mode()
+def decode_logits(runner: ModelRunner, token_ids: list[int]) -> torch.Tensor:
+    """Logits [T, V] (float32) after each token, the first as a one-token prompt and every
+    later one as a decode step (teacher-forced): the path a generated token takes."""
+    num_blocks = -(-len(token_ids) // _BLOCK_SIZE)
+    device = runner.facts.device
+    kv_caches = allocate_kv_cache(runner.kv_cache_spec(_BLOCK_SIZE), num_blocks, device)
+    table = tuple(range(num_blocks))
+    rows = []
+    for position, token in enumerate(token_ids):
+        inputs = build_forward_inputs([_Prompt((token,), position, table)], _BLOCK_SIZE, device)
+        rows.append(runner.compute_logits(runner.forward(inputs, kv_caches)).float().cpu())
+    return torch.cat(rows)
+
+
 def mean_log_likelihood(runner: ModelRunner, token_ids: list[int]) -> float:
     """Mean log p(token_i | tokens_<i) over i >= 1: the text's per-token log-likelihood."""
     logprobs = prompt_logits(runner, token_ids).log_softmax(-1)  # [T, V]

@@ -7,10 +7,11 @@ fixed count is right for a shared laptop, so the shard times its small steps' fo
 each count and uses the faster one:
 
 - the count in use keeps a moving average of its steps' times, so a busy neighbour that starts
-  shows within a step or two (one 5x-slow step lifts the average past the other count's, by
-  more than SWITCH_MARGIN);
-- every `explore_every_steps` steps one step runs on the other count, whose estimate that one
-  fresh time replaces (it is stale otherwise). When the other count loses, the wait before the
+  shows within two steps (5x-slow steps lift the average past the other count's by more than
+  SWITCH_MARGIN, and SLOW_STEPS_TO_SWITCH of them in a row tell it from a one-off delay);
+- every `explore_every_steps` steps a try runs TRY_STEPS steps on the other count, whose
+  estimate the try's last time replaces (it is stale otherwise; the first step after a change
+  of count is never timed). When the other count loses, the wait before the
   next try doubles, up to `max_explore_every_steps`, so a lasting neighbour costs few slow
   steps; when it wins, it becomes the count in use and the wait starts over. A try is also due
   `max_explore_every_s` after the last one, so that the faster count is back within seconds
@@ -29,6 +30,16 @@ MOVING_AVERAGE_WEIGHT = 0.3
 # the margin such a spike moved steps to one thread, where they stayed until the next try
 # (through the server, native decode: 9.3 ms per token against 7.7 with two threads always).
 SWITCH_MARGIN = 1.1
+# ... and only after this many of its steps in a row were that slow: through the server a step
+# now and then took 2-4x the others on either count (once per request; not garbage collection,
+# which an in-process run shows to be ~0.2 ms), and a single such step moved the steps to the
+# slower count until its next try. A busy neighbour's slowdown lasts: it costs one more step.
+SLOW_STEPS_TO_SWITCH = 2
+# A try of the other count runs this many steps, and the first step after any change of the
+# count is not timed: through the server, the first step on two threads after a stretch on one
+# took ~10.5 ms where steady steps on two took ~7.5 (and one thread ~9.3), so single-step tries
+# kept the slower count in use.
+TRY_STEPS = 2
 EXPLORE_EVERY_STEPS = 32
 MAX_EXPLORE_EVERY_STEPS = 1024
 MAX_EXPLORE_EVERY_S = 2.0
@@ -45,6 +56,10 @@ class MeasuredThreadChoice:
     _steps_since_try: int = field(default=0, init=False)
     _last_try_s: float = field(default=0.0, init=False)
     _wait_steps: int = field(default=0, init=False)
+    _slow_steps_in_a_row: int = field(default=0, init=False)
+    # The count of the latest steps, and how many steps in a row ran on it.
+    _run_count: int | None = field(default=None, init=False)
+    _run_length: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         self._wait_steps = self.explore_every_steps
@@ -56,19 +71,27 @@ class MeasuredThreadChoice:
 
     def choose(self, now_s: float) -> int:
         """The thread count for the next small step (`now_s`: a monotonic clock's seconds)."""
-        for count in self.counts:  # first, one step on each
+        for count in self.counts:  # first, steps on each until one of them is timed
             if count not in self._estimate_s:
                 return count
         assert self._in_use is not None
+        other = self._other(self._in_use)
+        if self._run_count == other and self._run_length < TRY_STEPS:
+            return other  # a try under way
         waited_s = now_s - self._last_try_s
         if self._steps_since_try >= self._wait_steps or waited_s >= self.max_explore_every_s:
-            return self._other(self._in_use)
+            return other
         return self._in_use
 
     def record(self, count: int, seconds: float, now_s: float) -> None:
         """The time of a small step that ran on `count` threads, recorded at `now_s`."""
         if count not in self.counts:
             return
+        if count == self._run_count:
+            self._run_length += 1
+        else:
+            self._run_count, self._run_length = count, 1
+            return  # the first step after a change of count: not timed
         if self._in_use is None:
             self._estimate_s[count] = seconds
             if len(self._estimate_s) == len(self.counts):
@@ -79,6 +102,8 @@ class MeasuredThreadChoice:
             previous = self._estimate_s[count]
             self._estimate_s[count] = previous + MOVING_AVERAGE_WEIGHT * (seconds - previous)
             self._steps_since_try += 1
+            slow = seconds > SWITCH_MARGIN * self._estimate_s[self._other(count)]
+            self._slow_steps_in_a_row = self._slow_steps_in_a_row + 1 if slow else 0
         else:  # a try of the other count: its one fresh time
             self._estimate_s[count] = seconds
             self._steps_since_try = 0
@@ -90,9 +115,11 @@ class MeasuredThreadChoice:
                 self._wait_steps = min(2 * self._wait_steps, self.max_explore_every_steps)
             return
         other = self._other(count)
-        if self._estimate_s[count] > SWITCH_MARGIN * self._estimate_s[other]:  # it got slower
+        slower = self._estimate_s[count] > SWITCH_MARGIN * self._estimate_s[other]
+        if slower and self._slow_steps_in_a_row >= SLOW_STEPS_TO_SWITCH:  # it got slower
             self._in_use = other
             self._steps_since_try = 0
+            self._slow_steps_in_a_row = 0
             self._wait_steps = self.explore_every_steps
 
     def _other(self, count: int) -> int:
