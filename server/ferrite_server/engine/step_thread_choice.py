@@ -40,6 +40,10 @@ SLOW_STEPS_TO_SWITCH = 2
 # took ~10.5 ms where steady steps on two took ~7.5 (and one thread ~9.3), so single-step tries
 # kept the slower count in use.
 TRY_STEPS = 2
+# ... except that a first step this many times slower than the count in use ends the try at
+# once: beside a busy process two threads are ~5x slower, and a second such step per try cost
+# a third of the speed in bench/contention.py (0.62 of quiet instead of ~0.9).
+HOPELESS_TRY_FACTOR = 2.5
 EXPLORE_EVERY_STEPS = 32
 MAX_EXPLORE_EVERY_STEPS = 1024
 MAX_EXPLORE_EVERY_S = 2.0
@@ -91,6 +95,8 @@ class MeasuredThreadChoice:
             self._run_length += 1
         else:
             self._run_count, self._run_length = count, 1
+            if self._in_use is not None and count != self._in_use:
+                self._end_hopeless_try(count, seconds, now_s)
             return  # the first step after a change of count: not timed
         if self._in_use is None:
             self._estimate_s[count] = seconds
@@ -105,14 +111,7 @@ class MeasuredThreadChoice:
             slow = seconds > SWITCH_MARGIN * self._estimate_s[self._other(count)]
             self._slow_steps_in_a_row = self._slow_steps_in_a_row + 1 if slow else 0
         else:  # a try of the other count: its one fresh time
-            self._estimate_s[count] = seconds
-            self._steps_since_try = 0
-            self._last_try_s = now_s
-            if seconds < self._estimate_s[self._in_use]:
-                self._in_use = count
-                self._wait_steps = self.explore_every_steps
-            else:
-                self._wait_steps = min(2 * self._wait_steps, self.max_explore_every_steps)
+            self._end_try(count, seconds, now_s)
             return
         other = self._other(count)
         slower = self._estimate_s[count] > SWITCH_MARGIN * self._estimate_s[other]
@@ -121,6 +120,24 @@ class MeasuredThreadChoice:
             self._steps_since_try = 0
             self._slow_steps_in_a_row = 0
             self._wait_steps = self.explore_every_steps
+
+    def _end_try(self, count: int, seconds: float, now_s: float) -> None:
+        self._estimate_s[count] = seconds
+        self._steps_since_try = 0
+        self._last_try_s = now_s
+        if seconds < self._estimate_s[self._other(count)]:
+            self._in_use = count
+            self._wait_steps = self.explore_every_steps
+        else:
+            self._wait_steps = min(2 * self._wait_steps, self.max_explore_every_steps)
+
+    def _end_hopeless_try(self, count: int, seconds: float, now_s: float) -> None:
+        """A try's first (untimed) step that took HOPELESS_TRY_FACTOR times the count in use
+        (a busy neighbour) loses the try at once instead of running its second step."""
+        assert self._in_use is not None
+        if seconds > HOPELESS_TRY_FACTOR * self._estimate_s[self._in_use]:
+            self._end_try(count, seconds, now_s)
+            self._run_length = TRY_STEPS  # the try is over
 
     def _other(self, count: int) -> int:
         first, second = self.counts
