@@ -7,6 +7,8 @@ Targets, all on the bundled SmolLM2-135M-Instruct and all started before the fir
   bfloat16, int8, int4, and the default flags, which serve the bundled Q4_1 GGUF as int4);
 - llama.cpp's OpenAI server (llama-cpp-python) on each `--llama-cpp NAME=GGUF` when the package
   is importable (bench/make_q8_0_gguf.py writes the Q8_0 file from the bundled Q4_1 one);
+- llama.cpp's own `llama-bench` binary on each `--llama-bench NAME=GGUF` (a CMake build of
+  llama.cpp's `llama-bench` target; `--llama-bench-binary`): generation only, in its process;
 - transformers `generate` in this process, float32 and bfloat16.
 Rounds alternate over the targets so the machine's other load hits all alike. One measurement:
 `--requests` greedy requests of `--new-tokens` tokens (the same prompt; the servers through
@@ -23,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -88,6 +91,20 @@ def decode_tokens_per_s(records: list[RequestRecord]) -> float:
     return tokens / seconds
 
 
+def llama_bench_measure(binary: Path, gguf: Path, args: argparse.Namespace) -> Measure:
+    """llama.cpp's own `llama-bench` (a build of llama.cpp without Python): generation of
+    `--new-tokens` tokens after an empty prompt, 2 threads, in its process (no HTTP, no
+    tokenizer, no sampling: a lower bound on what its server would take per token)."""
+
+    def measure() -> float:
+        command = [str(binary), "-m", str(gguf), "-p", "0", "-n", str(args.new_tokens),
+                   "-t", str(len(os.sched_getaffinity(0))), "-r", str(args.requests), "-o", "json"]
+        result = subprocess.run(command, capture_output=True, text=True, check=True)
+        return float(json.loads(result.stdout)[0]["avg_ts"])
+
+    return measure
+
+
 def transformers_measure(model_dir: Path, dtype: str, args: argparse.Namespace) -> Measure:
     from ferrite_benchmark.peers.transformers_generate import TransformersPeer, TransformersSettings
 
@@ -124,6 +141,9 @@ def started_targets(args: argparse.Namespace) -> Iterator[dict[str, Measure]]:
                 name, _, path = setting.partition("=")
                 _, client = stack.enter_context(running_llama_cpp(LlamaCppSettings(Path(path))))
                 targets[f"llama.cpp {name}"] = server_measure(client, args)
+        for setting in args.llama_bench or ():
+            name, _, path = setting.partition("=")
+            targets[f"llama-bench {name}"] = llama_bench_measure(args.llama_bench_binary, Path(path), args)
         model_dir = ensure_default_model(Path("~/.cache/ferrite/models").expanduser())
         for dtype in ("float32", "bfloat16"):
             targets[f"transformers {dtype}"] = transformers_measure(model_dir, dtype, args)
@@ -134,6 +154,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ferrite", action="append", default=None, metavar="NAME=FLAGS")
     parser.add_argument("--llama-cpp", action="append", default=None, metavar="NAME=GGUF")
+    parser.add_argument("--llama-bench", action="append", default=None, metavar="NAME=GGUF",
+                        help="llama.cpp's llama-bench on this GGUF (see --llama-bench-binary)")
+    parser.add_argument("--llama-bench-binary", type=Path, default=Path("llama-bench"))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=2)
     parser.add_argument("--new-tokens", type=int, default=64)
