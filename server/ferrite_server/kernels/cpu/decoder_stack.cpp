@@ -2,15 +2,15 @@
 //
 // Why: a batch-1 CPU decode step of a small model made ~1,800 aten calls from Python, ~2 us
 // each, about as much time as its weight products (bench/RESULTS.md). Here a step is one call:
-// per layer four weight products through the same aten kernels the Python layers call
-// (dense bf16 `linear`, `_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`), and plain loops
-// for what is elementwise (RMSNorm, RoPE, residual adds, SiLU * up), the paged-cache write and
-// one-query attention over the paged cache.
+// per layer four weight products (matrix-vector loops for a few rows, weight_gemv.h; aten's
+// kernels, as the Python layers call them, for more), plain loops for what is elementwise
+// (RMSNorm, RoPE, residual adds, SiLU * up) and the paged-cache write, and one-query attention
+// over the paged cache (paged_attention.h).
 //
 // Numerics follow the Python layers' bfloat16 expressions, rounding to bf16 where they do
 // (RMSNorm: float32 statistics, normalized value rounded, then times the weight; RoPE:
 // x * cos and rotate_half(x) * sin each rounded, then their sum; silu(gate) rounded, then
-// times up). Only attention differs in its order of float32 sums (SDPA's kernel blocks keys).
+// times up).
 //
 // Layouts (as layers/attention/backend.py):
 //   hidden [T, H] bf16, one decode token per row, row i belongs to sequence i;
@@ -22,13 +22,12 @@
 #include <c10/util/BFloat16.h>
 #include <torch/extension.h>
 
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <limits>
 #include <vector>
 
+#include "paged_attention.h"
 #include "weight_gemv.h"
 
 namespace {
@@ -37,13 +36,10 @@ using bf16 = c10::BFloat16;
 
 // Lanes of the float32 partial sums: independent accumulators the compiler maps onto vector
 // registers (a single running sum would be a dependency chain it may not reorder).
-constexpr int64_t kLanes = 16;
+constexpr int64_t kLanes = ferrite_attention::kLanes;
 // Up to this many rows a dense or int8 product runs the matrix-vector loops of weight_gemv.h;
 // more rows reuse each weight load across rows, which aten's matrix kernels do.
 constexpr int64_t kGemvMaxRows = 4;
-// Multiply-adds one attention task (one query head of one sequence) should have before the
-// tasks are spread over threads: below it a parallel region costs more than it saves.
-constexpr int64_t kMinParallelAttentionWork = 16384;
 
 inline float to_float(bf16 x) { return static_cast<float>(x); }
 inline bf16 round_bf16(float x) { return bf16(x); }
@@ -123,12 +119,7 @@ struct LayerWeights {
   Linear qkv, o, gate_up, down;
 };
 
-struct AttentionShape {
-  int64_t num_heads;
-  int64_t num_kv_heads;
-  int64_t head_dim;
-  float scale;
-};
+using ferrite_attention::AttentionShape;
 
 float sum_of_squares(const bf16* x, int64_t n) {
   float lanes[kLanes] = {};
@@ -183,56 +174,6 @@ void rotate_heads(bf16* x, int64_t heads, int64_t head_dim, const bf16* cos, con
   }
 }
 
-float dot(const float* q, const bf16* k, int64_t n) {
-  float lanes[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int64_t j = 0; j < kLanes; ++j) lanes[j] += q[i + j] * to_float(k[i + j]);
-  float sum = 0.f;
-  for (; i < n; ++i) sum += q[i] * to_float(k[i]);
-  for (float lane : lanes) sum += lane;
-  return sum;
-}
-
-// softmax(q K^T * scale) V for one query head over one sequence's paged context.
-struct PagedContext {
-  const bf16* key_cache;
-  const bf16* value_cache;
-  const int32_t* blocks;  // this sequence's block table
-  int64_t length;  // keys in the context
-  int64_t block_size;
-  int64_t token_stride;  // elements between consecutive slots (num_kv_heads * head_dim)
-
-  int64_t offset(int64_t position, int64_t kv_head, int64_t head_dim) const {
-    const int64_t slot = static_cast<int64_t>(blocks[position / block_size]) * block_size +
-                         position % block_size;
-    return slot * token_stride + kv_head * head_dim;
-  }
-};
-
-void attend_head(const bf16* query, const PagedContext& context, int64_t kv_head,
-                 const AttentionShape& shape, bf16* out) {
-  const int64_t d = shape.head_dim;
-  std::vector<float> q(d), acc(d, 0.f), scores(context.length);
-  for (int64_t i = 0; i < d; ++i) q[i] = to_float(query[i]);
-  float max_score = -std::numeric_limits<float>::infinity();
-  for (int64_t t = 0; t < context.length; ++t) {
-    scores[t] = dot(q.data(), context.key_cache + context.offset(t, kv_head, d), d) * shape.scale;
-    max_score = std::max(max_score, scores[t]);
-  }
-  float total = 0.f;
-  for (int64_t t = 0; t < context.length; ++t) {
-    scores[t] = std::exp(scores[t] - max_score);
-    total += scores[t];
-  }
-  for (int64_t t = 0; t < context.length; ++t) {
-    const bf16* value = context.value_cache + context.offset(t, kv_head, d);
-    const float weight = scores[t];
-    for (int64_t i = 0; i < d; ++i) acc[i] += weight * to_float(value[i]);
-  }
-  for (int64_t i = 0; i < d; ++i) out[i] = round_bf16(acc[i] / total);
-}
-
 struct StepInputs {
   const at::Tensor& cos;
   const at::Tensor& sin;
@@ -261,23 +202,10 @@ at::Tensor self_attention(at::Tensor& qkv, at::Tensor& key_cache, at::Tensor& va
     std::memcpy(values + slots[r] * kv_size, row + q_size + kv_size, kv_size * sizeof(bf16));
   }
   at::Tensor out = at::empty({rows, q_size}, qkv.options());
-  bf16* out_data = out.data_ptr<bf16>();
-  const int32_t* lens = step.seq_lens.data_ptr<int32_t>();
-  const int32_t* tables = step.block_tables.data_ptr<int32_t>();
-  const int64_t table_stride = step.block_tables.size(1);
-  const int64_t block_size = key_cache.size(1);
-  const int64_t group = shape.num_heads / shape.num_kv_heads;
-  const int64_t longest = *std::max_element(lens, lens + rows);
-  const int64_t grain = std::max<int64_t>(1, kMinParallelAttentionWork / (2 * longest * d));
-  at::parallel_for(0, rows * shape.num_heads, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t r = task / shape.num_heads, h = task % shape.num_heads;
-      const PagedContext context{keys, values, tables + r * table_stride, lens[r], block_size,
-                                 kv_size};
-      attend_head(qkv_data + r * row_stride + h * d, context, h / group, shape,
-                  out_data + r * q_size + h * d);
-    }
-  });
+  ferrite_attention::attend_decodes(qkv_data, row_stride, rows, keys, values, key_cache.size(1),
+                                    step.block_tables.data_ptr<int32_t>(),
+                                    step.block_tables.size(1), step.seq_lens.data_ptr<int32_t>(),
+                                    shape, out.data_ptr<bf16>());
   return out;
 }
 
