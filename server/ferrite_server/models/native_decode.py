@@ -2,7 +2,7 @@
 
 `NativeDecodeStack` hands the decoder layers' weights (the same tensors the Python layers use,
 not copies) to kernels/cpu/decoder_stack.cpp once at load; each step of decodes then runs every
-layer there: ~30 Python-level calls a step instead of ~1,800 aten dispatches from Python.
+layer there: one call a step instead of ~1,800 aten dispatches from Python.
 LlamaModel takes this path for a step when `applies` says so and runs its Python layers
 otherwise (prompts, LoRA tokens, larger batches), with the same cache layout either way.
 
