@@ -147,7 +147,7 @@ def unsupported_reason(model: nn.Module) -> str | None:
         if not isinstance(backend, TorchAttentionBackend) or backend.kv_quant.fp8:
             return "a KV cache other than the compute dtype's"
         for linear in _linears(layer):
-            if _linear_kind(linear) is None:
+            if not _runs_natively(linear):
                 return f"{type(linear.quant_method).__name__} weights"
     return None
 
@@ -157,17 +157,14 @@ def _linears(layer: nn.Module) -> tuple[nn.Module, ...]:
     return attention.qkv_proj, attention.o_proj, mlp.gate_up_proj, mlp.down_proj
 
 
-def _linear_kind(linear: nn.Module) -> str | None:
+def _runs_natively(linear: nn.Module) -> bool:
+    """Dense weights, or a product on the CPU's int8 / int4 weight-only kernels."""
     method = linear.quant_method
     if isinstance(method, UnquantizedMethod):
-        return "dense"
-    if isinstance(method, WeightOnlyMethod):
-        product = linear.weight_only_product
-        if isinstance(product, CpuInt8Linear):
-            return "int8"
-        if isinstance(product, CpuInt4Linear):
-            return "int4"
-    return None
+        return True
+    return isinstance(method, WeightOnlyMethod) and isinstance(
+        linear.weight_only_product, CpuInt8Linear | CpuInt4Linear
+    )
 
 
 def _unsupported_head_reason(head: nn.Module) -> str | None:
@@ -205,8 +202,8 @@ def _int4_layout_is_blocked64(native: ModuleType) -> bool:
 
 
 def _native_linear(kinds: _NativeKinds, linear: nn.Module) -> Any:
-    product = linear.weight_only_product if _linear_kind(linear) != "dense" else None
-    return _native_product(kinds, product, linear)
+    # Unquantized layers have no product: their dense weight.
+    return _native_product(kinds, getattr(linear, "weight_only_product", None), linear)
 
 
 def _native_product(kinds: _NativeKinds, product: Any, owner: nn.Module) -> Any:
