@@ -7,6 +7,8 @@ Targets, all on the bundled SmolLM2-135M-Instruct and all started before the fir
   bfloat16, int8, int4, and the default flags, which serve the bundled Q4_1 GGUF as int4);
 - llama.cpp's OpenAI server (llama-cpp-python) on each `--llama-cpp NAME=GGUF` when the package
   is importable (bench/make_q8_0_gguf.py writes the Q8_0 file from the bundled Q4_1 one);
+- llama.cpp's own HTTP server, `llama-server` (a CMake build of llama.cpp, no Python), on each
+  `--llama-server NAME=GGUF` (`--llama-server-binary`), one slot, through the same OpenAI API;
 - llama.cpp's own `llama-bench` binary on each `--llama-bench NAME=GGUF` (a CMake build of
   llama.cpp's `llama-bench` target; `--llama-bench-binary`): generation only, in its process;
 - transformers `generate` in this process, float32 and bfloat16.
@@ -69,7 +71,9 @@ def server_measure(config: BackendConfig, args: argparse.Namespace) -> Measure:
 
     async def run() -> list[RequestRecord]:
         timeout = aiohttp.ClientTimeout(total=None)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        # A connection per request: llama-server drops kept-alive connections between requests.
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             return [await backend.send(session, request) for _ in range(args.requests)]
 
     def measure() -> float:
@@ -141,6 +145,13 @@ def started_targets(args: argparse.Namespace) -> Iterator[dict[str, Measure]]:
                 name, _, path = setting.partition("=")
                 _, client = stack.enter_context(running_llama_cpp(LlamaCppSettings(Path(path))))
                 targets[f"llama.cpp {name}"] = server_measure(client, args)
+        for setting in args.llama_server or ():
+            from ferrite_benchmark.peers.llama_server import LlamaServerSettings, running_llama_server
+
+            name, _, path = setting.partition("=")
+            settings = LlamaServerSettings(binary=args.llama_server_binary, gguf_path=Path(path))
+            _, client = stack.enter_context(running_llama_server(settings))
+            targets[f"llama-server {name}"] = server_measure(client, args)
         for setting in args.llama_bench or ():
             name, _, path = setting.partition("=")
             targets[f"llama-bench {name}"] = llama_bench_measure(args.llama_bench_binary, Path(path), args)
@@ -157,6 +168,9 @@ def main() -> None:
     parser.add_argument("--llama-bench", action="append", default=None, metavar="NAME=GGUF",
                         help="llama.cpp's llama-bench on this GGUF (see --llama-bench-binary)")
     parser.add_argument("--llama-bench-binary", type=Path, default=Path("llama-bench"))
+    parser.add_argument("--llama-server", action="append", default=None, metavar="NAME=GGUF",
+                        help="llama.cpp's own llama-server binary on this GGUF (one slot)")
+    parser.add_argument("--llama-server-binary", type=Path, default=Path("llama-server"))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=2)
     parser.add_argument("--new-tokens", type=int, default=64)

@@ -2,15 +2,16 @@
 //
 // Why: a batch-1 CPU decode step of a small model made ~1,800 aten calls from Python, ~2 us
 // each, about as much time as its weight products (bench/RESULTS.md). Here a step is one call:
-// per layer four weight products (matrix-vector loops for a few rows, weight_gemv.h; aten's
-// kernels, as the Python layers call them, for more), plain loops for what is elementwise
-// (RMSNorm, RoPE, residual adds, SiLU * up) and the paged-cache write, and one-query attention
-// over the paged cache (paged_attention.h).
+// per layer four weight products (matrix-vector loops for a few rows, weight_gemv.h and
+// int8_vnni_gemv.h; aten's kernels, as the Python layers call them, for more), plain loops for
+// what is elementwise (RMSNorm, RoPE, residual adds, SiLU * up) and the paged-cache write, and
+// one-query attention over the paged cache (paged_attention.h).
 //
 // Numerics follow the Python layers' bfloat16 expressions, rounding to bf16 where they do
 // (RMSNorm: float32 statistics, normalized value rounded, then times the weight; RoPE:
 // x * cos and rotate_half(x) * sin each rounded, then their sum; silu(gate) rounded, then
-// times up).
+// times up). Products differ in their float sum order, and int8 products on VNNI CPUs also
+// quantize their activations to 8 bits (int8_vnni_gemv.h).
 //
 // Layouts (as layers/attention/backend.py):
 //   hidden [T, H] bf16, one decode token per row, row i belongs to sequence i;
@@ -27,6 +28,7 @@
 #include <cstring>
 #include <vector>
 
+#include "int8_vnni_gemv.h"
 #include "paged_attention.h"
 #include "weight_gemv.h"
 
@@ -63,6 +65,9 @@ struct Linear {
     TORCH_CHECK(kind != kInt8 || (this->weight.scalar_type() == at::kChar &&
                                   this->scales->scalar_type() == at::kBFloat16),
                 "native decode: int8 weights take int8 codes and bf16 scales");
+    // The integer products move an activation's sign onto the code, exact only without -128.
+    TORCH_CHECK(kind != kInt8 || this->weight.numel() == 0 || this->weight.min().item<int8_t>() >= -127,
+                "native decode: int8 codes must lie in [-127, 127]");
   }
 
   at::Tensor operator()(const at::Tensor& x) const {  // bf16 [M, K] -> bf16 [M, N]
@@ -95,6 +100,11 @@ struct Linear {
     if (kind == kDense)
       ferrite_gemv::gemv(x.data_ptr<bf16>(), rows, k, weight.data_ptr<bf16>(), nullptr, n,
                          y.data_ptr<bf16>());
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+    else if (k % ferrite_gemv::kVnniBlock == 0)
+      ferrite_gemv::int8_gemv_vnni(x.data_ptr<bf16>(), rows, k, weight.data_ptr<int8_t>(),
+                                   scales->data_ptr<bf16>(), n, y.data_ptr<bf16>());
+#endif
     else
       ferrite_gemv::gemv(x.data_ptr<bf16>(), rows, k, weight.data_ptr<int8_t>(),
                          scales->data_ptr<bf16>(), n, y.data_ptr<bf16>());

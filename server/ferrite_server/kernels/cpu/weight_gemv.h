@@ -16,6 +16,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "parallel_chunks.h"
+
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -23,10 +25,6 @@
 namespace ferrite_gemv {
 
 using bf16 = c10::BFloat16;
-
-// Output rows per task of the parallel loop: enough work per task (~64 x K multiply-adds)
-// that splitting it over threads pays.
-constexpr int64_t kRowsPerTask = 64;
 
 // The activations as float32 rows (widened once, read once per weight row).
 inline std::vector<float> widen_rows(const bf16* x, int64_t rows, int64_t k) {
@@ -76,7 +74,7 @@ template <typename Weight>
 void gemv(const bf16* x, int64_t rows, int64_t k, const Weight* w, const bf16* row_scales,
           int64_t n, bf16* y) {
   const std::vector<float> xf = widen_rows(x, rows, k);
-  at::parallel_for(0, n, kRowsPerTask, [&](int64_t begin, int64_t end) {
+  parallel_chunks(n, kRowsPerTask, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const float scale = row_scales ? static_cast<float>(row_scales[row]) : 1.f;
       for (int64_t m = 0; m < rows; ++m)  // the weight row stays in L1 across the m rows
@@ -137,7 +135,7 @@ inline void int4_gemv(const bf16* x, int64_t rows, int64_t k, const uint8_t* cod
   for (int64_t m = 0; m < rows; ++m)
     for (int64_t i = 0; i < k; ++i) group_sums[m * (k / group) + i / group] += xf[m * k + i];
   const auto* words = reinterpret_cast<const uint32_t*>(scales_and_zeros);
-  at::parallel_for(0, n / kInt4BlockRows, 1, [&](int64_t begin, int64_t end) {
+  parallel_chunks(n / kInt4BlockRows, 1, [&](int64_t begin, int64_t end) {
     float out[kInt4BlockRows];
     for (int64_t block = begin; block < end; ++block) {
       const uint8_t* block_codes = codes + block * k * (kInt4BlockRows / 2);
