@@ -17,7 +17,13 @@ import torch
 
 from ferrite_server.engine.model_runner import ModelRunner
 from ferrite_server.layers.attention.backend import AttentionMetadata
-from ferrite_server.models.native_decode import NATIVE_DECODE_MAX_ROWS, unsupported_reason
+from ferrite_server.config import ShardConfig
+from ferrite_server.kernels.cpu.build import load_decoder_stack
+from ferrite_server.models.native_decode import (
+    NATIVE_DECODE_MAX_ROWS,
+    _int4_layout_is_blocked64,
+    unsupported_reason,
+)
 from tests.kernels.paged_cases import build_metadata
 from tests.support.engines import shard_config
 from tests.support.tiny_models import TINY_VOCAB_SIZE, TinyModelSpec, write_tiny_model
@@ -190,3 +196,12 @@ def test_native_step_gives_the_same_bits_on_any_thread_count(tmp_path: Path) -> 
         torch.set_num_threads(previous)
     for one, two in zip(*results, strict=True):
         assert torch.equal(one, two)
+
+
+def test_the_native_int4_loops_read_aten_packing_here() -> None:
+    """The int4 cases above compare the native int4 loops with the Python layers only when the
+    load-time check lets the loops run (else aten's kernel runs in their place and a broken loop
+    would go unseen). On AVX-512 CPUs the check multiplies with the native loops (the VNNI ones
+    where the CPU has VNNI) against aten's kernel; elsewhere the loops are not compiled and it
+    compares aten with itself. Either way it must pass."""
+    assert _int4_layout_is_blocked64(load_decoder_stack(ShardConfig.native_kernel_dir))

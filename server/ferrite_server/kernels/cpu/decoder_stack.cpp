@@ -28,6 +28,7 @@
 #include <cstring>
 #include <vector>
 
+#include "int4_vnni_gemv.h"
 #include "int8_vnni_gemv.h"
 #include "paged_attention.h"
 #include "weight_gemv.h"
@@ -83,6 +84,13 @@ struct Linear {
     const int64_t rows = x.size(0), k = x.size(1), n = scales->size(1);
     if (kind == kInt4Blocked64 && rows <= kGemvMaxRows && n % ferrite_gemv::kInt4BlockRows == 0) {
       at::Tensor y = at::empty({rows, n}, x.options());
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+      if (group_size % ferrite_gemv::kInt4ActivationBlock == 0) {
+        ferrite_gemv::int4_gemv_vnni(x.data_ptr<bf16>(), rows, k, weight.data_ptr<uint8_t>(),
+                                     scales->data_ptr<bf16>(), n, group_size, y.data_ptr<bf16>());
+        return bias.has_value() ? y.add_(*bias) : y;
+      }
+#endif
       ferrite_gemv::int4_gemv(x.data_ptr<bf16>(), rows, k, weight.data_ptr<uint8_t>(),
                               scales->data_ptr<bf16>(), n, group_size, y.data_ptr<bf16>());
       return bias.has_value() ? y.add_(*bias) : y;
