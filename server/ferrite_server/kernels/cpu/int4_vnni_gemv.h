@@ -66,9 +66,10 @@ struct Int4Activations {
         }
         std::memcpy(&quads[block * kInt4ActivationBlock / 4 + quad], bytes, 4);
       }
-      // The quantized activations' sum, not the exact one: codes average ~7.5, so the codes'
-      // product carries ~7.5 x the activations' quantization error in common, which cancels
-      // only against the same quantized sum times the zero point term's -8 scale.
+      // The quantized activations' sum, not the exact one: then both terms of
+      // W x = scale (q . x) + (zero - 8 scale) sum(x) see the same activations, and the error is
+      // W times the activations' rounding. With the exact sum, q . x (codes average ~7.5)
+      // would carry ~7.5 scale sum(rounding) that nothing cancels (twice the error, measured).
       group_sums[block * kInt4ActivationBlock / group] += block_scales[block] * code_sum;
     }
   }

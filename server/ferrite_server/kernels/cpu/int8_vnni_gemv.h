@@ -2,7 +2,7 @@
 // instruction: vpdpbusd sums 64 byte products four at a time into 16 int32 lanes, as llama.cpp's
 // Q8_0 products run. weight_gemv.h's float loop widens every weight to float32 first (~4
 // instructions per 16 weights) and is compute-bound on one core of the reference machine;
-// this loop takes about a third of the instructions (bench/RESULTS.md).
+// this loop takes about half of them (bench/RESULTS.md).
 //
 // Activations are quantized per block of 32 features (scale = the block's largest magnitude /
 // 127, as Q8_0's), so a row of K features costs K/32 scales. vpdpbusd multiplies unsigned by
