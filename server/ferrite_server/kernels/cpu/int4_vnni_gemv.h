@@ -26,12 +26,12 @@
 #include <vector>
 
 #include "parallel_chunks.h"
+#include "weight_gemv.h"
 
 namespace ferrite_gemv {
 
 using bf16 = c10::BFloat16;
 
-constexpr int64_t kInt4VnniBlockRows = 64;  // aten's int4 block of output rows
 constexpr int64_t kInt4ActivationBlock = 32;  // features per activation scale
 
 // The rows in the lanes of the two transposed vectors of 32 rows (add 32 for the high nibbles).
@@ -101,8 +101,6 @@ inline void int4_block_dot_vnni(const uint8_t* codes, const uint32_t* scale_zero
   const float* group_sums = x.group_sums.data() + m * k / group;
   const __m512i nibble = _mm512_set1_epi8(0x0F);
   const __m512i rows_e = _mm512_load_si512(kLaneRowsE), rows_f = _mm512_load_si512(kLaneRowsF);
-  const __m512i zero_half = _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000u));
-  const __m512 eight = _mm512_set1_ps(8.f);
   __m512 total[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
                      _mm512_setzero_ps()};
   for (int64_t g = 0; g < k / group; ++g) {
@@ -134,12 +132,7 @@ inline void int4_block_dot_vnni(const uint8_t* codes, const uint32_t* scale_zero
                               _mm512_permutex2var_epi32(natural[2], rows_e, natural[3]),
                               _mm512_permutex2var_epi32(natural[2], rows_f, natural[3])};
     const __m512 sum_x = _mm512_set1_ps(group_sums[g]);
-    for (int q = 0; q < 4; ++q) {
-      const __m512 scale = _mm512_castsi512_ps(_mm512_slli_epi32(lanes[q], 16));
-      const __m512 zero = _mm512_castsi512_ps(_mm512_and_si512(lanes[q], zero_half));
-      total[q] = _mm512_fmadd_ps(scale, grouped[q], total[q]);
-      total[q] = _mm512_fmadd_ps(_mm512_fnmadd_ps(eight, scale, zero), sum_x, total[q]);
-    }
+    for (int q = 0; q < 4; ++q) total[q] = add_group_terms(total[q], lanes[q], grouped[q], sum_x);
   }
   alignas(64) float lanes_out[4][16];
   for (int q = 0; q < 4; ++q) _mm512_store_ps(lanes_out[q], total[q]);
@@ -157,14 +150,14 @@ inline void int4_gemv_vnni(const bf16* x, int64_t rows, int64_t k, const uint8_t
                            const bf16* scales_and_zeros, int64_t n, int64_t group, bf16* y) {
   const Int4Activations activations(x, rows, k, group);
   const auto* words = reinterpret_cast<const uint32_t*>(scales_and_zeros);
-  parallel_chunks(n / kInt4VnniBlockRows, 1, [&](int64_t begin, int64_t end) {
-    alignas(64) float out[kInt4VnniBlockRows];
+  parallel_chunks(n / kInt4BlockRows, 1, [&](int64_t begin, int64_t end) {
+    alignas(64) float out[kInt4BlockRows];
     for (int64_t block = begin; block < end; ++block) {
-      const uint8_t* block_codes = codes + block * k * (kInt4VnniBlockRows / 2);
-      const int64_t first = block * kInt4VnniBlockRows;
+      const uint8_t* block_codes = codes + block * k * (kInt4BlockRows / 2);
+      const int64_t first = block * kInt4BlockRows;
       for (int64_t m = 0; m < rows; ++m) {  // the block stays in L1 / L2 across the m rows
         int4_block_dot_vnni(block_codes, words + first, n, activations, m, out);
-        for (int64_t j = 0; j < kInt4VnniBlockRows; ++j) y[m * n + first + j] = bf16(out[j]);
+        for (int64_t j = 0; j < kInt4BlockRows; ++j) y[m * n + first + j] = bf16(out[j]);
       }
     }
   });

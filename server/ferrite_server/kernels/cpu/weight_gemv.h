@@ -92,14 +92,23 @@ void gemv(const bf16* x, int64_t rows, int64_t k, const Weight* w, const bf16* r
 constexpr int64_t kInt4BlockRows = 64;
 
 #if defined(__AVX512F__)
+// total + scale * dot + (zero - 8 scale) * sum_x for 16 rows of one group, from their aten words
+// (scale in the low half, zero in the high half): W = (q - 8) scale + zero, so W . x is the
+// codes' dot product scaled plus the zero term times the group's sum of x.
+inline __m512 add_group_terms(__m512 total, __m512i words, __m512 dot, __m512 sum_x) {
+  const __m512 scale = _mm512_castsi512_ps(_mm512_slli_epi32(words, 16));
+  const __m512 zero = _mm512_castsi512_ps(
+      _mm512_and_si512(words, _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000u))));
+  total = _mm512_fmadd_ps(scale, dot, total);
+  return _mm512_fmadd_ps(_mm512_fnmadd_ps(_mm512_set1_ps(8.f), scale, zero), sum_x, total);
+}
+
 // out[0..63] = the block's rows times x (k features, groups of `group`). Per group, the codes'
 // dot product is scaled once, and (zero - 8 scale) multiplies the group's sum of x.
 inline void int4_block_dot(const uint8_t* codes, const uint32_t* scale_zero, int64_t n,
                            const float* x, const float* group_sums, int64_t k, int64_t group,
                            float* out) {
   const __m256i low_nibbles = _mm256_set1_epi8(0x0F);
-  const __m512i zero_half = _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000u));
-  const __m512 eight = _mm512_set1_ps(8.f);
   __m512 total[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
                      _mm512_setzero_ps()};
   for (int64_t g = 0; g < k / group; ++g) {
@@ -116,13 +125,9 @@ inline void int4_block_dot(const uint8_t* codes, const uint32_t* scale_zero, int
         acc[q] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(parts[q])), xv, acc[q]);
     }
     const __m512 sum_x = _mm512_set1_ps(group_sums[g]);
-    for (int q = 0; q < 4; ++q) {
-      const __m512i words = _mm512_loadu_si512(scale_zero + g * n + q * 16);
-      const __m512 scale = _mm512_castsi512_ps(_mm512_slli_epi32(words, 16));
-      const __m512 zero = _mm512_castsi512_ps(_mm512_and_si512(words, zero_half));
-      total[q] = _mm512_fmadd_ps(scale, acc[q], total[q]);
-      total[q] = _mm512_fmadd_ps(_mm512_fnmadd_ps(eight, scale, zero), sum_x, total[q]);
-    }
+    for (int q = 0; q < 4; ++q)
+      total[q] = add_group_terms(total[q], _mm512_loadu_si512(scale_zero + g * n + q * 16), acc[q],
+                                 sum_x);
   }
   for (int q = 0; q < 4; ++q) _mm512_storeu_ps(out + q * 16, total[q]);
 }
