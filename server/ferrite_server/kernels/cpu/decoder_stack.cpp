@@ -84,8 +84,8 @@ struct Linear {
     const int64_t rows = x.size(0), k = x.size(1), n = scales->size(1);
     if (kind == kInt4Blocked64 && rows <= kGemvMaxRows && n % ferrite_gemv::kInt4BlockRows == 0) {
       at::Tensor y = at::empty({rows, n}, x.options());
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-      if (group_size % ferrite_gemv::kInt4ActivationBlock == 0) {
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+      if (group_size % ferrite_gemv::kActivationBlock == 0) {
         ferrite_gemv::int4_gemv_vnni(x.data_ptr<bf16>(), rows, k, weight.data_ptr<uint8_t>(),
                                      scales->data_ptr<bf16>(), n, group_size, y.data_ptr<bf16>());
         return bias.has_value() ? y.add_(*bias) : y;
@@ -108,7 +108,7 @@ struct Linear {
     if (kind == kDense)
       ferrite_gemv::gemv(x.data_ptr<bf16>(), rows, k, weight.data_ptr<bf16>(), nullptr, n,
                          y.data_ptr<bf16>());
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
     else if (k % ferrite_gemv::kVnniBlock == 0)
       ferrite_gemv::int8_gemv_vnni(x.data_ptr<bf16>(), rows, k, weight.data_ptr<int8_t>(),
                                    scales->data_ptr<bf16>(), n, y.data_ptr<bf16>());

@@ -14,7 +14,7 @@
 
 #pragma once
 
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 
 #include <c10/util/BFloat16.h>
 #include <immintrin.h>
@@ -25,14 +25,13 @@
 #include <cstring>
 #include <vector>
 
+#include "activation_blocks.h"
 #include "parallel_chunks.h"
 #include "weight_gemv.h"
 
 namespace ferrite_gemv {
 
 using bf16 = c10::BFloat16;
-
-constexpr int64_t kInt4ActivationBlock = 32;  // features per activation scale
 
 // The rows in the lanes of the two transposed vectors of 32 rows (add 32 for the high nibbles).
 // They double as vpermt2d indices picking 16 rows' words out of two natural 16-row vectors.
@@ -46,31 +45,23 @@ alignas(64) constexpr int32_t kLaneRowsF[16] = {4, 5, 6, 7, 20, 21, 22, 23,
 // features; the sum of every weight group's quantized activations (the zero points multiply it).
 struct Int4Activations {
   Int4Activations(const bf16* x, int64_t rows, int64_t k, int64_t group)
-      : k(k), group(group), quads(rows * k / 4), block_scales(rows * k / kInt4ActivationBlock),
+      : k(k), group(group), quads(rows * k / 4), block_scales(rows * k / kActivationBlock),
         group_sums(rows * k / group, 0.f) {
-    for (int64_t block = 0; block < rows * k / kInt4ActivationBlock; ++block) {
-      const bf16* in = x + block * kInt4ActivationBlock;
-      float largest = 0.f;
-      for (int64_t i = 0; i < kInt4ActivationBlock; ++i)
-        largest = std::max(largest, std::abs(static_cast<float>(in[i])));
-      block_scales[block] = largest / 127.f;
-      const float inverse = largest > 0.f ? 127.f / largest : 0.f;
-      int32_t code_sum = 0;
-      for (int64_t quad = 0; quad < kInt4ActivationBlock / 4; ++quad) {
-        int8_t bytes[4];
-        constexpr int kOrder[4] = {0, 2, 1, 3};
-        for (int b = 0; b < 4; ++b) {
-          const float value = static_cast<float>(in[quad * 4 + kOrder[b]]);
-          bytes[b] = static_cast<int8_t>(std::nearbyint(value * inverse));
-          code_sum += bytes[b];
-        }
-        std::memcpy(&quads[block * kInt4ActivationBlock / 4 + quad], bytes, 4);
-      }
+    // Within each 32-bit word, features 0, 2, 1, 3 (the transposed lanes' byte order).
+    const __m256i word_order = _mm256_setr_epi8(0, 2, 1, 3, 4, 6, 5, 7, 8, 10, 9, 11, 12, 14, 13, 15,
+                                                0, 2, 1, 3, 4, 6, 5, 7, 8, 10, 9, 11, 12, 14, 13, 15);
+    for (int64_t block = 0; block < rows * k / kActivationBlock; ++block) {
+      const QuantizedBlock quantized = quantize_block(x + block * kActivationBlock);
+      block_scales[block] = quantized.scale;
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(quads.data() + block * kActivationBlock / 4),
+                          _mm256_shuffle_epi8(quantized.codes, word_order));
+      const int32_t code_sum =
+          _mm512_reduce_add_epi32(_mm512_add_epi32(quantized.codes_low, quantized.codes_high));
       // The quantized activations' sum, not the exact one: then both terms of
       // W x = scale (q . x) + (zero - 8 scale) sum(x) see the same activations, and the error is
       // W times the activations' rounding. With the exact sum, q . x (codes average ~7.5)
       // would carry ~7.5 scale sum(rounding) that nothing cancels (twice the error, measured).
-      group_sums[block * kInt4ActivationBlock / group] += block_scales[block] * code_sum;
+      group_sums[block * kActivationBlock / group] += block_scales[block] * code_sum;
     }
   }
 
@@ -97,7 +88,7 @@ inline void int4_block_dot_vnni(const uint8_t* codes, const uint32_t* scale_zero
                                 const Int4Activations& x, int64_t m, float* out) {
   const int64_t k = x.k, group = x.group;
   const int32_t* quads = x.quads.data() + m * k / 4;
-  const float* block_scales = x.block_scales.data() + m * k / kInt4ActivationBlock;
+  const float* block_scales = x.block_scales.data() + m * k / kActivationBlock;
   const float* group_sums = x.group_sums.data() + m * k / group;
   const __m512i nibble = _mm512_set1_epi8(0x0F);
   const __m512i rows_e = _mm512_load_si512(kLaneRowsE), rows_f = _mm512_load_si512(kLaneRowsF);
@@ -106,10 +97,10 @@ inline void int4_block_dot_vnni(const uint8_t* codes, const uint32_t* scale_zero
   for (int64_t g = 0; g < k / group; ++g) {
     __m512 grouped[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
                          _mm512_setzero_ps()};
-    for (int64_t start = g * group; start < (g + 1) * group; start += kInt4ActivationBlock) {
+    for (int64_t start = g * group; start < (g + 1) * group; start += kActivationBlock) {
       __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(),
                         _mm512_setzero_si512()};
-      for (int64_t i = start; i < start + kInt4ActivationBlock; i += 4) {
+      for (int64_t i = start; i < start + kActivationBlock; i += 4) {
         const __m512i raw01 = _mm512_loadu_si512(codes + i * 32);
         const __m512i raw23 = _mm512_loadu_si512(codes + i * 32 + 64);
         __m512i t[4];
@@ -120,7 +111,7 @@ inline void int4_block_dot_vnni(const uint8_t* codes, const uint32_t* scale_zero
         const __m512i activation = _mm512_set1_epi32(quads[i / 4]);
         for (int q = 0; q < 4; ++q) acc[q] = _mm512_dpbusd_epi32(acc[q], t[q], activation);
       }
-      const __m512 scale_x = _mm512_set1_ps(block_scales[start / kInt4ActivationBlock]);
+      const __m512 scale_x = _mm512_set1_ps(block_scales[start / kActivationBlock]);
       for (int q = 0; q < 4; ++q)
         grouped[q] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[q]), scale_x, grouped[q]);
     }

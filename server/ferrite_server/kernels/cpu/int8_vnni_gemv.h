@@ -15,7 +15,7 @@
 
 #pragma once
 
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 
 #include <c10/util/BFloat16.h>
 #include <immintrin.h>
@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "activation_blocks.h"
 #include "parallel_chunks.h"
 
 namespace ferrite_gemv {
@@ -32,28 +33,19 @@ namespace ferrite_gemv {
 using bf16 = c10::BFloat16;
 
 constexpr int64_t kVnniBlock = 64;  // features per instruction
-constexpr int64_t kActivationBlock = 32;  // features per activation scale
 
 struct Int8Activations {  // rows of activations in the form the dot loop reads
   Int8Activations(const bf16* x, int64_t rows, int64_t k)
       : k(k), magnitudes(rows * k), negative(rows * k / kVnniBlock), lane_scales(rows * k / 4) {
     for (int64_t block = 0; block < rows * k / kActivationBlock; ++block) {
-      const bf16* in = x + block * kActivationBlock;
-      float largest = 0.f;
-      for (int64_t i = 0; i < kActivationBlock; ++i)
-        largest = std::max(largest, std::abs(static_cast<float>(in[i])));
-      const float scale = largest / 127.f;
-      const float inverse = largest > 0.f ? 127.f / largest : 0.f;
-      uint64_t& signs = negative[block * kActivationBlock / kVnniBlock];
-      for (int64_t i = 0; i < kActivationBlock; ++i) {
-        const int64_t at = block * kActivationBlock + i;
-        const int code = static_cast<int>(std::nearbyint(static_cast<float>(in[i]) * inverse));
-        magnitudes[at] = static_cast<uint8_t>(std::abs(code));
-        if (code < 0) signs |= uint64_t{1} << (at % kVnniBlock);
-      }
+      const int64_t at = block * kActivationBlock;
+      const QuantizedBlock quantized = quantize_block(x + at);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(magnitudes.data() + at),
+                          _mm256_abs_epi8(quantized.codes));
+      const uint32_t signs = _mm256_movepi8_mask(quantized.codes);
+      negative[at / kVnniBlock] |= static_cast<uint64_t>(signs) << (at % kVnniBlock);
       // The dot product's 32-bit lane j sums features 4j..4j+3, all inside one block.
-      for (int64_t lane = 0; lane < kActivationBlock / 4; ++lane)
-        lane_scales[block * kActivationBlock / 4 + lane] = scale;
+      _mm256_storeu_ps(lane_scales.data() + at / 4, _mm256_set1_ps(quantized.scale));
     }
   }
 
