@@ -14,6 +14,8 @@
 
 #include <cstdint>
 
+#include "weight_gemv.h"
+
 namespace ferrite_gemv {
 
 constexpr int64_t kActivationBlock = 32;  // features per activation scale
@@ -24,14 +26,8 @@ struct QuantizedBlock {
   float scale;
 };
 
-// 16 bf16 -> float32 (a bf16 is a float's top half).
-inline __m512 widen_bf16(const c10::BFloat16* x) {
-  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-}
-
 inline QuantizedBlock quantize_block(const c10::BFloat16* in) {
-  const __m512 low = widen_bf16(in), high = widen_bf16(in + 16);
+  const __m512 low = load_as_float(in), high = load_as_float(in + 16);
   const float largest =
       _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(low), _mm512_abs_ps(high)));
   const __m512 inverse = _mm512_set1_ps(largest > 0.f ? 127.f / largest : 0.f);

@@ -19,10 +19,7 @@
 #include <c10/util/BFloat16.h>
 #include <immintrin.h>
 
-#include <algorithm>
-#include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <vector>
 
 #include "activation_blocks.h"

@@ -20,8 +20,6 @@
 #include <c10/util/BFloat16.h>
 #include <immintrin.h>
 
-#include <algorithm>
-#include <cmath>
 #include <cstdint>
 #include <vector>
 

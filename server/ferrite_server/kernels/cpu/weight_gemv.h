@@ -34,11 +34,11 @@ inline std::vector<float> widen_rows(const bf16* x, int64_t rows, int64_t k) {
 }
 
 #if defined(__AVX512F__)
-inline __m512 load_weights(const bf16* w) {  // 16 bf16 -> float32 (a bf16 is a float's top half)
+inline __m512 load_as_float(const bf16* w) {  // 16 bf16 -> float32 (a bf16 is a float's top half)
   const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
 }
-inline __m512 load_weights(const int8_t* w) {  // 16 int8 -> float32
+inline __m512 load_as_float(const int8_t* w) {  // 16 int8 -> float32
   const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w));
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(raw));
 }
@@ -57,11 +57,11 @@ inline float dot_row(const Weight* w, const float* x, int64_t k) {
 #if defined(__AVX512F__)
   __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
   for (; i + 32 <= k; i += 32) {
-    acc0 = _mm512_fmadd_ps(load_weights(w + i), _mm512_loadu_ps(x + i), acc0);
-    acc1 = _mm512_fmadd_ps(load_weights(w + i + 16), _mm512_loadu_ps(x + i + 16), acc1);
+    acc0 = _mm512_fmadd_ps(load_as_float(w + i), _mm512_loadu_ps(x + i), acc0);
+    acc1 = _mm512_fmadd_ps(load_as_float(w + i + 16), _mm512_loadu_ps(x + i + 16), acc1);
   }
   for (; i + 16 <= k; i += 16)
-    acc0 = _mm512_fmadd_ps(load_weights(w + i), _mm512_loadu_ps(x + i), acc0);
+    acc0 = _mm512_fmadd_ps(load_as_float(w + i), _mm512_loadu_ps(x + i), acc0);
   sum = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
 #endif
   for (; i < k; ++i) sum += weight_value(w[i]) * x[i];
