@@ -55,6 +55,9 @@ class TinyModelSpec:
     tie_word_embeddings: bool = False
     sharded: bool = False  # model-0000x-of-0000n.safetensors + model.safetensors.index.json
     llama3_rope: bool = False  # Llama 3.x `rope_scaling` {"rope_type": "llama3", ...}
+    # Of 64 hidden features: 4 heads of 16 over 2 KV heads unless set (2 and 1: heads of 32).
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
 
 
 def tiny_config(spec: TinyModelSpec) -> PretrainedConfig:
@@ -63,8 +66,8 @@ def tiny_config(spec: TinyModelSpec) -> PretrainedConfig:
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
         max_position_embeddings=256,
         initializer_range=_INITIALIZER_RANGE,
         tie_word_embeddings=spec.tie_word_embeddings,

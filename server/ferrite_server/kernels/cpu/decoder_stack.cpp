@@ -3,14 +3,12 @@
 // Why: a batch-1 CPU decode step of a small model made ~1,800 aten calls from Python, ~2 us
 // each, about as much time as its weight products (bench/RESULTS.md). Here a step is one call:
 // per layer four weight products (matrix-vector loops for a few rows, weight_gemv.h and
-// int8_vnni_gemv.h; aten's kernels, as the Python layers call them, for more), plain loops for
-// what is elementwise (RMSNorm, RoPE, residual adds, SiLU * up) and the paged-cache write, and
-// one-query attention over the paged cache (paged_attention.h).
+// int8_vnni_gemv.h; aten's kernels, as the Python layers call them, for more), vector loops for
+// what is elementwise (RMSNorm, RoPE, residual adds, SiLU * up; elementwise.h), the paged-cache
+// write, and one-query attention over the paged cache (paged_attention.h).
 //
 // Numerics follow the Python layers' bfloat16 expressions, rounding to bf16 where they do
-// (RMSNorm: float32 statistics, normalized value rounded, then times the weight; RoPE:
-// x * cos and rotate_half(x) * sin each rounded, then their sum; silu(gate) rounded, then
-// times up). Products differ in their float sum order, and int8 products on VNNI CPUs also
+// (elementwise.h). Products differ in their float sum order, and int8 products on VNNI CPUs also
 // quantize their activations to 8 bits (int8_vnni_gemv.h).
 //
 // Layouts (as layers/attention/backend.py):
@@ -23,11 +21,11 @@
 #include <c10/util/BFloat16.h>
 #include <torch/extension.h>
 
-#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
+#include "elementwise.h"
 #include "int4_vnni_gemv.h"
 #include "int8_vnni_gemv.h"
 #include "paged_attention.h"
@@ -37,15 +35,9 @@ namespace {
 
 using bf16 = c10::BFloat16;
 
-// Lanes of the float32 partial sums: independent accumulators the compiler maps onto vector
-// registers (a single running sum would be a dependency chain it may not reorder).
-constexpr int64_t kLanes = ferrite_attention::kLanes;
 // Up to this many rows a dense or int8 product runs the matrix-vector loops of weight_gemv.h;
 // more rows reuse each weight load across rows, which aten's matrix kernels do.
 constexpr int64_t kGemvMaxRows = 4;
-
-inline float to_float(bf16 x) { return static_cast<float>(x); }
-inline bf16 round_bf16(float x) { return bf16(x); }
 
 // One weight product, y = x W^T (+ b), on the kernel its weight was packed for.
 struct Linear {
@@ -139,29 +131,11 @@ struct LayerWeights {
 
 using ferrite_attention::AttentionShape;
 
-float sum_of_squares(const bf16* x, int64_t n) {
-  float lanes[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int64_t j = 0; j < kLanes; ++j) lanes[j] += to_float(x[i + j]) * to_float(x[i + j]);
-  float sum = 0.f;
-  for (; i < n; ++i) sum += to_float(x[i]) * to_float(x[i]);
-  for (float lane : lanes) sum += lane;
-  return sum;
-}
-
-// out = weight * bf16(x * rsqrt(mean(x^2) + eps)), one row of `hidden` features.
-void rms_norm_row(const bf16* x, const bf16* weight, bf16* out, int64_t hidden, float eps) {
-  const float inverse_rms = 1.f / std::sqrt(sum_of_squares(x, hidden) / hidden + eps);
-  for (int64_t i = 0; i < hidden; ++i)
-    out[i] = round_bf16(to_float(weight[i]) * to_float(round_bf16(to_float(x[i]) * inverse_rms)));
-}
-
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, float eps) {
   const int64_t rows = x.size(0), hidden = x.size(1);
   at::Tensor out = at::empty_like(x);
   for (int64_t r = 0; r < rows; ++r)
-    rms_norm_row(x.data_ptr<bf16>() + r * hidden, weight.data_ptr<bf16>(),
+    ferrite_elementwise::rms_norm_row(x.data_ptr<bf16>() + r * hidden, weight.data_ptr<bf16>(),
                  out.data_ptr<bf16>() + r * hidden, hidden, eps);
   return out;
 }
@@ -169,27 +143,8 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, float eps) {
 // residual <- bf16(x + residual) (the next residual); returns the norm of it.
 at::Tensor add_and_norm(const at::Tensor& x, at::Tensor& residual, const at::Tensor& weight,
                         float eps) {
-  const int64_t count = x.numel();
-  const bf16* added = x.data_ptr<bf16>();
-  bf16* sum = residual.data_ptr<bf16>();
-  for (int64_t i = 0; i < count; ++i) sum[i] = round_bf16(to_float(added[i]) + to_float(sum[i]));
+  ferrite_elementwise::add_into(x.data_ptr<bf16>(), residual.data_ptr<bf16>(), x.numel());
   return rms_norm(residual, weight, eps);
-}
-
-// "Rotate half" RoPE of `heads` heads of one token in place: x * cos + rotate_half(x) * sin.
-void rotate_heads(bf16* x, int64_t heads, int64_t head_dim, const bf16* cos, const bf16* sin) {
-  const int64_t half = head_dim / 2;
-  for (int64_t h = 0; h < heads; ++h) {
-    bf16* head = x + h * head_dim;
-    for (int64_t i = 0; i < half; ++i) {
-      const float first = to_float(head[i]), second = to_float(head[i + half]);
-      const float c0 = to_float(cos[i]), s0 = to_float(sin[i]);
-      const float c1 = to_float(cos[i + half]), s1 = to_float(sin[i + half]);
-      head[i] = round_bf16(to_float(round_bf16(first * c0)) + to_float(round_bf16(-second * s0)));
-      head[i + half] =
-          round_bf16(to_float(round_bf16(second * c1)) + to_float(round_bf16(first * s1)));
-    }
-  }
 }
 
 struct StepInputs {
@@ -215,7 +170,8 @@ at::Tensor self_attention(at::Tensor& qkv, at::Tensor& key_cache, at::Tensor& va
     bf16* row = qkv_data + r * row_stride;
     const bf16* cos = step.cos.data_ptr<bf16>() + r * d;
     const bf16* sin = step.sin.data_ptr<bf16>() + r * d;
-    rotate_heads(row, shape.num_heads + shape.num_kv_heads, d, cos, sin);
+    for (int64_t h = 0; h < shape.num_heads + shape.num_kv_heads; ++h)  // q and k heads
+      ferrite_elementwise::rotate_head(row + h * d, d, cos, sin);
     std::memcpy(keys + slots[r] * kv_size, row + q_size, kv_size * sizeof(bf16));
     std::memcpy(values + slots[r] * kv_size, row + q_size + kv_size, kv_size * sizeof(bf16));
   }
@@ -235,12 +191,7 @@ at::Tensor silu_and_mul(const at::Tensor& gate_up) {
   bf16* result = out.data_ptr<bf16>();
   for (int64_t r = 0; r < rows; ++r) {
     const bf16* gate = in + r * 2 * inner;
-    const bf16* up = gate + inner;
-    for (int64_t i = 0; i < inner; ++i) {
-      const float g = to_float(gate[i]);
-      const float activated = to_float(round_bf16(g / (1.f + std::exp(-g))));
-      result[r * inner + i] = round_bf16(activated * to_float(up[i]));
-    }
+    ferrite_elementwise::silu_and_mul_row(gate, gate + inner, result + r * inner, inner);
   }
   return out;
 }
@@ -276,7 +227,9 @@ class DecoderStack {
       at::Tensor attended = self_attention(qkv, key_caches[l], value_caches[l], step, shape_);
       at::Tensor normed = add_and_norm(layer.o(attended), residual, layer.post_attention_norm, eps_);
       at::Tensor mlp_out = layer.down(silu_and_mul(layer.gate_up(normed)));
-      residual.add_(mlp_out);  // bf16 + bf16, rounded once: the Python `hidden + mlp(...)`
+      // bf16 + bf16, rounded once: the Python `hidden + mlp(...)`
+      ferrite_elementwise::add_into(mlp_out.data_ptr<bf16>(), residual.data_ptr<bf16>(),
+                                    residual.numel());
     }
     return residual;
   }

@@ -18,13 +18,12 @@
 #include <limits>
 #include <vector>
 
+#include "vector_math.h"
+
 namespace ferrite_attention {
 
 using bf16 = c10::BFloat16;
 
-// Lanes of the float32 partial sums of a dot product (independent accumulators the compiler
-// maps onto vector registers).
-constexpr int64_t kLanes = 16;
 // Multiply-adds one task (one query head of one sequence) should have before the tasks are
 // spread over threads: below it a parallel region costs more than it saves.
 constexpr int64_t kMinParallelWork = 16384;
@@ -37,14 +36,49 @@ struct AttentionShape {
 };
 
 inline float dot(const float* q, const bf16* k, int64_t n) {
-  float lanes[kLanes] = {};
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int64_t j = 0; j < kLanes; ++j) lanes[j] += q[i + j] * static_cast<float>(k[i + j]);
   float sum = 0.f;
+#if defined(__AVX512F__)
+  __m512 acc = _mm512_setzero_ps();
+  for (; i + 16 <= n; i += 16)
+    acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), ferrite_vector::load_as_float(k + i), acc);
+  sum = _mm512_reduce_add_ps(acc);
+#endif
   for (; i < n; ++i) sum += q[i] * static_cast<float>(k[i]);
-  for (float lane : lanes) sum += lane;
   return sum;
+}
+
+// acc[0..n) += weight * v[0..n).
+inline void add_scaled(float* acc, float weight, const bf16* v, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  const __m512 w = _mm512_set1_ps(weight);
+  for (; i + 16 <= n; i += 16)
+    _mm512_storeu_ps(acc + i, _mm512_fmadd_ps(w, ferrite_vector::load_as_float(v + i),
+                                              _mm512_loadu_ps(acc + i)));
+#endif
+  for (; i < n; ++i) acc[i] += weight * static_cast<float>(v[i]);
+}
+
+// scores[t] <- e^(scores[t] - max) for t < n; returns their sum.
+inline float exponentiate(float* scores, int64_t n, float max) {
+  int64_t t = 0;
+  float total = 0.f;
+#if defined(__AVX512F__)
+  const __m512 shift = _mm512_set1_ps(max);
+  __m512 sums = _mm512_setzero_ps();
+  for (; t + 16 <= n; t += 16) {
+    const __m512 e = ferrite_vector::exp(_mm512_sub_ps(_mm512_loadu_ps(scores + t), shift));
+    _mm512_storeu_ps(scores + t, e);
+    sums = _mm512_add_ps(sums, e);
+  }
+  total = _mm512_reduce_add_ps(sums);
+#endif
+  for (; t < n; ++t) {
+    scores[t] = std::exp(scores[t] - max);
+    total += scores[t];
+  }
+  return total;
 }
 
 // One sequence's context in the paged cache.
@@ -56,34 +90,59 @@ struct PagedContext {
   int64_t block_size;
   int64_t token_stride;  // elements between consecutive slots (num_kv_heads * head_dim)
 
-  int64_t offset(int64_t position, int64_t kv_head, int64_t head_dim) const {
-    const int64_t slot = static_cast<int64_t>(blocks[position / block_size]) * block_size +
-                         position % block_size;
-    return slot * token_stride + kv_head * head_dim;
+  // visit(position, offset of that position's `kv_head` in the caches) for every position in
+  // order, block by block (no division per position).
+  template <typename Visit>
+  void for_each_position(int64_t kv_head, int64_t head_dim, const Visit& visit) const {
+    for (int64_t start = 0; start < length; start += block_size) {
+      const int64_t first_slot = static_cast<int64_t>(blocks[start / block_size]) * block_size;
+      const int64_t count = std::min(block_size, length - start);
+      for (int64_t i = 0; i < count; ++i)
+        visit(start + i, (first_slot + i) * token_stride + kv_head * head_dim);
+    }
   }
+};
+
+// Asks for the `bytes` at `p` to be brought into cache ahead of their use. Why: between two
+// layers' attention the weight products stream megabytes through the caches, so a context's
+// keys and values come from memory, and a dot product that waits on each position's load in
+// turn (one query head's walk) left attention latency-bound.
+inline void prefetch(const void* p, int64_t bytes) {
+  const char* start = static_cast<const char*>(p);
+  for (int64_t line = 0; line < bytes; line += 64) __builtin_prefetch(start + line);
+}
+
+// Working memory of one thread's attention tasks, allocated once per parallel chunk.
+struct Scratch {
+  Scratch(int64_t head_dim, int64_t longest) : q(head_dim), acc(head_dim), scores(longest) {}
+  std::vector<float> q, acc, scores;
 };
 
 // softmax(q K^T * scale) V for one query head over one sequence's context.
 inline void attend_head(const bf16* query, const PagedContext& context, int64_t kv_head,
-                        const AttentionShape& shape, bf16* out) {
+                        const AttentionShape& shape, Scratch& scratch, bf16* out) {
   const int64_t d = shape.head_dim;
-  std::vector<float> q(d), acc(d, 0.f), scores(context.length);
-  for (int64_t i = 0; i < d; ++i) q[i] = static_cast<float>(query[i]);
+  float* q = scratch.q.data();
+  float* acc = scratch.acc.data();
+  float* scores = scratch.scores.data();
+  for (int64_t i = 0; i < d; ++i) q[i] = static_cast<float>(query[i]) * shape.scale;
+  std::fill(acc, acc + d, 0.f);
   float max_score = -std::numeric_limits<float>::infinity();
-  for (int64_t t = 0; t < context.length; ++t) {
-    scores[t] = dot(q.data(), context.key_cache + context.offset(t, kv_head, d), d) * shape.scale;
+  const int64_t row_bytes = d * static_cast<int64_t>(sizeof(bf16));
+  context.for_each_position(kv_head, d, [&](int64_t, int64_t offset) {
+    prefetch(context.key_cache + offset, row_bytes);
+  });
+  context.for_each_position(kv_head, d, [&](int64_t t, int64_t offset) {
+    scores[t] = dot(q, context.key_cache + offset, d);
     max_score = std::max(max_score, scores[t]);
-  }
-  float total = 0.f;
-  for (int64_t t = 0; t < context.length; ++t) {
-    scores[t] = std::exp(scores[t] - max_score);
-    total += scores[t];
-  }
-  for (int64_t t = 0; t < context.length; ++t) {
-    const bf16* value = context.value_cache + context.offset(t, kv_head, d);
-    const float weight = scores[t];
-    for (int64_t i = 0; i < d; ++i) acc[i] += weight * static_cast<float>(value[i]);
-  }
+  });
+  context.for_each_position(kv_head, d, [&](int64_t, int64_t offset) {
+    prefetch(context.value_cache + offset, row_bytes);
+  });
+  const float total = exponentiate(scores, context.length, max_score);
+  context.for_each_position(kv_head, d, [&](int64_t t, int64_t offset) {
+    add_scaled(acc, scores[t], context.value_cache + offset, d);
+  });
   for (int64_t i = 0; i < d; ++i) out[i] = bf16(acc[i] / total);
 }
 
@@ -100,11 +159,12 @@ inline void attend_decodes(const bf16* queries, int64_t query_stride, int64_t ro
   const int64_t longest = *std::max_element(lens, lens + rows);
   const int64_t grain = std::max<int64_t>(1, kMinParallelWork / (2 * longest * d));
   at::parallel_for(0, rows * shape.num_heads, grain, [&](int64_t begin, int64_t end) {
+    Scratch scratch(d, longest);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t r = task / shape.num_heads, h = task % shape.num_heads;
       const PagedContext context{key_cache, value_cache, tables + r * table_stride, lens[r],
                                  block_size, kv_size};
-      attend_head(queries + r * query_stride + h * d, context, h / group, shape,
+      attend_head(queries + r * query_stride + h * d, context, h / group, shape, scratch,
                   out + r * q_size + h * d);
     }
   });

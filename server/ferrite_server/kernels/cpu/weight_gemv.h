@@ -20,6 +20,8 @@
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
+
+#include "vector_math.h"
 #endif
 
 namespace ferrite_gemv {
@@ -34,14 +36,7 @@ inline std::vector<float> widen_rows(const bf16* x, int64_t rows, int64_t k) {
 }
 
 #if defined(__AVX512F__)
-inline __m512 load_as_float(const bf16* w) {  // 16 bf16 -> float32 (a bf16 is a float's top half)
-  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-}
-inline __m512 load_as_float(const int8_t* w) {  // 16 int8 -> float32
-  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w));
-  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(raw));
-}
+using ferrite_vector::load_as_float;
 #endif
 
 inline float weight_value(bf16 w) { return static_cast<float>(w); }
