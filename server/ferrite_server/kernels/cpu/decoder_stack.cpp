@@ -63,40 +63,57 @@ struct Linear {
                 "native decode: int8 codes must lie in [-127, 127]");
   }
 
-  at::Tensor operator()(const at::Tensor& x) const {  // bf16 [M, K] -> bf16 [M, N]
-    if (kind == kInt4 || kind == kInt4Blocked64) return int4_product(x);
-    if (x.size(0) <= kGemvMaxRows) return gemv(x);
-    if (kind == kDense) return at::linear(x, weight, bias);
-    at::Tensor y = at::_weight_int8pack_mm(x, weight, *scales);
-    return bias.has_value() ? y.add_(*bias) : y;
+  int64_t out_features() const {
+    return kind == kInt4 || kind == kInt4Blocked64 ? scales->size(1) : weight.size(0);
   }
 
-  at::Tensor int4_product(const at::Tensor& x) const {
+  at::Tensor operator()(const at::Tensor& x) const {  // bf16 [M, K] -> bf16 [M, N]
+    at::Tensor y = at::empty({x.size(0), out_features()}, x.options());
+    into(x, y);
+    return y;
+  }
+
+  // y = x W^T (+ b) into `y` (contiguous bf16 [M, N]): the decode step reuses its buffers
+  // across layers instead of allocating a tensor per product.
+  void into(const at::Tensor& x, at::Tensor& y) const {
+    TORCH_CHECK(x.scalar_type() == at::kBFloat16 && x.is_contiguous() && x.dim() == 2,
+                "native decode: a product's input must be contiguous bf16 [M, K]");
+    TORCH_CHECK(y.is_contiguous() && y.size(0) == x.size(0) && y.size(1) == out_features(),
+                "native decode: a product's output must be contiguous [M, N]");
+    if (kind == kInt4 || kind == kInt4Blocked64)
+      int4_product(x, y);
+    else if (x.size(0) <= kGemvMaxRows)
+      gemv(x, y);
+    else if (kind == kDense)
+      at::mm_out(y, x, weight.t());
+    else
+      y.copy_(at::_weight_int8pack_mm(x, weight, *scales));
+    if (bias.has_value()) y.add_(*bias);
+  }
+
+  void int4_product(const at::Tensor& x, at::Tensor& y) const {
 #if defined(__AVX512F__)
     const int64_t rows = x.size(0), k = x.size(1), n = scales->size(1);
     if (kind == kInt4Blocked64 && rows <= kGemvMaxRows && n % ferrite_gemv::kInt4BlockRows == 0) {
-      at::Tensor y = at::empty({rows, n}, x.options());
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
       if (group_size % ferrite_gemv::kActivationBlock == 0) {
         ferrite_gemv::int4_gemv_vnni(x.data_ptr<bf16>(), rows, k, weight.data_ptr<uint8_t>(),
                                      scales->data_ptr<bf16>(), n, group_size, y.data_ptr<bf16>());
-        return bias.has_value() ? y.add_(*bias) : y;
+        return;
       }
 #endif
       ferrite_gemv::int4_gemv(x.data_ptr<bf16>(), rows, k, weight.data_ptr<uint8_t>(),
                               scales->data_ptr<bf16>(), n, group_size, y.data_ptr<bf16>());
-      return bias.has_value() ? y.add_(*bias) : y;
+      return;
     }
 #endif
-    at::Tensor y = at::_weight_int4pack_mm_for_cpu(x, weight, group_size, *scales);
-    return bias.has_value() ? y.add_(*bias) : y;
+    y.copy_(at::_weight_int4pack_mm_for_cpu(x, weight, group_size, *scales));
   }
 
-  at::Tensor gemv(const at::Tensor& x) const {
-    TORCH_CHECK(x.scalar_type() == at::kBFloat16 && x.is_contiguous() && x.size(1) == weight.size(1),
-                "native decode: a product's input must be contiguous bf16 [M, K]");
+  void gemv(const at::Tensor& x, at::Tensor& y) const {
+    TORCH_CHECK(x.size(1) == weight.size(1), "native decode: a product's input has ", x.size(1),
+                " features, its weight ", weight.size(1));
     const int64_t rows = x.size(0), k = x.size(1), n = weight.size(0);
-    at::Tensor y = at::empty({rows, n}, x.options());
     if (kind == kDense)
       ferrite_gemv::gemv(x.data_ptr<bf16>(), rows, k, weight.data_ptr<bf16>(), nullptr, n,
                          y.data_ptr<bf16>());
@@ -108,7 +125,6 @@ struct Linear {
     else
       ferrite_gemv::gemv(x.data_ptr<bf16>(), rows, k, weight.data_ptr<int8_t>(),
                          scales->data_ptr<bf16>(), n, y.data_ptr<bf16>());
-    return bias.has_value() ? y.add_(*bias) : y;
   }
 
   int64_t kind;
@@ -131,20 +147,19 @@ struct LayerWeights {
 
 using ferrite_attention::AttentionShape;
 
-at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, float eps) {
+// out <- RMSNorm of every row of x [T, H].
+void rms_norm(const at::Tensor& x, const at::Tensor& weight, float eps, at::Tensor& out) {
   const int64_t rows = x.size(0), hidden = x.size(1);
-  at::Tensor out = at::empty_like(x);
   for (int64_t r = 0; r < rows; ++r)
     ferrite_elementwise::rms_norm_row(x.data_ptr<bf16>() + r * hidden, weight.data_ptr<bf16>(),
-                 out.data_ptr<bf16>() + r * hidden, hidden, eps);
-  return out;
+                                      out.data_ptr<bf16>() + r * hidden, hidden, eps);
 }
 
-// residual <- bf16(x + residual) (the next residual); returns the norm of it.
-at::Tensor add_and_norm(const at::Tensor& x, at::Tensor& residual, const at::Tensor& weight,
-                        float eps) {
+// residual <- bf16(x + residual) (the next residual); out <- the norm of it.
+void add_and_norm(const at::Tensor& x, at::Tensor& residual, const at::Tensor& weight, float eps,
+                  at::Tensor& out) {
   ferrite_elementwise::add_into(x.data_ptr<bf16>(), residual.data_ptr<bf16>(), x.numel());
-  return rms_norm(residual, weight, eps);
+  rms_norm(residual, weight, eps, out);
 }
 
 struct StepInputs {
@@ -156,9 +171,9 @@ struct StepInputs {
 };
 
 // Rotates q and k of `qkv` [T, (heads + 2 kv_heads) D] in place, writes k and v into the
-// cache, and returns the attended heads [T, heads * D].
-at::Tensor self_attention(at::Tensor& qkv, at::Tensor& key_cache, at::Tensor& value_cache,
-                          const StepInputs& step, const AttentionShape& shape) {
+// cache, and the attended heads into `out` [T, heads * D].
+void self_attention(at::Tensor& qkv, at::Tensor& key_cache, at::Tensor& value_cache,
+                    const StepInputs& step, const AttentionShape& shape, at::Tensor& out) {
   const int64_t rows = qkv.size(0), d = shape.head_dim;
   const int64_t q_size = shape.num_heads * d, kv_size = shape.num_kv_heads * d;
   const int64_t row_stride = qkv.size(1);
@@ -175,26 +190,35 @@ at::Tensor self_attention(at::Tensor& qkv, at::Tensor& key_cache, at::Tensor& va
     std::memcpy(keys + slots[r] * kv_size, row + q_size, kv_size * sizeof(bf16));
     std::memcpy(values + slots[r] * kv_size, row + q_size + kv_size, kv_size * sizeof(bf16));
   }
-  at::Tensor out = at::empty({rows, q_size}, qkv.options());
   ferrite_attention::attend_decodes(qkv_data, row_stride, rows, keys, values, key_cache.size(1),
                                     step.block_tables.data_ptr<int32_t>(),
                                     step.block_tables.size(1), step.seq_lens.data_ptr<int32_t>(),
                                     shape, out.data_ptr<bf16>());
-  return out;
 }
 
-// silu(gate) * up over the fused [gate | up] rows [T, 2I] -> [T, I].
-at::Tensor silu_and_mul(const at::Tensor& gate_up) {
+// out [T, I] <- silu(gate) * up over the fused [gate | up] rows [T, 2I].
+void silu_and_mul(const at::Tensor& gate_up, at::Tensor& out) {
   const int64_t rows = gate_up.size(0), inner = gate_up.size(1) / 2;
-  at::Tensor out = at::empty({rows, inner}, gate_up.options());
   const bf16* in = gate_up.data_ptr<bf16>();
   bf16* result = out.data_ptr<bf16>();
   for (int64_t r = 0; r < rows; ++r) {
     const bf16* gate = in + r * 2 * inner;
     ferrite_elementwise::silu_and_mul_row(gate, gate + inner, result + r * inner, inner);
   }
-  return out;
 }
+
+// `buffer` as a [rows, columns] bf16 tensor: kept when it has that shape already (the same
+// product of every layer does), allocated otherwise.
+at::Tensor& shaped(at::Tensor& buffer, int64_t rows, int64_t columns, const at::Tensor& like) {
+  if (!buffer.defined() || buffer.size(0) != rows || buffer.size(1) != columns)
+    buffer = at::empty({rows, columns}, like.options());
+  return buffer;
+}
+
+// A step's intermediate rows, allocated by its first layer and reused by the others.
+struct StepBuffers {
+  at::Tensor normed, qkv, attended, attention_out, gate_up, activated, mlp_out;
+};
 
 void check_bf16_contiguous(const at::Tensor& t, const char* what) {
   TORCH_CHECK(t.scalar_type() == at::kBFloat16 && t.is_contiguous() && t.device().is_cpu(),
@@ -220,13 +244,27 @@ class DecoderStack {
                      const at::Tensor& seq_lens) {
     check_inputs(hidden, cos, sin, key_caches, value_caches, slot_mapping, block_tables, seq_lens);
     const StepInputs step{cos, sin, slot_mapping, block_tables, seq_lens};
+    const int64_t rows = hidden.size(0), width = hidden.size(1);
     at::Tensor residual = hidden.clone();
+    StepBuffers buffers;
     for (size_t l = 0; l < layers_.size(); ++l) {
       const LayerWeights& layer = layers_[l];
-      at::Tensor qkv = layer.qkv(rms_norm(residual, layer.input_norm, eps_));
-      at::Tensor attended = self_attention(qkv, key_caches[l], value_caches[l], step, shape_);
-      at::Tensor normed = add_and_norm(layer.o(attended), residual, layer.post_attention_norm, eps_);
-      at::Tensor mlp_out = layer.down(silu_and_mul(layer.gate_up(normed)));
+      at::Tensor& normed = shaped(buffers.normed, rows, width, hidden);
+      rms_norm(residual, layer.input_norm, eps_, normed);
+      at::Tensor& qkv = shaped(buffers.qkv, rows, layer.qkv.out_features(), hidden);
+      layer.qkv.into(normed, qkv);
+      at::Tensor& attended = shaped(buffers.attended, rows, shape_.num_heads * shape_.head_dim, hidden);
+      self_attention(qkv, key_caches[l], value_caches[l], step, shape_, attended);
+      at::Tensor& attention_out = shaped(buffers.attention_out, rows, width, hidden);
+      layer.o.into(attended, attention_out);
+      add_and_norm(attention_out, residual, layer.post_attention_norm, eps_, normed);
+      const int64_t inner = layer.gate_up.out_features() / 2;
+      at::Tensor& gate_up = shaped(buffers.gate_up, rows, 2 * inner, hidden);
+      layer.gate_up.into(normed, gate_up);
+      at::Tensor& activated = shaped(buffers.activated, rows, inner, hidden);
+      silu_and_mul(gate_up, activated);
+      at::Tensor& mlp_out = shaped(buffers.mlp_out, rows, width, hidden);
+      layer.down.into(activated, mlp_out);
       // bf16 + bf16, rounded once: the Python `hidden + mlp(...)`
       ferrite_elementwise::add_into(mlp_out.data_ptr<bf16>(), residual.data_ptr<bf16>(),
                                     residual.numel());
