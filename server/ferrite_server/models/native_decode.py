@@ -72,6 +72,12 @@ class NativeDecodeStack:
         except NativeBuildError as error:
             logger.warning("native CPU decode off: the kernel did not build here (%s)", error)
             return None
+        return NativeDecodeStack.on_module(native, model, head)
+
+    @staticmethod
+    def on_module(native: ModuleType, model: nn.Module, head: nn.Module) -> NativeDecodeStack:
+        """The stack of `model` and `head` on the loaded extension `native` (a model `build`
+        accepted)."""
         kinds = _NativeKinds.of(native)
         stack = _decoder_stack(kinds, model)
         logger.info(

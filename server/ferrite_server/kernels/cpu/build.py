@@ -49,10 +49,10 @@ def _cpu_flags() -> str:
     return platform.processor() or platform.machine()
 
 
-def build_key() -> str:
-    """What the compiled module depends on: every source here, torch, the CPU, the flags."""
+def build_key(source_dir: Path = SOURCE_DIR) -> str:
+    """What the compiled module depends on: every source, torch, the CPU, the flags."""
     digest = hashlib.sha256()
-    sources = [path.read_bytes() for path in sorted(SOURCE_DIR.glob("*.[ch]*"))]
+    sources = [path.read_bytes() for path in sorted(source_dir.glob("*.[ch]*"))]
     for part in (*sources, torch.__version__.encode(), _cpu_flags().encode(),
                  " ".join(COMPILE_FLAGS).encode()):
         digest.update(part)
@@ -78,18 +78,20 @@ def _ninja_on_path() -> Iterator[None]:
         os.environ["PATH"] = previous
 
 
-def load_decoder_stack(kernel_dir: Path) -> ModuleType:
-    """The compiled decoder_stack module (built into `kernel_dir` when not there yet)."""
+def load_decoder_stack(kernel_dir: Path, source_dir: Path = SOURCE_DIR) -> ModuleType:
+    """The compiled decoder_stack module (built into `kernel_dir` when not there yet).
+    `source_dir`: another copy of these sources (bench/native_step_ab.py compares two builds
+    in one process; each source's module has its own name)."""
     from torch.utils import cpp_extension
 
-    name = f"ferrite_decoder_stack_{build_key()}"
+    name = f"ferrite_decoder_stack_{build_key(source_dir)}"
     build_dir = kernel_dir / name
     try:
         build_dir.mkdir(parents=True, exist_ok=True)
         with _ninja_on_path():
             return cpp_extension.load(
                 name=name,
-                sources=[str(DECODER_STACK_SOURCE)],
+                sources=[str(source_dir / DECODER_STACK_SOURCE.name)],
                 extra_cflags=list(COMPILE_FLAGS),
                 build_directory=str(build_dir),
                 verbose=False,
