@@ -9,7 +9,7 @@
 // Why vectorized: each runs on one thread between two weight products while the other threads
 // wait for the next product, so their time is the whole machine's. Every loop has an AVX-512
 // body over 16 elements and a scalar rest (all of it on other CPUs), which give the same bits,
-// except SiLU's e^x (vector_math.h's, within ~2 ulp of std::exp) and the order of the RMSNorm
+// except SiLU's e^x (vector_math.h's, within 3 ulp of std::exp) and the order of the RMSNorm
 // sum of squares.
 
 #pragma once

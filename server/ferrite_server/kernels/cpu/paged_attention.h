@@ -4,7 +4,7 @@
 // Layout (layers/attention/backend.py): cache [num_blocks, block_size, num_kv_heads, head_dim]
 // bf16; position p of a sequence lives in block blocks[p / block_size] at offset
 // p % block_size. Scores, softmax and the weighted sum of values are float32 (SDPA's kernel sums
-// in another order), the result rounded to bf16. Each (token, head) task is computed by one
+// in another order; e^x is vector_math.h's, within 3 ulp), the result rounded to bf16. Each (token, head) task is computed by one
 // thread, so the bits do not depend on the thread count.
 
 #pragma once
