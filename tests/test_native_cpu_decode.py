@@ -95,9 +95,12 @@ def assert_bf16_close(native: torch.Tensor, python: torch.Tensor) -> None:
         # Heads of 32: RoPE's halves fill the 16-lane vector loop (heads of 16 take its rest).
         (TinyModelSpec(family="llama", seed=5, num_attention_heads=2, num_key_value_heads=1),
          "int8", (3, 17, 30)),
+        # More rows than the matrix-vector loops take: int8 products on aten's kernel.
+        (TinyModelSpec(family="llama", seed=6), "int8", (3, 17, 1, 8, 30, 2)),
     ],
     ids=["llama-dense", "llama-tied-int8-batch1", "qwen2-bias-int4-6rows",
-         "qwen2-bias-dense-6rows", "llama3-rope-int4", "llama-heads-of-32-int8"],
+         "qwen2-bias-dense-6rows", "llama3-rope-int4", "llama-heads-of-32-int8",
+         "llama-int8-6rows"],
 )
 def test_native_stack_matches_python_layers(
     tmp_path: Path, spec: TinyModelSpec, quantize: str | None, cached_lens: tuple[int, ...]
